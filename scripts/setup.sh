@@ -119,6 +119,6 @@ fi
 
 # --- 6. Project images (built with no network) ----------------------------------------------
 step "Project images"
-docker compose build --progress quiet
+COMPOSE_BAKE=false docker compose --progress quiet build
 docker compose images -q >/dev/null 2>&1 || true
 echo "    built: $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^mlserver-sigstore/' | sort | tr '\n' ' ')"

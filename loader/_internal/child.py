@@ -1,0 +1,146 @@
+"""The confined child: the only code that ever unpickles an artefact.
+
+This module is preloaded by the multiprocessing fork server, so scikit-learn, numpy, joblib
+and skops are imported once and each child starts in milliseconds. Importing it also marks
+the fork server non-dumpable, so a child cannot ptrace it or read its memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import io
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import joblib
+import numpy  # noqa: F401 - preloaded for the children
+import pyseccomp as seccomp
+import skops.io
+import sklearn.base
+import sklearn.ensemble  # noqa: F401
+import sklearn.linear_model  # noqa: F401
+import sklearn.neighbors  # noqa: F401
+import sklearn.pipeline  # noqa: F401
+import sklearn.preprocessing  # noqa: F401
+import sklearn.svm  # noqa: F401
+import sklearn.tree  # noqa: F401
+
+_PR_SET_DUMPABLE = 4
+_CLONE_THREAD = 0x00010000
+_O_WRONLY, _O_RDWR, _O_CREAT = 0o1, 0o2, 0o100
+
+
+def set_non_dumpable() -> None:
+    """No core dumps, no ptrace and no /proc/PID/mem access for same-uid processes."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+set_non_dumpable()
+
+
+@dataclass(frozen=True)
+class ChildLimits:
+    memory_bytes: int = 1 << 30
+    cpu_seconds: int = 30
+    max_open_files: int = 64
+
+
+# Syscalls a deserialized model never needs. Denied with EPERM so the payload sees an error
+# and the child reports it, rather than dying without a word.
+_DENIED = (
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    "execve", "execveat", "fork", "vfork",
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_getfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "userfaultfd", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+    "creat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
+    "rmdir", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
+    "chown", "fchown", "lchown", "fchownat", "truncate", "ftruncate", "mknod", "mknodat",
+    "memfd_create", "utimensat", "utimes", "futimesat", "setxattr", "fsetxattr", "lsetxattr",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "personality", "setrlimit", "prlimit64", "setpriority", "sched_setaffinity",
+)
+
+
+def _install_filter() -> None:
+    me = os.getpid()
+    deny = seccomp.ERRNO(errno.EPERM)
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in _DENIED:
+        f.add_rule(deny, name)
+    # glibc falls back from clone3 to clone on ENOSYS; clone is allowed for threads only.
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "openat2")
+    f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
+    for flag in (_O_WRONLY, _O_RDWR, _O_CREAT):
+        f.add_rule(deny, "open", seccomp.Arg(1, seccomp.MASKED_EQ, flag, flag))
+        f.add_rule(deny, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, flag, flag))
+    # Signals only to itself: the loader and its siblings are out of reach.
+    for name in ("kill", "tkill", "tgkill"):
+        f.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, me))
+    f.load()
+
+
+def _apply_limits(limits: ChildLimits) -> None:
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    for res, value in (
+        (resource.RLIMIT_AS, mapped + limits.memory_bytes),
+        (resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)),
+        (resource.RLIMIT_NOFILE, limits.max_open_files),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, 0),
+        (resource.RLIMIT_NPROC, 0),
+    ):
+        resource.setrlimit(res, value if isinstance(value, tuple) else (value, value))
+
+
+def _convert(artefact: bytes) -> tuple[bytes, list[str], dict[str, float]]:
+    started = time.perf_counter()
+    model = joblib.load(io.BytesIO(artefact))
+    unpickled = time.perf_counter()
+    if not isinstance(model, sklearn.base.BaseEstimator):
+        raise TypeError(
+            f"the artefact holds a {type(model).__module__}.{type(model).__qualname__}, "
+            "not a scikit-learn estimator"
+        )
+    data = skops.io.dumps(model)
+    untrusted = skops.io.get_untrusted_types(data=data)
+    done = time.perf_counter()
+    return data, untrusted, {"unpickle": unpickled - started, "convert": done - unpickled}
+
+
+def run(artefact: bytes, result: Connection, output: Connection, limits: ChildLimits) -> None:
+    """Child entry point: confine, unpickle, convert, send the result, exit."""
+    try:
+        # Whatever the payload prints goes to a pipe the parent reads with a cap.
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        os.chdir("/")
+        os.environ.clear()
+        _apply_limits(limits)
+        _install_filter()
+    except Exception as exc:  # noqa: BLE001 - report any confinement failure, never run unconfined
+        result.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())
+        os._exit(3)
+    try:
+        data, untrusted, timings = _convert(artefact)
+    except MemoryError:
+        result.send_bytes(json.dumps({"ok": False, "limit": "memory"}).encode())
+        os._exit(4)
+    except BaseException as exc:  # noqa: BLE001 - hostile payloads raise anything
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        result.send_bytes(json.dumps({"ok": False, "error": message}).encode())
+        os._exit(5)
+    header = {"ok": True, "untrusted_types": untrusted, "size": len(data), "timings": timings}
+    result.send_bytes(json.dumps(header).encode())
+    result.send_bytes(data)
+    sys.stdout.flush()
+    os._exit(0)

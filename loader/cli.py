@@ -1,0 +1,199 @@
+"""`python -m loader {serve,verify,load,health}`; flag names follow the `sigstore` CLI."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+
+from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+SHIPPED_PRODUCTION_ROOT = Path("/opt/trust/production/trusted_root.json")
+
+
+def _trust_files(specs: list[str]) -> dict[str, Path]:
+    from loader.verify import PRODUCTION, production_root_file
+
+    shipped = SHIPPED_PRODUCTION_ROOT if SHIPPED_PRODUCTION_ROOT.exists() else production_root_file()
+    files = {PRODUCTION: shipped}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "custom", spec
+        files[name] = Path(path)
+    return files
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from loader._internal.child import set_non_dumpable
+    from loader.paths import ModelsRoot
+    from loader.sandbox import Sandbox, SandboxLimits
+    from loader.server import build_server
+    from loader.service import LoaderService, ServiceLimits
+    from loader.verify import PRODUCTION, TrustRoots
+
+    set_non_dumpable()
+    files = _trust_files(args.trust_config)
+    default = args.default_trust or (list(files)[1] if len(files) == 2 else PRODUCTION)
+    roots = TrustRoots(files, default)
+    sandbox = Sandbox(
+        SandboxLimits(
+            memory_bytes=args.child_memory_mb << 20,
+            cpu_seconds=args.child_cpu_seconds,
+            wall_seconds=args.child_wall_seconds,
+            max_result_bytes=args.max_result_mb << 20,
+        )
+    )
+    sandbox.warm_up()  # fork server and its imports before any gRPC thread exists
+    service = LoaderService(
+        ModelsRoot(args.models_root),
+        roots,
+        sandbox,
+        ServiceLimits(max_concurrent_loads=args.max_concurrent_loads, cache_bytes=args.cache_mb << 20),
+    )
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+    server = build_server(service, args.socket)
+    server.start()
+    print(
+        f"loader serving on unix://{args.socket}; models root {service.root.path}; "
+        f"trust roots {roots.names} (default {roots.default!r})",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+    return 0
+
+
+def _signer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cert-identity", required=True, help="expected certificate identity (SAN)")
+    parser.add_argument("--cert-oidc-issuer", required=True, help="expected OIDC issuer")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from loader.errors import LoaderError
+    from loader.paths import read_once
+    from loader.verify import Signer, TrustRoots, verify_artefact
+
+    files = _trust_files([args.trust_config] if args.trust_config else [])
+    roots = TrustRoots(files, "custom" if args.trust_config else "production")
+    bundle_path = args.bundle or Path(f"{args.file}.sigstore.json")
+    try:
+        verified = verify_artefact(
+            read_once(args.file, "artefact", 1 << 40),
+            read_once(bundle_path, "bundle", 1 << 20),
+            [Signer(args.cert_identity, args.cert_oidc_issuer)],
+            roots,
+        )
+    except LoaderError as exc:
+        print(f"FAIL: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"OK: {args.file} sha256:{verified.artefact_sha256} signed by {verified.identity} "
+        f"({verified.issuer}), log index {verified.log_index}"
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    request = loader_pb2.VerifyAndLoadRequest(
+        artefact=args.file,
+        bundle=args.bundle or "",
+        signers=[loader_pb2.Signer(identity=args.cert_identity, issuer=args.cert_oidc_issuer)],
+        trust_root=args.trust_root or "",
+        model_name=args.file,
+    )
+    with grpc.insecure_channel(args.endpoint) as channel:
+        stub = loader_pb2_grpc.LoaderStub(channel)
+        try:
+            responses = stub.VerifyAndLoad(request, timeout=args.timeout)
+            header = next(responses).header
+            data = b"".join(r.chunk for r in responses)
+        except grpc.RpcError as exc:
+            print(f"FAIL: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    if len(data) != header.size or hashlib.sha256(data).hexdigest() != header.model_sha256:
+        print("FAIL: the model bytes received do not match the header", file=sys.stderr)
+        return 1
+    args.out.write_bytes(data)
+    facts = header.facts
+    print(
+        f"OK: {args.file} sha256:{facts.artefact_sha256} signed by {facts.identity} ({facts.issuer}), "
+        f"log index {facts.log_index}; wrote {header.size} bytes of skops to {args.out}"
+        + (f"; untrusted types: {list(header.untrusted_types)}" if header.untrusted_types else "")
+    )
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.endpoint) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+            ).status
+    except grpc.RpcError as exc:
+        print(f"unhealthy: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loader", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the verify-and-load gRPC service on a Unix socket")
+    p.add_argument("--socket", type=Path, required=True)
+    p.add_argument("--models-root", type=Path, default=Path.cwd())
+    p.add_argument(
+        "--trust-config", action="append", default=[], metavar="[NAME=]FILE",
+        help="a trusted root or ClientTrustConfig file; repeatable. 'production' is always present",
+    )
+    p.add_argument("--default-trust", help="trust root used when a request names none")
+    p.add_argument("--max-concurrent-loads", type=int, default=2)
+    p.add_argument("--child-memory-mb", type=int, default=1024)
+    p.add_argument("--child-cpu-seconds", type=int, default=30)
+    p.add_argument("--child-wall-seconds", type=float, default=60.0)
+    p.add_argument("--max-result-mb", type=int, default=1024)
+    p.add_argument("--cache-mb", type=int, default=1024)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on 127.0.0.1 (0: off)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("verify", help="verify a file's bundle offline (no unpickling)")
+    p.add_argument("--bundle", type=Path)
+    _signer_args(p)
+    p.add_argument("--trust-config", help="trusted root or ClientTrustConfig (default: production)")
+    p.add_argument("--offline", action="store_true", help="accepted for sigstore CLI parity; always offline")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("load", help="call VerifyAndLoad on a running loader and save the skops model")
+    p.add_argument("--endpoint", required=True, help="e.g. unix:///run/loader/loader.sock")
+    p.add_argument("--bundle")
+    _signer_args(p)
+    p.add_argument("--trust-root", help="name of a trust root configured on the loader")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("file", help="artefact path under the loader's models root")
+    p.set_defaults(func=_load)
+
+    p = sub.add_parser("health", help="exit 0 when the loader answers SERVING")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=_health)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))

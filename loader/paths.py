@@ -1,0 +1,80 @@
+"""Resolve request paths inside the read-only models root, and read files exactly once."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from loader.errors import BadRequest, LimitExceeded, NotFound
+
+BUNDLE_SUFFIXES = (".sigstore.json", ".sigstore")
+
+
+@dataclass(frozen=True)
+class ModelsRoot:
+    """The folder the loader may read artefacts and bundles from; nothing outside it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(os.path.realpath(self.path)))
+
+    def resolve(self, requested: str, what: str) -> Path:
+        """Map a request path to a real path inside the root, or refuse it."""
+        if not requested or "\x00" in requested:
+            raise BadRequest(f"{what} path is empty or contains NUL")
+        raw = Path(requested)
+        if ".." in raw.parts:
+            raise BadRequest(f"{what} path {requested!r} contains '..'; give a path inside the models root")
+        candidate = raw if raw.is_absolute() else self.path / raw
+        real = Path(os.path.realpath(candidate))
+        if real != self.path and self.path not in real.parents:
+            raise BadRequest(
+                f"{what} path {requested!r} resolves to {real}, outside the models root {self.path}"
+            )
+        return real
+
+    def bundle_for(self, artefact: Path, requested: str) -> Path:
+        """The bundle path: the requested one, else `<artefact>.sigstore.json`, else `.sigstore`."""
+        if requested:
+            return self.resolve(requested, "bundle")
+        for suffix in BUNDLE_SUFFIXES:
+            candidate = artefact.with_name(artefact.name + suffix)
+            if candidate.exists():
+                return self.resolve(str(candidate), "bundle")
+        raise NotFound(
+            f"no Sigstore bundle next to {artefact.name}: expected {artefact.name}.sigstore.json "
+            f"(written by `sigstore sign`) or {artefact.name}.sigstore"
+        )
+
+
+def read_once(path: Path, what: str, max_bytes: int) -> bytes:
+    """Read a regular file in one go (no symlink at the last component), within a size cap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise BadRequest(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRequest(f"{what} {path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise LimitExceeded(f"{what} {path} is {info.st_size} bytes; the limit is {max_bytes}")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 16 * 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise LimitExceeded(f"{what} {path} grew past the limit of {max_bytes} bytes while read")
+        return data
+    finally:
+        os.close(fd)

@@ -1,0 +1,95 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Signer(_message.Message):
+    __slots__ = ("identity", "issuer", "workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_REF_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_SHA_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    issuer: str
+    workflow_repository: str
+    workflow_ref: str
+    workflow_sha: str
+    workflow_name: str
+    workflow_trigger: str
+    def __init__(self, identity: _Optional[str] = ..., issuer: _Optional[str] = ..., workflow_repository: _Optional[str] = ..., workflow_ref: _Optional[str] = ..., workflow_sha: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_trigger: _Optional[str] = ...) -> None: ...
+
+class VerifyAndLoadRequest(_message.Message):
+    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types")
+    ARTEFACT_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SIGNERS_FIELD_NUMBER: _ClassVar[int]
+    TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
+    artefact: str
+    bundle: str
+    signers: _containers.RepeatedCompositeFieldContainer[Signer]
+    trust_root: str
+    model_name: str
+    trusted_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerificationFacts(_message.Message):
+    __slots__ = ("artefact_sha256", "bundle_sha256", "identity", "issuer", "log_index", "integrated_time", "bundle_media_type", "trust_root")
+    ARTEFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
+    artefact_sha256: str
+    bundle_sha256: str
+    identity: str
+    issuer: str
+    log_index: int
+    integrated_time: int
+    bundle_media_type: str
+    trust_root: str
+    def __init__(self, artefact_sha256: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., identity: _Optional[str] = ..., issuer: _Optional[str] = ..., log_index: _Optional[int] = ..., integrated_time: _Optional[int] = ..., bundle_media_type: _Optional[str] = ..., trust_root: _Optional[str] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("stage", "seconds")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    seconds: float
+    def __init__(self, stage: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class LoadedModel(_message.Message):
+    __slots__ = ("facts", "timings", "untrusted_types", "format", "size", "model_sha256", "cached")
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    UNTRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    facts: VerificationFacts
+    timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    untrusted_types: _containers.RepeatedScalarFieldContainer[str]
+    format: str
+    size: int
+    model_sha256: str
+    cached: bool
+    def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class VerifyAndLoadResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: LoadedModel
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[LoadedModel, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...

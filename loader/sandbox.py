@@ -1,0 +1,172 @@
+"""Run the confined child for one verified artefact and collect its skops bytes.
+
+Children are forked from a multiprocessing fork server that preloads scikit-learn and skops
+and never sees untrusted bytes until they are handed to a child. The parent (this process)
+reads only length-capped byte messages from the child: nothing it sends is unpickled here.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from loader._internal.child import ChildLimits, run
+from loader.errors import LimitExceeded, UnpicklingFailed
+
+_PRELOAD = ["loader._internal.child"]
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Hard limits for one confined unpickling."""
+
+    memory_bytes: int = 1 << 30
+    cpu_seconds: int = 30
+    wall_seconds: float = 60.0
+    max_result_bytes: int = 1 << 30
+    max_output_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Converted:
+    """The model as skops bytes, with what the child reported about it."""
+
+    skops_bytes: bytes
+    untrusted_types: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    output: str = ""
+
+
+class Sandbox:
+    """Forks a confined child per artefact from a preloaded fork server."""
+
+    def __init__(self, limits: SandboxLimits | None = None) -> None:
+        self.limits = limits or SandboxLimits()
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(_PRELOAD)
+
+    def warm_up(self) -> None:
+        """Start the fork server now (imports take seconds) rather than on the first load."""
+        self.convert_nothing()
+
+    def convert_nothing(self) -> None:
+        proc = self._ctx.Process(target=_noop, daemon=True)
+        proc.start()
+        proc.join()
+
+    def convert(self, artefact: bytes) -> Converted:
+        """Unpickle `artefact` in a fresh confined child; return the skops conversion."""
+        limits = self.limits
+        result_r, result_w = self._ctx.Pipe(duplex=False)
+        output_r, output_w = self._ctx.Pipe(duplex=False)
+        child_limits = ChildLimits(memory_bytes=limits.memory_bytes, cpu_seconds=limits.cpu_seconds)
+        proc = self._ctx.Process(
+            target=run, args=(artefact, result_w, output_w, child_limits), daemon=True, name="confined-unpickle"
+        )
+        started = time.perf_counter()
+        proc.start()
+        result_w.close()
+        output_w.close()
+        output = _CappedReader(output_r, limits.max_output_bytes)
+        try:
+            header = self._receive(result_r, proc, started, 1 << 20)
+            if header is None:
+                raise self._died(proc, output)
+            try:
+                meta = json.loads(header)
+            except ValueError:
+                raise UnpicklingFailed("the confined child sent a malformed result header") from None
+            if not meta.get("ok"):
+                if meta.get("limit") == "memory":
+                    raise LimitExceeded(
+                        f"unpickling exceeded the memory limit of {limits.memory_bytes} bytes"
+                    )
+                raise UnpicklingFailed(f"unpickling the verified artefact failed: {meta.get('error')}")
+            data = self._receive(result_r, proc, started, limits.max_result_bytes)
+            if data is None:
+                raise self._died(proc, output)
+            untrusted = meta.get("untrusted_types", [])
+            if not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted):
+                raise UnpicklingFailed("the confined child reported malformed type information")
+            timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
+            timings["child_total"] = time.perf_counter() - started
+            return Converted(data, untrusted, timings, output.text())
+        finally:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            proc.close()
+            result_r.close()
+            output.close()
+
+    def _receive(self, conn, proc, started: float, max_bytes: int) -> bytes | None:  # type: ignore[no-untyped-def]
+        remaining = self.limits.wall_seconds - (time.perf_counter() - started)
+        if remaining <= 0 or not conn.poll(remaining):
+            if proc.is_alive():
+                proc.kill()
+                raise LimitExceeded(
+                    f"unpickling took longer than the wall-time limit of {self.limits.wall_seconds:g} s; "
+                    "the child was killed"
+                )
+            return None
+        try:
+            return conn.recv_bytes(max_bytes)
+        except EOFError:
+            return None
+        except OSError:
+            proc.kill()
+            raise LimitExceeded(f"the child's result exceeds {max_bytes} bytes; refused") from None
+
+    def _died(self, proc, output: _CappedReader) -> Exception:  # type: ignore[no-untyped-def]
+        proc.join(5)
+        code = proc.exitcode
+        tail = output.text()[-500:]
+        detail = f"; it printed: {tail!r}" if tail else ""
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name
+            if sig == "SIGXCPU":
+                return LimitExceeded(
+                    f"unpickling exceeded the CPU-time limit of {self.limits.cpu_seconds} s ({sig}){detail}"
+                )
+            return UnpicklingFailed(f"the confined child was killed by {sig} while unpickling{detail}")
+        return UnpicklingFailed(f"the confined child exited ({code}) without a result{detail}")
+
+
+class _CappedReader:
+    """Drains a pipe on a thread, keeping only the first `cap` bytes."""
+
+    def __init__(self, conn, cap: int) -> None:  # type: ignore[no-untyped-def]
+        self._conn = conn
+        self._cap = cap
+        self._kept = bytearray()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        fd = self._conn.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            if len(self._kept) < self._cap:
+                self._kept += chunk[: self._cap - len(self._kept)]
+
+    def text(self) -> str:
+        self._thread.join(0.2)
+        return bytes(self._kept).decode(errors="replace")
+
+    def close(self) -> None:
+        self._thread.join(1)
+        self._conn.close()
+
+
+def _noop() -> None:
+    pass

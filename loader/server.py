@@ -1,0 +1,114 @@
+"""gRPC front of the loader: VerifyAndLoad, health checking and reflection on a Unix socket."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from loader.errors import BadRequest, LoaderError
+from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+from loader.service import LoaderService, LoadRequest, LoadResult
+from loader.verify import Signer
+
+CHUNK_BYTES = 1 << 20
+MAX_SOCKET_PATH = 107
+
+
+class LoaderServicer(loader_pb2_grpc.LoaderServicer):
+    def __init__(self, service: LoaderService) -> None:
+        self._service = service
+
+    def VerifyAndLoad(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.VerifyAndLoadRequest, context: grpc.ServicerContext
+    ) -> Iterator[loader_pb2.VerifyAndLoadResponse]:
+        try:
+            result = self._service.load(_to_load_request(request))
+        except LoaderError as exc:
+            context.abort(exc.code, str(exc))
+        yield loader_pb2.VerifyAndLoadResponse(header=_header(result))
+        data = memoryview(result.converted.skops_bytes)
+        for offset in range(0, len(data), CHUNK_BYTES):
+            yield loader_pb2.VerifyAndLoadResponse(chunk=bytes(data[offset : offset + CHUNK_BYTES]))
+
+
+def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
+    signers = []
+    for s in request.signers:
+        if not s.identity or not s.issuer:
+            raise BadRequest("every signer needs both an identity and an OIDC issuer")
+        signers.append(
+            Signer(
+                identity=s.identity,
+                issuer=s.issuer,
+                workflow_repository=s.workflow_repository,
+                workflow_ref=s.workflow_ref,
+                workflow_sha=s.workflow_sha,
+                workflow_name=s.workflow_name,
+                workflow_trigger=s.workflow_trigger,
+            )
+        )
+    return LoadRequest(
+        artefact=request.artefact,
+        bundle=request.bundle,
+        signers=tuple(signers),
+        trust_root=request.trust_root,
+        model_name=request.model_name,
+        trusted_types=tuple(request.trusted_types),
+    )
+
+
+def _header(result: LoadResult) -> loader_pb2.LoadedModel:
+    v = result.verified
+    return loader_pb2.LoadedModel(
+        facts=loader_pb2.VerificationFacts(
+            artefact_sha256=v.artefact_sha256,
+            bundle_sha256=v.bundle_sha256,
+            identity=v.identity,
+            issuer=v.issuer,
+            log_index=v.log_index,
+            integrated_time=v.integrated_time,
+            bundle_media_type=v.bundle_media_type,
+            trust_root=v.trust_root,
+        ),
+        timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in result.timings.items()],
+        untrusted_types=result.converted.untrusted_types,
+        format="skops",
+        size=len(result.converted.skops_bytes),
+        model_sha256=result.model_sha256,
+        cached=result.cached,
+    )
+
+
+def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
+    """A gRPC server bound to `socket_path` (a stale socket file is replaced)."""
+    if len(str(socket_path)) > MAX_SOCKET_PATH:
+        raise ValueError(f"socket path {socket_path} is longer than {MAX_SOCKET_PATH} bytes")
+    if socket_path.is_socket():
+        socket_path.unlink()
+    workers = service.limits.max_concurrent_loads + 4
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader-rpc"),
+        options=[("grpc.max_receive_message_length", 1 << 20)],
+    )
+    loader_pb2_grpc.add_LoaderServicer_to_server(LoaderServicer(service), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_name = loader_pb2.DESCRIPTOR.services_by_name["Loader"].full_name
+    for name in ("", service_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    old_umask = os.umask(0o007)  # the socket is for the loader's group (MLServer) only
+    try:
+        server.add_insecure_port(f"unix://{socket_path}")
+    finally:
+        os.umask(old_umask)
+    return server

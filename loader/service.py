@@ -1,0 +1,195 @@
+"""The verify-and-load pipeline: read once, verify that buffer, unpickle it confined, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Histogram
+
+from loader.errors import LimitExceeded, LoaderError, UntrustedTypes
+from loader.paths import ModelsRoot, read_once
+from loader.sandbox import Converted, Sandbox
+from loader.verify import Signer, TrustRoots, Verified, verify_artefact
+
+VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
+LOAD_SECONDS = Histogram(
+    "loader_load_seconds", "VerifyAndLoad duration", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+)
+_log = logging.getLogger("loader")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    artefact: str
+    signers: tuple[Signer, ...]
+    bundle: str = ""
+    trust_root: str = ""
+    model_name: str = ""
+    trusted_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    verified: Verified
+    converted: Converted
+    model_sha256: str
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_artefact_bytes: int = 4 << 30
+    max_bundle_bytes: int = 1 << 20
+    max_concurrent_loads: int = 2
+    queue_timeout_seconds: float = 120.0
+    cache_bytes: int = 1 << 30
+
+
+class _ResultCache:
+    """LRU of converted models, bounded by total bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._items: OrderedDict[tuple, LoadResult] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> LoadResult | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, result: LoadResult) -> None:
+        size = len(result.converted.skops_bytes)
+        if size > self._budget:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = result
+            self._size += size
+            while self._size > self._budget:
+                _, evicted = self._items.popitem(last=False)
+                self._size -= len(evicted.converted.skops_bytes)
+
+
+class LoaderService:
+    """Everything one VerifyAndLoad does, independent of the transport."""
+
+    def __init__(
+        self,
+        root: ModelsRoot,
+        trust_roots: TrustRoots,
+        sandbox: Sandbox,
+        limits: ServiceLimits | None = None,
+    ) -> None:
+        self.root = root
+        self.trust_roots = trust_roots
+        self.sandbox = sandbox
+        self.limits = limits or ServiceLimits()
+        self._slots = threading.BoundedSemaphore(self.limits.max_concurrent_loads)
+        self._cache = _ResultCache(self.limits.cache_bytes)
+        self._inflight: dict[tuple, threading.Lock] = {}
+        self._inflight_lock = threading.Lock()
+
+    def load(self, request: LoadRequest) -> LoadResult:
+        """Verify and convert one artefact; raise a LoaderError subclass on any refusal."""
+        started = time.perf_counter()
+        record: dict[str, object] = {"model": request.model_name, "artefact": request.artefact}
+        try:
+            result = self._load(request, record)
+        except LoaderError as exc:
+            VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
+            record.update(verdict="refused", code=exc.code.name, reason=str(exc))
+            raise
+        except Exception as exc:
+            VERIFICATIONS.labels(result="internal").inc()
+            record.update(verdict="error", code="INTERNAL", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            VERIFICATIONS.labels(result="loaded").inc()
+            record.update(
+                verdict="loaded",
+                identity=result.verified.identity,
+                issuer=result.verified.issuer,
+                cached=result.cached,
+            )
+            return result
+        finally:
+            elapsed = time.perf_counter() - started
+            LOAD_SECONDS.observe(elapsed)
+            record["seconds"] = round(elapsed, 4)
+            print(json.dumps({"event": "verify_and_load", **record}), file=sys.stderr, flush=True)
+
+    def _load(self, request: LoadRequest, record: dict[str, object]) -> LoadResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        artefact_path = self.root.resolve(request.artefact, "artefact")
+        bundle_path = self.root.bundle_for(artefact_path, request.bundle)
+        artefact = read_once(artefact_path, "artefact", self.limits.max_artefact_bytes)
+        bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
+        t1 = time.perf_counter()
+        timings["read"] = t1 - t0
+        digest = hashlib.sha256(artefact).hexdigest()
+        timings["hash"] = time.perf_counter() - t1
+        record["sha256"] = digest
+        key = (
+            digest,
+            hashlib.sha256(bundle).hexdigest(),
+            tuple(sorted(request.signers, key=repr)),
+            request.trust_root or self.trust_roots.default,
+        )
+        with self._inflight_lock:
+            gate = self._inflight.setdefault(key, threading.Lock())
+        # Identical concurrent requests (MLServer's parallel workers) wait for one result.
+        with gate:
+            cached = self._cache.get(key)
+            if cached is not None:
+                result = LoadResult(cached.verified, cached.converted, cached.model_sha256, timings, cached=True)
+            else:
+                result = self._verify_and_convert(artefact, bundle, request, timings)
+                self._cache.put(key, result)
+        with self._inflight_lock:
+            self._inflight.pop(key, None)
+        record["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+        untrusted = sorted(set(result.converted.untrusted_types) - set(request.trusted_types))
+        if request.trusted_types and untrusted:
+            raise UntrustedTypes(
+                f"the model holds types the caller does not trust: {untrusted}; "
+                "add them to the model's trusted types only if you trust their code"
+            )
+        return result
+
+    def _verify_and_convert(
+        self, artefact: bytes, bundle: bytes, request: LoadRequest, timings: dict[str, float]
+    ) -> LoadResult:
+        t0 = time.perf_counter()
+        verified = verify_artefact(artefact, bundle, list(request.signers), self.trust_roots, request.trust_root)
+        t1 = time.perf_counter()
+        timings["verify"] = t1 - t0
+        # Nothing is unpickled before this line, and only the bytes just verified are.
+        if not self._slots.acquire(timeout=self.limits.queue_timeout_seconds):
+            raise LimitExceeded(
+                f"all {self.limits.max_concurrent_loads} load slots stayed busy for "
+                f"{self.limits.queue_timeout_seconds:g} s; retry later"
+            )
+        try:
+            t2 = time.perf_counter()
+            timings["queue"] = t2 - t1
+            converted = self.sandbox.convert(artefact)
+            timings.update({f"child_{k}" if k in ("unpickle", "convert") else k: v for k, v in converted.timings.items()})
+        finally:
+            self._slots.release()
+        return LoadResult(
+            verified, converted, hashlib.sha256(converted.skops_bytes).hexdigest(), timings
+        )

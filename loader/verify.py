@@ -1,0 +1,220 @@
+"""Offline Sigstore verification of an in-memory artefact against an identity policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import sigstore
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
+from sigstore.errors import Error as SigstoreError
+from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
+from sigstore.verify import Verifier
+from sigstore.verify.policy import (
+    AllOf,
+    AnyOf,
+    GitHubWorkflowName,
+    GitHubWorkflowRef,
+    GitHubWorkflowRepository,
+    GitHubWorkflowSHA,
+    GitHubWorkflowTrigger,
+    Identity,
+    VerificationPolicy,
+)
+
+from loader.errors import BadRequest, VerificationFailed
+
+PRODUCTION = "production"
+_OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+_OID_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
+
+
+@dataclass(frozen=True)
+class Signer:
+    """One accepted signer: exact certificate identity and OIDC issuer, plus optional claims."""
+
+    identity: str
+    issuer: str
+    workflow_repository: str = ""
+    workflow_ref: str = ""
+    workflow_sha: str = ""
+    workflow_name: str = ""
+    workflow_trigger: str = ""
+
+    def describe(self) -> str:
+        extra = [
+            f"{name}={value}"
+            for name, value in (
+                ("workflow_repository", self.workflow_repository),
+                ("workflow_ref", self.workflow_ref),
+                ("workflow_sha", self.workflow_sha),
+                ("workflow_name", self.workflow_name),
+                ("workflow_trigger", self.workflow_trigger),
+            )
+            if value
+        ]
+        return f"{self.identity} (issuer {self.issuer}{', ' if extra else ''}{', '.join(extra)})"
+
+    def policy(self) -> VerificationPolicy:
+        checks: list[VerificationPolicy] = [Identity(identity=self.identity, issuer=self.issuer)]
+        for cls, value in (
+            (GitHubWorkflowRepository, self.workflow_repository),
+            (GitHubWorkflowRef, self.workflow_ref),
+            (GitHubWorkflowSHA, self.workflow_sha),
+            (GitHubWorkflowName, self.workflow_name),
+            (GitHubWorkflowTrigger, self.workflow_trigger),
+        ):
+            if value:
+                checks.append(cls(value))
+        return AllOf(checks)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a successful verification established about the artefact."""
+
+    artefact_sha256: str
+    bundle_sha256: str
+    identity: str
+    issuer: str
+    log_index: int
+    integrated_time: int
+    bundle_media_type: str
+    trust_root: str
+
+
+def _load_trusted_root(path: Path) -> TrustedRoot:
+    text = path.read_text()
+    media_type = json.loads(text).get("mediaType", "")
+    if "clienttrustconfig" in media_type:
+        return ClientTrustConfig.from_json(text).trusted_root
+    return TrustedRoot.from_file(str(path))
+
+
+def production_root_file() -> Path:
+    """The production trusted root pinned inside the installed sigstore package."""
+    return (
+        Path(sigstore.__file__).parent / "_store" / "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev" / "trusted_root.json"
+    )
+
+
+class TrustRoots:
+    """Operator-chosen trusted roots by name; requests may only pick among these."""
+
+    def __init__(self, files: dict[str, Path], default: str) -> None:
+        self._verifiers = {name: Verifier(trusted_root=_load_trusted_root(p)) for name, p in files.items()}
+        if default not in self._verifiers:
+            raise ValueError(f"default trust root {default!r} is not one of {sorted(self._verifiers)}")
+        self.default = default
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._verifiers)
+
+    def verifier(self, name: str) -> tuple[str, Verifier]:
+        chosen = name or self.default
+        try:
+            return chosen, self._verifiers[chosen]
+        except KeyError:
+            raise BadRequest(
+                f"unknown trust root {chosen!r}; this loader is configured with {self.names}"
+            ) from None
+
+
+def _identity_of(cert: x509.Certificate) -> tuple[str, str]:
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        names = [str(n.value) for n in san]  # type: ignore[attr-defined]
+    except x509.ExtensionNotFound:
+        names = []
+    issuer = ""
+    for oid in (_OID_ISSUER_V1, _OID_ISSUER_V2):
+        try:
+            raw = cert.extensions.get_extension_for_oid(oid).value.value  # type: ignore[attr-defined]
+        except x509.ExtensionNotFound:
+            continue
+        # V1 holds raw UTF-8; V2 a DER UTF8String (tag, short length, text).
+        issuer = raw.decode(errors="replace") if oid == _OID_ISSUER_V1 else raw[2:].decode(errors="replace")
+        break
+    return ", ".join(names), issuer
+
+
+def verify_artefact(
+    artefact: bytes,
+    bundle_json: bytes,
+    signers: list[Signer],
+    roots: TrustRoots,
+    trust_root: str = "",
+) -> Verified:
+    """Verify `artefact` (the exact bytes that will be deserialized) against its bundle.
+
+    Checks the certificate chain, SCT, transparency log inclusion and time, and the signature
+    over these bytes, then requires one of `signers` to match. Raises VerificationFailed naming
+    the failed check.
+    """
+    if not signers:
+        raise BadRequest("no accepted signers in the policy; name at least one identity and issuer")
+    root_name, verifier = roots.verifier(trust_root)
+    try:
+        media_type = str(json.loads(bundle_json).get("mediaType", ""))
+        bundle = Bundle.from_json(bundle_json)
+    except (ValueError, SigstoreError, AttributeError) as exc:
+        raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
+    policies = [signer.policy() for signer in signers]
+    try:
+        verifier.verify_artifact(input_=artefact, bundle=bundle, policy=AnyOf(policies))
+    except SigstoreError as exc:
+        cert = bundle.signing_certificate
+        if any(_holds(policy, cert) for policy in policies):
+            raise VerificationFailed(
+                f"signature check failed against trust root {root_name!r}: "
+                f"{_first_line(exc)}{_hint(str(exc))}"
+            ) from None
+        actual_identity, actual_issuer = _identity_of(cert)
+        expected = "; ".join(signer.describe() for signer in signers)
+        raise VerificationFailed(
+            f"signer policy failed: the bundle is signed by {actual_identity!r} "
+            f"(issuer {actual_issuer!r}), which matches none of the accepted signers: {expected}"
+        ) from None
+    actual_identity, actual_issuer = _identity_of(bundle.signing_certificate)
+    entry = bundle.log_entry._inner
+    return Verified(
+        artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+        bundle_sha256=hashlib.sha256(bundle_json).hexdigest(),
+        identity=actual_identity,
+        issuer=actual_issuer,
+        log_index=int(entry.log_index or 0),
+        integrated_time=int(entry.integrated_time or 0),
+        bundle_media_type=media_type,
+        trust_root=root_name,
+    )
+
+
+def _holds(policy: VerificationPolicy, cert: x509.Certificate) -> bool:
+    try:
+        policy.verify(cert)
+    except SigstoreError:
+        return False
+    return True
+
+
+_HINTS = {
+    "digest mismatch": "the artefact's bytes are not the ones that were signed (modified or replaced)",
+    "Signature is invalid": "the artefact's bytes are not the ones that were signed",
+    "certificate chain": "the bundle was not issued under this trust root (another Sigstore instance?)",
+}
+
+
+def _hint(message: str) -> str:
+    for needle, hint in _HINTS.items():
+        if needle in message:
+            return f" ({hint})"
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
