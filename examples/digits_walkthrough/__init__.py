@@ -1,0 +1,1 @@
+"""The walkthrough's example models: `python -m digits_walkthrough DIR`."""
