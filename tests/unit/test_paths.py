@@ -1,0 +1,55 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from loader.errors import BadRequest, LimitExceeded, NotFound
+from loader.paths import ModelsRoot, read_once
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> ModelsRoot:
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "model.joblib").write_bytes(b"x")
+    (tmp_path / "secret").write_text("s")
+    return ModelsRoot(tmp_path / "models")
+
+
+def test_relative_and_absolute_paths_inside_the_root_resolve(root: ModelsRoot) -> None:
+    assert root.resolve("m/model.joblib", "artefact") == root.path / "m" / "model.joblib"
+    assert root.resolve(str(root.path / "m" / "model.joblib"), "artefact") == root.path / "m" / "model.joblib"
+
+
+@pytest.mark.parametrize("path", ["../secret", "m/../../secret", "/etc/passwd", "", "m/\x00"])
+def test_paths_leaving_the_root_are_refused(root: ModelsRoot, path: str) -> None:
+    with pytest.raises(BadRequest):
+        root.resolve(path, "artefact")
+
+
+def test_symlink_leaving_the_root_is_refused(root: ModelsRoot) -> None:
+    os.symlink(root.path.parent / "secret", root.path / "m" / "escape.joblib")
+    with pytest.raises(BadRequest, match="outside the models root"):
+        root.resolve("m/escape.joblib", "artefact")
+
+
+def test_bundle_defaults_prefer_sigstore_json_then_sigstore(root: ModelsRoot) -> None:
+    artefact = root.path / "m" / "model.joblib"
+    with pytest.raises(NotFound, match="model.joblib.sigstore.json"):
+        root.bundle_for(artefact, "")
+    (root.path / "m" / "model.joblib.sigstore").write_text("{}")
+    assert root.bundle_for(artefact, "").name == "model.joblib.sigstore"
+    (root.path / "m" / "model.joblib.sigstore.json").write_text("{}")
+    assert root.bundle_for(artefact, "").name == "model.joblib.sigstore.json"
+
+
+def test_read_once_enforces_the_size_cap_and_refuses_symlinks(root: ModelsRoot, tmp_path: Path) -> None:
+    big = root.path / "m" / "big"
+    big.write_bytes(b"0" * 100)
+    with pytest.raises(LimitExceeded):
+        read_once(big, "artefact", 99)
+    assert read_once(big, "artefact", 100) == b"0" * 100
+    os.symlink(big, root.path / "m" / "link")
+    with pytest.raises(BadRequest):
+        read_once(root.path / "m" / "link", "artefact", 100)
+    with pytest.raises(NotFound):
+        read_once(root.path / "m" / "missing", "artefact", 100)

@@ -1,0 +1,87 @@
+"""The serving side treats skops bytes as hostile: caps, zip checks, allowlist, tree checks."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+
+from runtime.errors import ModelRefused
+from runtime.safe_load import load_model
+
+X = np.random.default_rng(0).normal(size=(60, 4))
+Y = (X[:, 0] > 0).astype(int)
+
+
+def test_an_ordinary_model_round_trips_and_predicts_the_same() -> None:
+    model = SVC().fit(X, Y)
+    loaded = load_model(skops.io.dumps(model), [])
+    assert (loaded.predict(X) == model.predict(X)).all()
+
+
+def test_forests_and_boosted_trees_load_after_validation() -> None:
+    for model in (RandomForestClassifier(n_estimators=3).fit(X, Y), HistGradientBoostingClassifier(max_iter=3).fit(X, Y)):
+        loaded = load_model(skops.io.dumps(model), [])
+        assert (loaded.predict(X) == model.predict(X)).all()
+
+
+def test_types_outside_the_allowlist_are_refused_by_name() -> None:
+    data = skops.io.dumps(FunctionTransformer(func=os.system))
+    with pytest.raises(ModelRefused, match="posix.system") as exc:
+        load_model(data, [])
+    assert exc.value.status_code == 422
+
+
+def test_not_a_zip_is_refused() -> None:
+    with pytest.raises(ModelRefused, match="not a skops archive"):
+        load_model(b"\x80\x04not a zip", [])
+
+
+def test_a_zip_bomb_is_refused_before_skops_reads_it() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", "{}")
+        archive.writestr("payload.npy", b"\0" * (64 << 20))
+    with pytest.raises(ModelRefused, match="zip bomb"):
+        load_model(buffer.getvalue(), [])
+
+
+def _tampered_tree(field: str, value: int) -> bytes:
+    model = DecisionTreeClassifier(random_state=0).fit(X, Y)
+    state = model.tree_.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes[field][0] = value
+    state["nodes"] = nodes
+    model.tree_.__setstate__(state)
+    return skops.io.dumps(model)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("left_child", 10**6, "out-of-range left child"),
+        ("right_child", 0, "out-of-range right child"),
+        ("feature", 99, "feature outside"),
+    ],
+)
+def test_a_crafted_decision_tree_is_refused(field: str, value: int, message: str) -> None:
+    with pytest.raises(ModelRefused, match=message):
+        load_model(_tampered_tree(field, value), [])
+
+
+def test_a_crafted_boosted_tree_is_refused() -> None:
+    model = HistGradientBoostingClassifier(max_iter=2).fit(X, Y)
+    model._predictors[0][0].nodes["left"][0] = 5000
+    with pytest.raises(ModelRefused, match="boosted tree 0: node 0 has an out-of-range left child"):
+        load_model(skops.io.dumps(model), [])
+
+
+def test_a_non_estimator_is_refused() -> None:
+    with pytest.raises(ModelRefused, match="not a scikit-learn estimator"):
+        load_model(skops.io.dumps({"a": 1}), [])
