@@ -133,6 +133,7 @@ class LoaderService:
 
     def _load(self, request: LoadRequest, record: dict[str, object]) -> LoadResult:
         timings: dict[str, float] = {}
+        record["stage"] = "read"
         t0 = time.perf_counter()
         artefact_path = self.root.resolve(request.artefact, "artefact")
         bundle_path = self.root.bundle_for(artefact_path, request.bundle)
@@ -157,7 +158,7 @@ class LoaderService:
             if cached is not None:
                 result = LoadResult(cached.verified, cached.converted, cached.model_sha256, timings, cached=True)
             else:
-                result = self._verify_and_convert(artefact, bundle, request, timings)
+                result = self._verify_and_convert(artefact, bundle, request, timings, record)
                 self._cache.put(key, result)
         with self._inflight_lock:
             self._inflight.pop(key, None)
@@ -171,8 +172,14 @@ class LoaderService:
         return result
 
     def _verify_and_convert(
-        self, artefact: bytes, bundle: bytes, request: LoadRequest, timings: dict[str, float]
+        self,
+        artefact: bytes,
+        bundle: bytes,
+        request: LoadRequest,
+        timings: dict[str, float],
+        record: dict[str, object],
     ) -> LoadResult:
+        record["stage"] = "verify"
         t0 = time.perf_counter()
         verified = verify_artefact(artefact, bundle, list(request.signers), self.trust_roots, request.trust_root)
         t1 = time.perf_counter()
@@ -184,6 +191,7 @@ class LoaderService:
                 f"{self.limits.queue_timeout_seconds:g} s; retry later"
             )
         try:
+            record["stage"] = "unpickle"
             t2 = time.perf_counter()
             timings["queue"] = t2 - t1
             converted = self.sandbox.convert(artefact)

@@ -1,0 +1,283 @@
+"""The loader service over real gRPC: verification gate, confined unpickling, status codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import joblib
+import pytest
+import skops.io
+from sklearn import datasets
+
+from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+from tests import hostile
+from tests.conftest import SIGNER, Authority, LoaderProcess, start_loader, stop_process
+
+DIGITS = datasets.load_digits()
+DIGITS_X = DIGITS.images.reshape((len(DIGITS.images), -1))
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority, other_authority: Authority) -> Iterator[LoaderProcess]:
+    proc = start_loader(
+        tmp_path_factory.mktemp("loader"),
+        models_root,
+        {"local": authority.trust_config, "other": other_authority.trust_config},
+        "--child-wall-seconds=6", "--child-cpu-seconds=3", "--child-memory-mb=256", "--max-concurrent-loads=2",
+    )
+    yield proc
+    stop_process(proc.process)
+
+
+def put(models_root: Path, name: str, data: bytes, authority: Authority | None = None, email: str = SIGNER) -> str:
+    path = models_root / name / "model.joblib"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if authority is not None:
+        authority.sign_file(path, email)
+    return f"{name}/model.joblib"
+
+
+def call(loader: LoaderProcess, artefact: str, authority: Authority, identity: str = SIGNER, issuer: str | None = None, **fields: str) -> tuple[loader_pb2.LoadedModel, bytes]:
+    request = loader_pb2.VerifyAndLoadRequest(
+        artefact=artefact,
+        signers=[loader_pb2.Signer(identity=identity, issuer=issuer or authority.issuer)],
+        model_name=artefact,
+        **fields,
+    )
+    with grpc.insecure_channel(loader.endpoint) as channel:
+        responses = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(request, timeout=60)
+        header = next(responses).header
+        return header, b"".join(r.chunk for r in responses)
+
+
+def refused(loader: LoaderProcess, artefact: str, authority: Authority, **kwargs: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as exc:
+        call(loader, artefact, authority, **kwargs)
+    return exc.value
+
+
+def log_records(loader: LoaderProcess, artefact: str) -> list[dict]:
+    records = []
+    for line in loader.log_text().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("artefact") == artefact:
+                records.append(record)
+    return records
+
+
+def test_a_good_model_round_trips_and_predicts_like_the_original(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    artefact = put(models_root, "good", digits_svm_bytes, authority)
+    header, data = call(loader, artefact, authority)
+    original = joblib.load(io.BytesIO(digits_svm_bytes))
+    served = skops.io.loads(data, trusted=[])
+    assert (served.predict(DIGITS_X) == original.predict(DIGITS_X)).all()
+    assert header.facts.identity == SIGNER
+    assert header.facts.issuer == authority.issuer
+    assert header.facts.trust_root == "local"
+    assert header.facts.bundle_media_type.startswith("application/vnd.dev.sigstore.bundle")
+    assert header.facts.log_index >= 0 and header.facts.integrated_time > 0
+    assert {t.stage for t in header.timings} >= {"read", "hash", "verify", "child_unpickle", "child_convert"}
+    assert header.untrusted_types == []
+    again, _ = call(loader, artefact, authority)
+    assert again.cached and not header.cached
+
+
+def test_the_trace_artefact_is_unpickled_when_signed(loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    """Control for the refusal tests: a signed trace artefact does reach the child."""
+    artefact = put(models_root, "trace-signed", hostile.TRACE, authority)
+    error = refused(loader, artefact, authority)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert hostile.TRACE_MESSAGE in error.details()
+    assert log_records(loader, artefact)[-1]["stage"] == "unpickle"
+
+
+@pytest.fixture()
+def trace_artefact(models_root: Path, authority: Authority, request: pytest.FixtureRequest) -> str:
+    """A signed trace artefact; each test mutates it or the request so it must be refused."""
+    return put(models_root, f"trace-{request.node.name[:40]}", hostile.TRACE, authority)
+
+
+def assert_refused_without_unpickling(loader: LoaderProcess, error: grpc.RpcError, artefact: str, code: grpc.StatusCode, words: str) -> None:
+    assert error.code() == code, error.details()
+    assert words in error.details()
+    assert hostile.TRACE_MESSAGE not in error.details()
+    records = log_records(loader, artefact)
+    assert records and records[-1]["verdict"] == "refused"
+    assert records[-1]["stage"] in ("read", "verify")
+
+
+@pytest.mark.parametrize("position", ["start", "middle", "end"])
+def test_a_flipped_byte_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, trace_artefact: str, position: str) -> None:
+    path = models_root / trace_artefact
+    data = bytearray(path.read_bytes())
+    index = {"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[position]
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    error = refused(loader, trace_artefact, authority)
+    assert_refused_without_unpickling(loader, error, trace_artefact, grpc.StatusCode.PERMISSION_DENIED, "digest mismatch")
+
+
+@pytest.mark.parametrize("change", [lambda d: d[:-1], lambda d: d + b"."])
+def test_a_truncated_or_extended_artefact_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, trace_artefact: str, change) -> None:  # type: ignore[no-untyped-def]
+    path = models_root / trace_artefact
+    path.write_bytes(change(path.read_bytes()))
+    error = refused(loader, trace_artefact, authority)
+    assert_refused_without_unpickling(loader, error, trace_artefact, grpc.StatusCode.PERMISSION_DENIED, "digest mismatch")
+
+
+def test_a_wrong_identity_is_refused_naming_expected_and_actual(loader: LoaderProcess, authority: Authority, trace_artefact: str) -> None:
+    error = refused(loader, trace_artefact, authority, identity="mallory@example.com")
+    assert_refused_without_unpickling(loader, error, trace_artefact, grpc.StatusCode.PERMISSION_DENIED, "signer policy failed")
+    assert SIGNER in error.details() and "mallory@example.com" in error.details()
+
+
+def test_a_wrong_issuer_is_refused(loader: LoaderProcess, authority: Authority, trace_artefact: str) -> None:
+    error = refused(loader, trace_artefact, authority, issuer="https://accounts.google.com")
+    assert_refused_without_unpickling(loader, error, trace_artefact, grpc.StatusCode.PERMISSION_DENIED, "https://accounts.google.com")
+
+
+def test_a_bundle_from_another_trust_root_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, other_authority: Authority) -> None:
+    artefact = put(models_root, "trace-other-root", hostile.TRACE, other_authority)
+    error = refused(loader, artefact, authority, issuer=other_authority.issuer)
+    assert_refused_without_unpickling(loader, error, artefact, grpc.StatusCode.PERMISSION_DENIED, "certificate chain")
+    # ...and it does verify when the request picks the root it was issued under.
+    with pytest.raises(grpc.RpcError) as ok_root:
+        call(loader, artefact, other_authority, trust_root="other")
+    assert hostile.TRACE_MESSAGE in ok_root.value.details()
+
+
+def test_a_missing_bundle_is_not_found(loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    artefact = put(models_root, "trace-unsigned", hostile.TRACE)
+    error = refused(loader, artefact, authority)
+    assert_refused_without_unpickling(loader, error, artefact, grpc.StatusCode.NOT_FOUND, "model.joblib.sigstore.json")
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.9+json"}'])
+def test_a_malformed_bundle_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, trace_artefact: str, content: bytes) -> None:
+    (models_root / f"{trace_artefact}.sigstore.json").write_bytes(content)
+    error = refused(loader, trace_artefact, authority)
+    assert_refused_without_unpickling(loader, error, trace_artefact, grpc.StatusCode.PERMISSION_DENIED, "bundle is malformed")
+
+
+def test_a_bundle_for_another_artefact_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, trace_artefact: str) -> None:
+    other = put(models_root, "other-artefact", b"another artefact", authority)
+    (models_root / f"{trace_artefact}.sigstore.json").write_bytes((models_root / f"{other}.sigstore.json").read_bytes())
+    error = refused(loader, trace_artefact, authority)
+    assert_refused_without_unpickling(loader, error, trace_artefact, grpc.StatusCode.PERMISSION_DENIED, "digest mismatch")
+
+
+@pytest.mark.parametrize("path", ["../outside/model.joblib", "/etc/passwd", "escape/model.joblib"])
+def test_paths_escaping_the_models_root_are_invalid(loader: LoaderProcess, models_root: Path, authority: Authority, path: str) -> None:
+    outside = models_root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "model.joblib").write_bytes(hostile.TRACE)
+    authority.sign_file(outside / "model.joblib")
+    if not (models_root / "escape").exists():
+        (models_root / "escape").symlink_to(outside)
+    error = refused(loader, path, authority)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert hostile.TRACE_MESSAGE not in error.details()
+
+
+def test_an_empty_policy_is_invalid(loader: LoaderProcess, authority: Authority, trace_artefact: str) -> None:
+    request = loader_pb2.VerifyAndLoadRequest(artefact=trace_artefact)
+    with grpc.insecure_channel(loader.endpoint) as channel, pytest.raises(grpc.RpcError) as exc:
+        next(loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(request, timeout=30))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "signers" in exc.value.details()
+
+
+def test_an_unknown_trust_root_is_invalid(loader: LoaderProcess, authority: Authority, trace_artefact: str) -> None:
+    error = refused(loader, trace_artefact, authority, trust_root="nope")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "['local', 'other', 'production']" in error.details()
+
+
+def test_untrusted_types_fail_the_precondition_when_the_caller_names_its_allowlist(loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    from sklearn.preprocessing import FunctionTransformer
+    import operator
+
+    buffer = io.BytesIO()
+    joblib.dump(FunctionTransformer(func=operator.neg), buffer)
+    artefact = put(models_root, "function-transformer", buffer.getvalue(), authority)
+    header, _ = call(loader, artefact, authority)
+    assert "_operator.neg" in header.untrusted_types
+    error = refused(loader, artefact, authority, trusted_types=["sklearn.tree._tree.Tree"])
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "_operator.neg" in error.details()
+
+
+def test_concurrent_loads_all_succeed(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    artefacts = [put(models_root, f"concurrent-{i}", digits_svm_bytes + b"\n" * i, authority) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        headers = list(pool.map(lambda a: call(loader, a, authority)[0], artefacts))
+    assert len({h.facts.artefact_sha256 for h in headers}) == 4
+
+
+@pytest.fixture()
+def listener() -> Iterator[tuple[int, list]]:
+    """A loopback TCP listener that records any connection a payload manages to make."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    accepted: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept())
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+CONTAINED = {
+    "os-system": (lambda t, p: hostile.os_system(f"touch {t}"), grpc.StatusCode.FAILED_PRECONDITION, "not a scikit-learn estimator"),
+    "subprocess": (lambda t, p: hostile.run_python(f"import subprocess; subprocess.run(['touch', '{t}'])"), grpc.StatusCode.FAILED_PRECONDITION, "Operation not permitted"),
+    "socket": (lambda t, p: hostile.run_python(f"import socket; socket.create_connection(('127.0.0.1', {p}))"), grpc.StatusCode.FAILED_PRECONDITION, "Operation not permitted"),
+    "fork": (lambda t, p: hostile.run_python(f"import os\nif os.fork() == 0: open('{t}', 'w')"), grpc.StatusCode.FAILED_PRECONDITION, "Operation not permitted"),
+    "write-file": (lambda t, p: hostile.run_python(f"open('{t}', 'w').write('pwnd')"), grpc.StatusCode.FAILED_PRECONDITION, "Operation not permitted"),
+    "kill-parent": (lambda t, p: hostile.run_python("import os; os.kill(os.getppid(), 9)"), grpc.StatusCode.FAILED_PRECONDITION, "Operation not permitted"),
+    "sleep-forever": (lambda t, p: hostile.run_python("import time; time.sleep(10**6)"), grpc.StatusCode.RESOURCE_EXHAUSTED, "wall-time limit"),
+    "cpu-loop": (lambda t, p: hostile.run_python("while True: pass"), grpc.StatusCode.RESOURCE_EXHAUSTED, "CPU-time limit"),
+    "memory-bomb": (lambda t, p: hostile.run_python("x = []\nwhile True: x.append(bytearray(10**7))"), grpc.StatusCode.RESOURCE_EXHAUSTED, "memory limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTAINED))
+def test_a_signed_hostile_pickle_is_contained(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes, listener: tuple[int, list], tmp_path: Path, case: str) -> None:
+    port, accepted = listener
+    trace = tmp_path / "trace"
+    make, code, words = CONTAINED[case]
+    artefact = put(models_root, f"hostile-{case}", make(trace, port), authority)
+    error = refused(loader, artefact, authority)
+    assert error.code() == code, error.details()
+    assert words in error.details()
+    assert not trace.exists()
+    assert accepted == []
+    assert loader.process.poll() is None, "the loader died"
+    good = put(models_root, "good-after-hostile", digits_svm_bytes, authority)
+    header, data = call(loader, good, authority)
+    assert header.size == len(data) > 0
