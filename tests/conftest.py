@@ -153,8 +153,10 @@ def wait_for_health(endpoint: str, timeout: float = 60.0, process: subprocess.Po
     raise TimeoutError(f"{endpoint} not healthy within {timeout} s")
 
 
-def start_loader(workdir: Path, models_root: Path, trust: dict[str, Path], *extra: str) -> LoaderProcess:
-    sock = workdir / "loader.sock"
+def start_loader(
+    workdir: Path, models_root: Path, trust: dict[str, Path], *extra: str, sock: Path | None = None
+) -> LoaderProcess:
+    sock = sock or workdir / "loader.sock"
     log = workdir / "loader.log"
     args = [PYTHON, "-m", "loader", "serve", f"--socket={sock}", f"--models-root={models_root}"]
     args += [f"--trust-config={name}={path}" for name, path in trust.items()]

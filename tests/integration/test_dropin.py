@@ -1,0 +1,192 @@
+"""Drop-in proof: the scenarios of MLServer's own scikit-learn runtime tests, run against
+SigstoreModel with signed fixtures loaded through a real loader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from mlserver.codecs import CodecError
+from mlserver.errors import InferenceError
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest, RequestInput, RequestOutput
+from mlserver_sklearn.sklearn import PREDICT_FN_KEY, PREDICT_OUTPUT, PREDICT_PROBA_OUTPUT, PREDICT_TRANSFORM, WELLKNOWN_MODEL_FILENAMES
+from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from runtime import SigstoreModel
+from tests.conftest import SIGNER, Authority, LoaderProcess, start_loader, stop_process
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dropin-models")
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
+    proc = start_loader(tmp_path_factory.mktemp("dropin-loader"), models_root, {"local": authority.trust_config})
+    yield proc
+    stop_process(proc.process)
+
+
+@pytest.fixture()
+def make_model(models_root: Path, authority: Authority, loader: LoaderProcess, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    def make(estimator: object, filename: str = "model.joblib", extra: dict | None = None) -> SigstoreModel:
+        folder = models_root / request.node.name.replace("[", "-").replace("]", "")
+        folder.mkdir(exist_ok=True)
+        path = folder / filename
+        joblib.dump(estimator, path)
+        authority.sign_file(path)
+        policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": loader.endpoint}
+        settings = ModelSettings(
+            name=folder.name,
+            implementation=SigstoreModel,
+            parameters=ModelParameters(uri=str(folder if filename in WELLKNOWN_MODEL_FILENAMES else path), version="v1.2.3", extra={"sigstore": policy, **(extra or {})}),
+        )
+        model = SigstoreModel(settings)
+        assert run(model.load())
+        return model
+
+    return make
+
+
+def _classifier() -> DummyClassifier:
+    return DummyClassifier(strategy="prior").fit(np.random.rand(4, 1), np.array([0, 1, 0, 1]))
+
+
+def _regressor() -> DummyRegressor:
+    return DummyRegressor().fit(np.random.rand(4, 1), np.random.rand(4))
+
+
+def _frame() -> tuple[pd.DataFrame, pd.Series]:
+    data = pd.DataFrame({"a": [1, 2, 3], "op": ["+", "+", "-"], "y": [11, 22, -33]})
+    return data.drop("y", axis=1), data["y"]
+
+
+def _preprocessor() -> ColumnTransformer:
+    return ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["op"])])
+
+
+def _pandas_pipeline() -> Pipeline:
+    x, y = _frame()
+    return Pipeline([("preprocessor", _preprocessor()), ("regression", DummyRegressor())]).fit(x, y)
+
+
+def _request() -> InferenceRequest:
+    return InferenceRequest(inputs=[RequestInput(name="input-0", shape=[3, 1], datatype="FP32", data=[1.0, 2.0, 3.0])])
+
+
+def _pandas_request() -> InferenceRequest:
+    return InferenceRequest.model_validate(
+        {
+            "parameters": {"content_type": "pd"},
+            "inputs": [
+                {"name": "a", "datatype": "INT32", "data": [10], "shape": [1]},
+                {"name": "op", "datatype": "BYTES", "data": ["-"], "shape": [1], "parameters": {"content_type": "str"}},
+            ],
+        }
+    )
+
+
+def test_load(make_model) -> None:  # type: ignore[no-untyped-def]
+    model = make_model(_classifier())  # asserts that load() returned True, as SKLearnModel's does
+    assert type(model._model) is DummyClassifier
+    assert model.verification.identity == SIGNER
+
+
+def test_regression_load(make_model) -> None:  # type: ignore[no-untyped-def]
+    assert type(make_model(_regressor())._model) is DummyRegressor
+
+
+def test_pandas_load(make_model) -> None:  # type: ignore[no-untyped-def]
+    assert type(make_model(_pandas_pipeline())._model) is Pipeline
+
+
+@pytest.mark.parametrize("filename", WELLKNOWN_MODEL_FILENAMES)
+def test_load_folder(make_model, filename: str) -> None:  # type: ignore[no-untyped-def]
+    assert type(make_model(_classifier(), filename)._model) is DummyClassifier
+
+
+def test_multiple_inputs_error(make_model) -> None:  # type: ignore[no-untyped-def]
+    model = make_model(_classifier())
+    request = _request()
+    request.inputs.append(RequestInput(name="input-1", shape=[2], data=[0, 1], datatype="FP32"))
+    with pytest.raises(CodecError):
+        run(model.predict(request))
+
+
+def test_invalid_output_error(make_model) -> None:  # type: ignore[no-untyped-def]
+    request = _request()
+    request.outputs = [RequestOutput(name="something_else")]
+    with pytest.raises(InferenceError):
+        run(make_model(_classifier()).predict(request))
+
+
+@pytest.mark.parametrize("outputs", [[], [PREDICT_OUTPUT], [PREDICT_PROBA_OUTPUT], [PREDICT_OUTPUT, PREDICT_PROBA_OUTPUT]])
+def test_predict(make_model, outputs: list[str]) -> None:  # type: ignore[no-untyped-def]
+    request = _request()
+    request.outputs = [RequestOutput(name=o) for o in outputs]
+    response = run(make_model(_classifier()).predict(request))
+    expected = outputs or [PREDICT_OUTPUT]
+    assert [o.name for o in response.outputs] == expected
+    assert all(o.shape[0] == 3 for o in response.outputs)
+
+
+@pytest.mark.parametrize("outputs", [[], [PREDICT_OUTPUT]])
+def test_pandas_predict(make_model, outputs: list[str]) -> None:  # type: ignore[no-untyped-def]
+    request = _pandas_request()
+    request.outputs = [RequestOutput(name=o) for o in outputs]
+    response = run(make_model(_pandas_pipeline()).predict(request))
+    assert [o.name for o in response.outputs] == (outputs or [PREDICT_OUTPUT])
+    assert response.outputs[0].shape[0] == 1
+
+
+def test_no_predict_proba_for_regression_models(make_model) -> None:  # type: ignore[no-untyped-def]
+    request = _request()
+    request.outputs = [RequestOutput(name=PREDICT_PROBA_OUTPUT)]
+    with pytest.raises(InferenceError):
+        run(make_model(_regressor()).predict(request))
+
+
+def test_no_predict_proba_for_regression_pipelines(make_model) -> None:  # type: ignore[no-untyped-def]
+    request = _pandas_request()
+    request.outputs = [RequestOutput(name=PREDICT_PROBA_OUTPUT)]
+    with pytest.raises(InferenceError):
+        run(make_model(_pandas_pipeline()).predict(request))
+
+
+def test_predict_fn_transform(make_model) -> None:  # type: ignore[no-untyped-def]
+    x, y = _frame()
+    model = make_model(_preprocessor().fit(x, y), extra={PREDICT_FN_KEY: PREDICT_TRANSFORM})
+    response = run(model.predict(_pandas_request()))
+    assert response.outputs[0].name == PREDICT_TRANSFORM
+
+
+def test_python_beside_the_artefact_refuses_the_load(models_root: Path, authority: Authority, loader: LoaderProcess) -> None:
+    from runtime.errors import ModelRefused
+
+    folder = models_root / "python-beside"
+    folder.mkdir()
+    (folder / "joblib.py").write_text("print('imported!')\n")
+    path = folder / "model.joblib"
+    joblib.dump(_classifier(), path)
+    authority.sign_file(path)
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": loader.endpoint}
+    settings = ModelSettings(
+        name="python-beside", implementation=SigstoreModel, parameters=ModelParameters(uri=str(path), extra={"sigstore": policy})
+    )
+    with pytest.raises(ModelRefused, match=r"holds Python code \['joblib.py'\]") as exc:
+        run(SigstoreModel(settings).load())
+    assert exc.value.status_code == 403
