@@ -119,6 +119,6 @@ fi
 
 # --- 6. Project images (built with no network) ----------------------------------------------
 step "Project images"
-COMPOSE_BAKE=false docker compose --progress quiet build
+docker compose --progress quiet build 2>&1 | { grep -v "buildx isn.t installed" || true; }
 docker compose images -q >/dev/null 2>&1 || true
 echo "    built: $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^mlserver-sigstore/' | sort | tr '\n' ' ')"
