@@ -80,24 +80,23 @@ if [ -z "$base" ] && [ -f .env ]; then base=$(sed -n 's/^BASE_IMAGE=//p' .env); 
 base="${base:-python:3.11-slim}"
 if docker image inspect "$base" >/dev/null 2>&1; then
   skip "$base is present"
+elif [ "$base" = "python:3.11-slim" ] && docker image inspect "$LOCAL_BASE_IMAGE" >/dev/null 2>&1; then
+  base="$LOCAL_BASE_IMAGE"
+  skip "no $base pulled earlier; using the local $LOCAL_BASE_IMAGE"
 elif timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
   echo "    pulled $base"
 else
   base="$LOCAL_BASE_IMAGE"
-  if docker image inspect "$base" >/dev/null 2>&1; then
-    skip "no registry; local $base is present"
-  else
-    echo "    no registry: building $base with debootstrap (about 75 s)"
-    command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
-    rootfs=$(mktemp -d)
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libseccomp2 \
-      bookworm "$rootfs" http://deb.debian.org/debian | grep -E '^I: (Retrieving|Extracting|Installing|Configuring) [a-z]' \
-      | awk 'NR % 60 == 1 { print "    " $0 } END { print "    " NR " debootstrap steps" }'
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
-    rm -rf "$rootfs"
-    echo "    imported $base"
-  fi
+  echo "    cannot pull; building $base with debootstrap (about 75 s)"
+  command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libseccomp2 \
+    bookworm "$rootfs" http://deb.debian.org/debian | grep -E '^I: (Retrieving|Extracting|Installing|Configuring) [a-z]' \
+    | awk 'NR % 60 == 1 { print "    " $0 } END { print "    " NR " debootstrap steps" }'
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
+  rm -rf "$rootfs"
+  echo "    imported $base"
 fi
 printf 'BASE_IMAGE=%s\n' "$base" > .env
 

@@ -1,0 +1,84 @@
+"""Fixtures for the container tier: a hardened loader container built from docker/Dockerfile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+from docker.types import Mount
+
+from tests.conftest import Authority, ROOT, wait_for_health
+
+LOADER_IMAGE = "mlserver-sigstore/loader:dev"
+SECCOMP = (ROOT / "runtime" / "seccomp-loader.json").read_text()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_required: None) -> docker.DockerClient:
+    client = docker.from_env()
+    try:
+        client.images.get(LOADER_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{LOADER_IMAGE} is missing: run scripts/setup.sh (it builds the images)")
+    return client
+
+
+@dataclass
+class LoaderContainer:
+    container: docker.models.containers.Container
+    models: Path
+    socket_dir: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket_dir}/loader.sock"
+
+    def exec_python(self, code: str) -> tuple[int, str]:
+        result = self.container.exec_run(["python", "-c", code])
+        return result.exit_code, result.output.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def loader_container(docker_client: docker.DockerClient, authority: Authority) -> Iterator[LoaderContainer]:
+    work = Path(tempfile.mkdtemp(prefix="loader-container-"))
+    models, socket_dir = work / "models", work / "socket"
+    models.mkdir()
+    socket_dir.mkdir()
+    os.chmod(work, 0o755)
+    os.chmod(models, 0o755)
+    os.chmod(socket_dir, 0o777)
+    shutil.copy(authority.trust_config, work / "trust_config.json")
+    os.chmod(work / "trust_config.json", 0o644)
+    container = docker_client.containers.run(
+        LOADER_IMAGE,
+        command=["serve", "--socket=/run/loader/loader.sock", "--models-root=/models",
+                 "--trust-config=local=/trust/trust_config.json", "--default-trust=local",
+                 "--child-wall-seconds=8", "--child-cpu-seconds=4", "--child-memory-mb=256"],
+        detach=True,
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true", f"seccomp={SECCOMP}"],
+        mem_limit="1g",
+        pids_limit=64,
+        tmpfs={"/tmp": "size=16m"},
+        mounts=[
+            Mount("/models", str(models), type="bind", read_only=True),
+            Mount("/trust/trust_config.json", str(work / "trust_config.json"), type="bind", read_only=True),
+            Mount("/run/loader", str(socket_dir), type="bind"),
+        ],
+        log_config={"type": "local", "config": {"max-size": "1m"}},
+        labels={"mlserver-sigstore.role": "test-loader"},
+    )
+    try:
+        wait_for_health(f"unix://{socket_dir}/loader.sock", timeout=90)
+        yield LoaderContainer(container, models, socket_dir)
+    finally:
+        container.remove(force=True)
+        shutil.rmtree(work, ignore_errors=True)
