@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,11 @@ import grpc
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 SHIPPED_PRODUCTION_ROOT = Path("/opt/trust/production/trusted_root.json")
+# What the fork server (and so every confined child, via /proc/self/environ) may see.
+_ENV_KEPT = {
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+}
 
 
 def _trust_files(specs: list[str]) -> dict[str, Path]:
@@ -38,6 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
     from loader.verify import PRODUCTION, TrustRoots
 
     set_non_dumpable()
+    for name in set(os.environ) - _ENV_KEPT:
+        del os.environ[name]
     files = _trust_files(args.trust_config)
     default = args.default_trust or (list(files)[1] if len(files) == 2 else PRODUCTION)
     roots = TrustRoots(files, default)

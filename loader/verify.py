@@ -164,8 +164,13 @@ def verify_artefact(
     except (ValueError, SigstoreError, AttributeError) as exc:
         raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
     policies = [signer.policy() for signer in signers]
+    digest = hashlib.sha256(artefact).hexdigest()
     try:
-        verifier.verify_artifact(input_=artefact, bundle=bundle, policy=AnyOf(policies))
+        if bundle._dsse_envelope is None:
+            verifier.verify_artifact(input_=artefact, bundle=bundle, policy=AnyOf(policies))
+        else:
+            payload_type, payload = verifier.verify_dsse(bundle, AnyOf(policies))
+            _require_statement_about(payload_type, payload, digest)
     except SigstoreError as exc:
         cert = bundle.signing_certificate
         if any(_holds(policy, cert) for policy in policies):
@@ -182,7 +187,7 @@ def verify_artefact(
     actual_identity, actual_issuer = _identity_of(bundle.signing_certificate)
     entry = bundle.log_entry._inner
     return Verified(
-        artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+        artefact_sha256=digest,
         bundle_sha256=hashlib.sha256(bundle_json).hexdigest(),
         identity=actual_identity,
         issuer=actual_issuer,
@@ -190,6 +195,35 @@ def verify_artefact(
         integrated_time=int(entry.integrated_time or 0),
         bundle_media_type=media_type,
         trust_root=root_name,
+    )
+
+
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+MODEL_SIGNING_PREDICATE = "https://model_signing/signature/v1.0"
+
+
+def _require_statement_about(payload_type: str, payload: bytes, digest: str) -> None:
+    """A DSSE bundle counts only if its signed in-toto statement names these exact bytes.
+
+    Accepted: a subject whose sha256 is the artefact's (`sigstore attest`), or an OpenSSF
+    model-signing manifest whose single resource is this file, hashed with sha256.
+    """
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise VerificationFailed(f"DSSE payload type {payload_type!r} is not an in-toto statement")
+    try:
+        statement = json.loads(payload)
+        subjects = statement.get("subject") or []
+        if any(s.get("digest", {}).get("sha256") == digest for s in subjects):
+            return
+        if statement.get("predicateType") == MODEL_SIGNING_PREDICATE:
+            resources = statement.get("predicate", {}).get("resources") or []
+            if len(resources) == 1 and resources[0].get("algorithm") == "sha256" and resources[0].get("digest") == digest:
+                return
+    except (ValueError, AttributeError, TypeError):
+        raise VerificationFailed("the DSSE payload is not a well-formed in-toto statement") from None
+    raise VerificationFailed(
+        f"the signed in-toto statement does not name this artefact (sha256 {digest}): "
+        "it attests to other bytes (modified or replaced)"
     )
 
 

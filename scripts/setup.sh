@@ -81,8 +81,8 @@ base="${base:-python:3.11-slim}"
 if docker image inspect "$base" >/dev/null 2>&1; then
   skip "$base is present"
 elif [ "$base" = "python:3.11-slim" ] && docker image inspect "$LOCAL_BASE_IMAGE" >/dev/null 2>&1; then
+  skip "$base was never pulled here; using the local $LOCAL_BASE_IMAGE"
   base="$LOCAL_BASE_IMAGE"
-  skip "no $base pulled earlier; using the local $LOCAL_BASE_IMAGE"
 elif timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
   echo "    pulled $base"
 else

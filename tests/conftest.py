@@ -182,3 +182,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    """One line per tier, so a run shows that the container and e2e tiers executed."""
+    counts: dict[str, dict[str, int]] = {tier: {} for tier in TIERS}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            parts = Path(str(report.fspath)).parts if hasattr(report, "fspath") else ()
+            tier = next((t for t in TIERS if t in parts), None)
+            if tier and getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                counts[tier][outcome] = counts[tier].get(outcome, 0) + 1
+    terminalreporter.write_sep("-", "tiers")
+    for tier, by_outcome in counts.items():
+        summary = ", ".join(f"{n} {o}" for o, n in sorted(by_outcome.items())) or "nothing ran"
+        terminalreporter.write_line(f"{tier:12s} {summary}")

@@ -16,6 +16,7 @@ from docker.types import Mount
 from tests.conftest import Authority, ROOT, wait_for_health
 
 LOADER_IMAGE = "mlserver-sigstore/loader:dev"
+CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it
 SECCOMP = (ROOT / "runtime" / "seccomp-loader.json").read_text()
 
 
@@ -75,6 +76,7 @@ def loader_container(docker_client: docker.DockerClient, authority: Authority) -
         ],
         log_config={"type": "local", "config": {"max-size": "1m"}},
         labels={"mlserver-sigstore.role": "test-loader"},
+        environment={"CANARY_SECRET": CANARY},
     )
     try:
         wait_for_health(f"unix://{socket_dir}/loader.sock", timeout=90)

@@ -1,0 +1,56 @@
+"""sigstore-conformance client protocol, backed by the loader's verifier (loader.verify).
+
+    verify-bundle --bundle F --certificate-identity I --certificate-oidc-issuer U [--trusted-root F] FILE
+    verify-bundle --bundle F --key K [--trusted-root F] FILE
+
+Exit 0 when the bundle verifies, 1 otherwise (the reason goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loader.errors import LoaderError
+from loader.verify import PRODUCTION, Signer, TrustRoots, production_root_file, verify_artefact
+
+
+def verify(argv: list[str]) -> tuple[bool, str]:
+    """Run one verification as the protocol describes; return (verified, reason)."""
+    parser = argparse.ArgumentParser(prog="verify-bundle")
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--certificate-identity")
+    parser.add_argument("--certificate-oidc-issuer")
+    parser.add_argument("--key", type=Path)
+    parser.add_argument("--trusted-root", type=Path)
+    parser.add_argument("input")
+    args = parser.parse_args(argv)
+    if args.key:
+        return False, "key-based bundles are not supported: the loader verifies keyless Sigstore identities only"
+    if args.input.startswith("sha256:"):
+        return False, "digest inputs are not supported: the loader verifies the exact bytes it then loads"
+    root = args.trusted_root or production_root_file()
+    try:
+        roots = TrustRoots({PRODUCTION: root}, PRODUCTION)
+        verified = verify_artefact(
+            Path(args.input).read_bytes(),
+            args.bundle.read_bytes(),
+            [Signer(args.certificate_identity, args.certificate_oidc_issuer)],
+            roots,
+        )
+    except LoaderError as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a conformance client reports, never crashes
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, f"signed by {verified.identity}"
+
+
+def main() -> int:
+    ok, reason = verify(sys.argv[1:])
+    print(("OK: " if ok else "FAIL: ") + reason, file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
