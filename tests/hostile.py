@@ -34,7 +34,7 @@ class _Reduce:
 
 def run_python(code: str) -> bytes:
     """A pickle whose unpickling executes `code` with builtins.exec."""
-    return pickle.dumps(_Reduce(builtins.exec, code), protocol=4)
+    return pickle.dumps(_Reduce(builtins.exec, code, {}), protocol=4)
 
 
 def os_system(command: str) -> bytes:
