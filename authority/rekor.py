@@ -171,6 +171,8 @@ class TransparencyLog:
         self._tree = MerkleTree()
         self._by_uuid: dict[str, int] = {}
         self.log_id = key_id(state.rekor_key.public_key())
+        # Seconds added to integratedTime; tests use it to log an entry after its certificate expired.
+        self.clock_offset = 0
         state.log_dir.mkdir(exist_ok=True)
         if self._path.exists():
             for line in self._path.read_text().splitlines():
@@ -190,7 +192,7 @@ class TransparencyLog:
         """Validate, log and return the entry in Rekor's response shape."""
         body = canonical_body(proposed)
         with self._lock:
-            entry = self._remember(body, int(time.time()))
+            entry = self._remember(body, int(time.time()) + self.clock_offset)
             with self._path.open("a") as f:
                 f.write(json.dumps({"body": b64(body), "integratedTime": entry.integrated_time}) + "\n")
                 f.flush()

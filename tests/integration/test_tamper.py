@@ -1,0 +1,165 @@
+"""Tampered bundles and policies: each refused with the right reason, nothing unpickled.
+
+The artefact is always the signed trace pickle, so an unpickling would show in the reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from authority._crypto import new_key
+from authority.server import AuthorityServer
+from authority.state import AuthorityState
+from tests import hostile
+from tests.conftest import SIGNER, Authority, LoaderProcess
+from tests.integration.conftest import call, log_records, put, refused
+
+
+def _flip_b64(value: str, index: int = -5) -> str:
+    raw = bytearray(base64.b64decode(value))
+    raw[index] ^= 0x01
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _entry(bundle: dict) -> dict:
+    return bundle["verificationMaterial"]["tlogEntries"][0]
+
+
+def _corrupt_checkpoint(bundle: dict) -> None:
+    proof = _entry(bundle)["inclusionProof"]
+    note, signature_line = proof["checkpoint"]["envelope"].rsplit("\u2014 ", 1)
+    name, sig = signature_line.strip().split(" ")
+    proof["checkpoint"]["envelope"] = f"{note}\u2014 {name} {_flip_b64(sig)}\n"
+
+
+def _corrupt_proof_hash(bundle: dict) -> None:
+    proof = _entry(bundle)["inclusionProof"]
+    assert proof["hashes"], "the session log should be large enough for a non-empty proof"
+    proof["hashes"][0] = _flip_b64(proof["hashes"][0], 0)
+
+
+MUTATIONS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "signature": (lambda b: b["messageSignature"].update(signature=_flip_b64(b["messageSignature"]["signature"])), "signature check failed"),
+    "certificate": (lambda b: b["verificationMaterial"]["certificate"].update(rawBytes=_flip_b64(b["verificationMaterial"]["certificate"]["rawBytes"])), "signature check failed"),
+    "inclusion-proof": (_corrupt_proof_hash, "root hash"),
+    "checkpoint": (_corrupt_checkpoint, "checkpoint"),
+    "set": (lambda b: _entry(b)["inclusionPromise"].update(signedEntryTimestamp=_flip_b64(_entry(b)["inclusionPromise"]["signedEntryTimestamp"])), "SET"),
+    "integrated-time": (lambda b: _entry(b).update(integratedTime=str(int(_entry(b)["integratedTime"]) + 1)), "SET"),
+    "log-index": (lambda b: _entry(b).update(logIndex=str(int(_entry(b)["logIndex"]) + 1)), "signature check failed"),
+    "media-type": (lambda b: b.update(mediaType="application/vnd.dev.sigstore.bundle.v0.9+json"), "bundle is malformed"),
+    "no-tlog-entries": (lambda b: b["verificationMaterial"].update(tlogEntries=[]), "bundle is malformed"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_a_corrupted_bundle_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, mutation: str) -> None:
+    # Pad the log so inclusion proofs have hashes.
+    for _ in range(3):
+        authority.sign_bytes(b"padding")
+    artefact = put(models_root, f"tamper-{mutation}", hostile.TRACE, authority)
+    bundle_path = models_root / f"{artefact}.sigstore.json"
+    bundle = json.loads(bundle_path.read_text())
+    change, words = MUTATIONS[mutation]
+    change(bundle)
+    bundle_path.write_text(json.dumps(bundle))
+    error = refused(loader, artefact, authority)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
+    assert words in error.details()
+    assert hostile.TRACE_MESSAGE not in error.details()
+    assert log_records(loader, artefact)[-1]["stage"] == "verify"
+
+
+def test_a_huge_bundle_is_refused_by_size(loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    artefact = put(models_root, "tamper-huge-bundle", hostile.TRACE, authority)
+    bundle_path = models_root / f"{artefact}.sigstore.json"
+    bundle = json.loads(bundle_path.read_text())
+    bundle["padding"] = "x" * (2 << 20)
+    bundle_path.write_text(json.dumps(bundle))
+    error = refused(loader, artefact, authority)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "bundle" in error.details() and "limit" in error.details()
+
+
+@pytest.fixture()
+def rogue(authority: Authority, tmp_path: Path) -> Iterator[Callable[..., Authority]]:
+    """Copies of the session authority with one key swapped (their own trust files say so)."""
+    servers: list[AuthorityServer] = []
+
+    def make(**keys: object) -> Authority:
+        directory = tmp_path / f"rogue-{len(servers)}"
+        shutil.copytree(authority.state.directory, directory)
+        state = dataclasses.replace(AuthorityState.load(directory), **keys)
+        server = AuthorityServer(state)
+        server.start_background()
+        servers.append(server)
+        return Authority(state, server)
+
+    yield make
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(("key", "words"), [("ct_key", "SCT"), ("rekor_key", "checkpoint"), ("intermediate_key", "signature check failed")])
+def test_a_component_signed_by_an_unknown_key_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, rogue, key: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    signer = rogue(**{key: new_key()})
+    artefact = put(models_root, f"rogue-{key}", hostile.TRACE, signer)
+    error = refused(loader, artefact, authority)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert words in error.details(), error.details()
+    assert hostile.TRACE_MESSAGE not in error.details()
+
+
+def test_a_certificate_expired_at_integrated_time_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, rogue) -> None:  # type: ignore[no-untyped-def]
+    late = rogue()
+    late.server.log.clock_offset = 3600  # logged an hour later: the 10-minute certificate has expired
+    artefact = put(models_root, "expired-at-integration", hostile.TRACE, late)
+    error = refused(loader, artefact, authority)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not valid at" in error.details() or "expired" in error.details(), error.details()
+
+
+def test_an_artefact_replaced_during_loads_never_loads_other_bytes(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    """Swap, truncate and delete the artefact while loads run: each load gets the signed bytes or a refusal."""
+    artefact = put(models_root, "racing", digits_svm_bytes, authority)
+    path = models_root / artefact
+    variants = [digits_svm_bytes, hostile.TRACE, digits_svm_bytes[: len(digits_svm_bytes) // 2], None]
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            variant = variants[i % len(variants)]
+            tmp = path.with_suffix(".tmp")
+            if variant is None:
+                path.unlink(missing_ok=True)
+            else:
+                tmp.write_bytes(variant)
+                tmp.replace(path)
+            i += 1
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    outcomes: dict[str, int] = {}
+    try:
+        for _ in range(40):
+            try:
+                header, _ = call(loader, artefact, authority)
+                assert header.facts.identity == SIGNER
+                outcomes["loaded"] = outcomes.get("loaded", 0) + 1
+            except grpc.RpcError as exc:
+                assert exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND), exc.details()
+                assert hostile.TRACE_MESSAGE not in exc.details()
+                outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
+    finally:
+        stop.set()
+        thread.join()
+    assert sum(outcomes.values()) == 40
