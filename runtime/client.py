@@ -40,7 +40,12 @@ async def verify_and_load(
     max_bytes: int,
 ) -> FetchedModel:
     """Call VerifyAndLoad; return the model bytes after checking size and digest."""
-    options = [("grpc.max_receive_message_length", 4 << 20)]
+    options = [
+        ("grpc.max_receive_message_length", 4 << 20),
+        # A fresh connection per load: a loader restarted a moment ago is reached at once,
+        # not after the reconnect backoff of a failure remembered in gRPC's global pool.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
     async with grpc.aio.insecure_channel(endpoint, options=options) as channel:
         stub = loader_pb2_grpc.LoaderStub(channel)
         try:

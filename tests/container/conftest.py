@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,9 @@ class LoaderContainer:
         return result.exit_code, result.output.decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def loader_container(docker_client: docker.DockerClient, authority: Authority) -> Iterator[LoaderContainer]:
+@contextmanager
+def running_loader(docker_client: docker.DockerClient, authority: Authority, *extra: str) -> Iterator[LoaderContainer]:
+    """A loader container hardened as in compose.yaml, with its models and socket on the host."""
     work = Path(tempfile.mkdtemp(prefix="loader-container-"))
     models, socket_dir = work / "models", work / "socket"
     models.mkdir()
@@ -60,7 +62,7 @@ def loader_container(docker_client: docker.DockerClient, authority: Authority) -
         LOADER_IMAGE,
         command=["serve", "--socket=/run/loader/loader.sock", "--models-root=/models",
                  "--trust-config=local=/trust/trust_config.json", "--default-trust=local",
-                 "--child-wall-seconds=8", "--child-cpu-seconds=4", "--child-memory-mb=256"],
+                 "--child-wall-seconds=8", "--child-cpu-seconds=4", "--child-memory-mb=256", *extra],
         detach=True,
         network_mode="none",
         read_only=True,
@@ -84,3 +86,9 @@ def loader_container(docker_client: docker.DockerClient, authority: Authority) -
     finally:
         container.remove(force=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def loader_container(docker_client: docker.DockerClient, authority: Authority) -> Iterator[LoaderContainer]:
+    with running_loader(docker_client, authority) as loader:
+        yield loader
