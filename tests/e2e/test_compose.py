@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -105,6 +106,48 @@ def test_the_loader_has_no_network_and_a_read_only_root(stack: Compose) -> None:
     assert interfaces.stdout.strip() == "['lo']"
     write = stack.exec("loader", "touch", "/pwnd")
     assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
+def _container_usage(stack: Compose, service: str) -> dict[str, int]:
+    """File descriptors, resident memory (KiB) and processes of a service, read from the host."""
+    cid = stack.run("ps", "-q", service).stdout.strip()
+    pids = [int(line.split()[1]) for line in subprocess.run(["docker", "top", cid, "-eo", "pid,pid"], capture_output=True, text=True, check=True).stdout.splitlines()[1:]]
+    fds = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids if os.path.exists(f"/proc/{pid}"))
+    rss = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            rss += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return {"fds": fds, "rss_kib": rss, "processes": len(pids)}
+
+
+def test_soak_load_unload_cycles(stack: Compose) -> None:
+    """SOAK_CYCLES load/unload cycles (good loads, tampered refusals): no growth in fds, memory, containers."""
+    cycles = int(os.environ.get("SOAK_CYCLES", "150"))
+    containers = len(stack.containers())
+
+    def cycle() -> None:
+        assert stack.load("good-model").status_code == 200
+        assert requests.post(f"{stack.url}/v2/repository/models/good-model/unload", timeout=60).status_code == 200
+        assert stack.load("tampered-model").status_code == 403
+
+    for _ in range(10):  # warm-up: worker pools, caches, lazy imports
+        cycle()
+    before = {s: _container_usage(stack, s) for s in ("loader", "mlserver")}
+    started = time.monotonic()
+    for _ in range(cycles):
+        cycle()
+    elapsed = time.monotonic() - started
+    after = {s: _container_usage(stack, s) for s in ("loader", "mlserver")}
+    report = {"cycles": cycles, "seconds": round(elapsed, 1), "before": before, "after": after}
+    (ROOT / "build").mkdir(exist_ok=True)
+    (ROOT / "build" / "soak.json").write_text(json.dumps(report, indent=2))
+    print(f"soak: {json.dumps(report)}")
+    assert len(stack.containers()) == containers
+    for service in ("loader", "mlserver"):
+        assert after[service]["processes"] == before[service]["processes"], report
+        assert after[service]["fds"] <= before[service]["fds"] + 8, report
+        # Bounded, not exact: allocator caches may keep a few MB.
+        assert after[service]["rss_kib"] <= before[service]["rss_kib"] + 64 * 1024, report
 
 
 def test_down_leaves_nothing_and_up_again_reuses_the_images(stack: Compose) -> None:
