@@ -158,7 +158,7 @@ class LoaderService:
             if cached is not None:
                 result = LoadResult(cached.verified, cached.converted, cached.model_sha256, timings, cached=True)
             else:
-                result = self._verify_and_convert(artefact, bundle, request, timings, record)
+                result = self._verify_and_convert(artefact, digest, bundle, request, timings, record)
                 self._cache.put(key, result)
         with self._inflight_lock:
             self._inflight.pop(key, None)
@@ -174,6 +174,7 @@ class LoaderService:
     def _verify_and_convert(
         self,
         artefact: bytes,
+        digest: str,
         bundle: bytes,
         request: LoadRequest,
         timings: dict[str, float],
@@ -181,7 +182,9 @@ class LoaderService:
     ) -> LoadResult:
         record["stage"] = "verify"
         t0 = time.perf_counter()
-        verified = verify_artefact(artefact, bundle, list(request.signers), self.trust_roots, request.trust_root)
+        verified = verify_artefact(
+            artefact, bundle, list(request.signers), self.trust_roots, request.trust_root, digest
+        )
         t1 = time.perf_counter()
         timings["verify"] = t1 - t0
         # Nothing is unpickled before this line, and only the bytes just verified are.

@@ -11,8 +11,10 @@ import sigstore
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
 from sigstore.errors import Error as SigstoreError
+from sigstore.hashes import Hashed
 from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
 from sigstore.verify import Verifier
+from sigstore_models.common.v1 import HashAlgorithm
 from sigstore.verify.policy import (
     AllOf,
     AnyOf,
@@ -148,12 +150,13 @@ def verify_artefact(
     signers: list[Signer],
     roots: TrustRoots,
     trust_root: str = "",
+    digest: str | None = None,
 ) -> Verified:
     """Verify `artefact` (the exact bytes that will be deserialized) against its bundle.
 
     Checks the certificate chain, SCT, transparency log inclusion and time, and the signature
     over these bytes, then requires one of `signers` to match. Raises VerificationFailed naming
-    the failed check.
+    the failed check. `digest` is the artefact's sha256 (hex) if the caller already has it.
     """
     if not signers:
         raise BadRequest("no accepted signers in the policy; name at least one identity and issuer")
@@ -164,10 +167,12 @@ def verify_artefact(
     except (ValueError, SigstoreError, AttributeError) as exc:
         raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
     policies = [signer.policy() for signer in signers]
-    digest = hashlib.sha256(artefact).hexdigest()
+    digest = digest or hashlib.sha256(artefact).hexdigest()
     try:
         if bundle._dsse_envelope is None:
-            verifier.verify_artifact(input_=artefact, bundle=bundle, policy=AnyOf(policies))
+            # The digest of these exact bytes, computed once: sigstore would otherwise hash again.
+            hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest))
+            verifier.verify_artifact(input_=hashed, bundle=bundle, policy=AnyOf(policies))
         else:
             payload_type, payload = verifier.verify_dsse(bundle, AnyOf(policies))
             _require_statement_about(payload_type, payload, digest)

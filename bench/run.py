@@ -1,0 +1,416 @@
+"""What verification and the sandbox cost, side by side with plain MLServer, in one run.
+
+    .venv/bin/python bench/run.py [--quick] [--no-docker]
+
+Writes bench/results/results.json, results.md and results.png. Every figure is a ratio to a
+baseline measured in the same run (min / median / p95 over repeated runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+import numpy as np
+import requests
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver_sklearn import SKLearnModel
+from sklearn import datasets
+from sklearn.neighbors import KNeighborsClassifier
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+
+from authority.server import AuthorityServer  # noqa: E402
+from authority.state import init_authority  # noqa: E402
+from digits_walkthrough.build import build, train_digits_svm  # noqa: E402
+from runtime import SigstoreModel  # noqa: E402
+from tests.conftest import Authority, free_port, start_loader, stop_process, wait_for_health  # noqa: E402
+
+SIGNER = "bench@example.com"
+RESULTS = ROOT / "bench" / "results"
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {"min": ordered[0], "median": statistics.median(ordered), "p95": p95, "n": len(ordered)}
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+class Bench:
+    def __init__(self, work: Path, quick: bool, docker: bool) -> None:
+        self.work = work
+        self.quick = quick
+        self.docker = docker
+        self.results: dict[str, object] = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            }
+        }
+        state = init_authority(work / "authority")
+        self.server = AuthorityServer(state)
+        self.server.start_background()
+        self.authority = Authority(state, self.server)
+        self.models = work / "models"
+        self.models.mkdir()
+
+    def artefact(self, name: str, estimator: object) -> Path:
+        path = self.models / name / "model.joblib"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(estimator, path)
+        self.authority.sign_file(path, SIGNER)
+        return path
+
+    def settings(self, path: Path, implementation: type, endpoint: str | None, sandbox: str = "endpoint") -> ModelSettings:
+        policy = {"signers": [{"identity": SIGNER, "issuer": self.authority.issuer}], "trust_root": "local", "sandbox": sandbox}
+        if endpoint:
+            policy["endpoint"] = endpoint
+        extra = {"sigstore": policy} if implementation is SigstoreModel else {}
+        return ModelSettings(name=path.parent.name, implementation=implementation, parameters=ModelParameters(uri=str(path), extra=extra))
+
+    # 1. load latency ---------------------------------------------------------------------
+    def load_latency(self, label: str, path: Path, endpoint: str, repeat: int, docker_repeat: int) -> None:
+        plain = timed(lambda: asyncio.run(SKLearnModel(self.settings(path, SKLearnModel, None)).load()), repeat)
+        stages: dict[str, list[float]] = {}
+
+        def signed_load() -> None:
+            model = SigstoreModel(self.settings(path, SigstoreModel, endpoint))
+            asyncio.run(model.load())
+
+        # Stage timings come from the loader's header; client-side stages are measured here.
+        import runtime.client as client
+        import runtime.model as model_module
+
+        original_fetch, original_load = client.verify_and_load, model_module.load_model
+
+        async def fetch_timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            fetched = await original_fetch(*args, **kwargs)
+            total = time.perf_counter() - started
+            loader_side = 0.0
+            for timing in fetched.header.timings:
+                stages.setdefault(timing.stage, []).append(timing.seconds)
+                if timing.stage in ("read", "hash", "verify", "queue", "child_total"):
+                    loader_side += timing.seconds
+            stages.setdefault("transfer (gRPC + rest)", []).append(max(total - loader_side, 0.0))
+            return fetched
+
+        def load_timed(data: bytes, trusted: list[str]):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            result = original_load(data, trusted)
+            stages.setdefault("skops_load (server)", []).append(time.perf_counter() - started)
+            return result
+
+        model_module.verify_and_load, model_module.load_model = fetch_timed, load_timed
+        try:
+            signed = timed(signed_load, repeat)
+        finally:
+            model_module.verify_and_load, model_module.load_model = original_fetch, original_load
+        entry: dict[str, object] = {
+            "artefact_mb": round(path.stat().st_size / 2**20, 1),
+            "plain": stats(plain),
+            "warm_loader": stats(signed),
+            "warm_ratio": statistics.median(signed) / statistics.median(plain),
+            "warm_extra_ms": (statistics.median(signed) - statistics.median(plain)) * 1000,
+            "stages": {k: stats(v) for k, v in stages.items()},
+        }
+        if self.docker and docker_repeat:
+            os.environ["MLSERVER_SIGSTORE_DOCKER_TRUST_CONFIGS"] = f"local={self.authority.trust_config}"
+            docker = timed(lambda: asyncio.run(SigstoreModel(self.settings(path, SigstoreModel, None, "docker")).load()), docker_repeat)
+            entry["docker_mode"] = stats(docker)
+            entry["docker_ratio"] = statistics.median(docker) / statistics.median(plain)
+        self.results[f"load_{label}"] = entry
+
+    # 2. hashing throughput ----------------------------------------------------------------
+    def hash_throughput(self, path: Path) -> None:
+        size_mb = path.stat().st_size / 2**20
+        sha256sum = timed(lambda: subprocess.run(["sha256sum", str(path)], check=True, capture_output=True), 5)
+        hash_stage = self.results["load_large"]["stages"]["hash"]  # type: ignore[index]
+        verify_stage = self.results["load_large"]["stages"]["verify"]  # type: ignore[index]
+        baseline = size_mb / statistics.median(sha256sum)
+        ours = size_mb / hash_stage["median"]
+        self.results["hashing"] = {
+            "artefact_mb": round(size_mb, 1),
+            "sha256sum_mb_s": stats([size_mb / s for s in sha256sum]),
+            "loader_hash_mb_s": ours,
+            "ratio_to_sha256sum": ours / baseline,
+            "verify_after_hash_ms": verify_stage["median"] * 1000,
+        }
+
+    # 3. inference ---------------------------------------------------------------------------
+    def inference(self, loader_endpoint: str, repo_root: Path, requests_n: int) -> None:
+        from mlserver.grpc import dataplane_pb2 as pb
+        from mlserver.grpc import dataplane_pb2_grpc
+
+        import grpc
+
+        repo = repo_root / "repo"
+        plain_dir = repo / "plain-model"
+        plain_dir.mkdir()
+        (plain_dir / "model-settings.json").write_text(json.dumps({
+            "name": "plain-model", "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": str(repo_root / "artefacts" / "good-model" / "model.joblib")},
+        }))
+        http, grpc_port = free_port(), free_port()
+        env = {**os.environ, "MLSERVER_SIGSTORE_ENDPOINT": loader_endpoint, "MLSERVER_HTTP_PORT": str(http),
+               "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(free_port())}
+        log = (self.work / "mlserver.log").open("wb")
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("mlserver")), "start", str(repo)], env=env, cwd=self.work, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{http}"
+        try:
+            for _ in range(300):
+                try:
+                    if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.2)
+            for name in ("plain-model", "good-model"):
+                assert requests.post(f"{url}/v2/repository/models/{name}/load", timeout=60).status_code == 200
+            digits = datasets.load_digits()
+            sample = digits.images.reshape((len(digits.images), -1))[:8]
+            payload = {"inputs": [{"name": "x", "shape": list(sample.shape), "datatype": "FP64", "data": sample.flatten().tolist()}]}
+            tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP64", shape=list(sample.shape), contents=pb.InferTensorContents(fp64_contents=sample.flatten().tolist()))
+            session = requests.Session()
+            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+            stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+            calls = {
+                "rest": lambda name: session.post(f"{url}/v2/models/{name}/infer", json=payload, timeout=30).raise_for_status(),
+                "grpc": lambda name: stub.ModelInfer(pb.ModelInferRequest(model_name=name, inputs=[tensor]), timeout=30),
+            }
+            out: dict[str, object] = {}
+            for protocol, call in calls.items():
+                samples: dict[str, list[float]] = {"plain-model": [], "good-model": []}
+                for name in samples:
+                    for _ in range(20):
+                        call(name)  # warm-up
+                # Interleaved, so drift on the machine hits both alike.
+                for _ in range(requests_n):
+                    for name in samples:
+                        started = time.perf_counter()
+                        call(name)
+                        samples[name].append(time.perf_counter() - started)
+                plain, signed = stats(samples["plain-model"]), stats(samples["good-model"])
+                out[protocol] = {
+                    "plain_ms": {k: v * 1000 if k != "n" else v for k, v in plain.items()},
+                    "signed_ms": {k: v * 1000 if k != "n" else v for k, v in signed.items()},
+                    "latency_ratio": signed["median"] / plain["median"],
+                    "throughput_ratio": sum(samples["plain-model"]) / sum(samples["good-model"]),
+                }
+            channel.close()
+            self.results["inference"] = out
+        finally:
+            stop_process(proc)
+            log.close()
+
+    # 4. concurrent loads --------------------------------------------------------------------
+    def concurrent(self, loader: object, estimator_bytes: bytes, sizes: list[int]) -> None:
+        paths = []
+        for i in range(max(sizes)):
+            path = self.models / f"concurrent-{i}" / "model.joblib"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(estimator_bytes + b"\n" * (i + 1))  # distinct digests: no cache hits
+            self.authority.sign_file(path, SIGNER)
+            paths.append(path)
+        out = {}
+        for n in sizes:
+            peak = _PeakRss(loader.process.pid)  # type: ignore[attr-defined]
+
+            async def load_all(impl: type, endpoint: str | None) -> None:
+                await asyncio.gather(*(impl(self.settings(p, impl, endpoint)).load() for p in paths[:n]))
+
+            started = time.perf_counter()
+            asyncio.run(load_all(SKLearnModel, None))
+            plain = time.perf_counter() - started
+            peak.start()
+            started = time.perf_counter()
+            asyncio.run(load_all(SigstoreModel, loader.endpoint))  # type: ignore[attr-defined]
+            signed = time.perf_counter() - started
+            out[str(n)] = {"plain_s": plain, "signed_s": signed, "ratio": signed / plain, "loader_peak_rss_mb": peak.stop() / 1024}
+            # Fresh digests for the next size (the loader caches converted models).
+            for i, path in enumerate(paths):
+                path.write_bytes(estimator_bytes + b"\n" * (i + 1 + n * 100))
+                self.authority.sign_file(path, SIGNER)
+        self.results["concurrent_loads"] = out
+
+
+class _PeakRss:
+    """Samples the summed RSS of a process tree on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        pids, frontier = [self.pid], [self.pid]
+        while frontier:
+            pid = frontier.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            pids += [int(c) for c in children]
+            frontier += [int(c) for c in children]
+        return pids
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._tree():
+                try:
+                    total += next(int(l.split()[1]) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS:"))
+                except (OSError, StopIteration):
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def large_estimator(megabytes: int) -> KNeighborsClassifier:
+    """A k-NN classifier stores its training data: `megabytes` of float64 arrays."""
+    rows = megabytes * 2**20 // (64 * 8)
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, 64))
+    return KNeighborsClassifier(algorithm="brute").fit(x, rng.integers(0, 10, rows))
+
+
+def write_reports(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    lines = ["| measure | baseline | mlserver-sigstore | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    for label in ("small", "large"):
+        entry = results.get(f"load_{label}")
+        if not entry:
+            continue
+        p, w = entry["plain"], entry["warm_loader"]
+        target = "plain + 50 ms" if label == "small" else "within 2x"
+        met = entry["warm_extra_ms"] <= 50 if label == "small" else entry["warm_ratio"] <= 2
+        lines.append(
+            f"| load {label} ({entry['artefact_mb']} MB), warm loader | {p['median']*1000:.1f} ms (min {p['min']*1000:.1f}, p95 {p['p95']*1000:.1f}) "
+            f"| {w['median']*1000:.1f} ms (min {w['min']*1000:.1f}, p95 {w['p95']*1000:.1f}) | {entry['warm_ratio']:.2f}x (+{entry['warm_extra_ms']:.0f} ms) | {target}: {'met' if met else 'missed'} |"
+        )
+        if "docker_mode" in entry:
+            d = entry["docker_mode"]
+            lines.append(f"| load {label}, docker (ephemeral) mode | {p['median']*1000:.1f} ms | {d['median']*1000:.0f} ms (min {d['min']*1000:.0f}, p95 {d['p95']*1000:.0f}) | {entry['docker_ratio']:.1f}x | none |")
+    if "hashing" in results:
+        h = results["hashing"]
+        lines.append(f"| hash {h['artefact_mb']} MB | sha256sum {h['sha256sum_mb_s']['median']:.0f} MB/s | loader {h['loader_hash_mb_s']:.0f} MB/s | {h['ratio_to_sha256sum']:.2f} | >= 0.90: {'met' if h['ratio_to_sha256sum'] >= 0.9 else 'missed'} |")
+    for protocol, entry in results.get("inference", {}).items():
+        met = 0.95 <= entry["latency_ratio"] <= 1.05
+        lines.append(
+            f"| inference {protocol}, 8 digits | {entry['plain_ms']['median']:.2f} ms (p95 {entry['plain_ms']['p95']:.2f}) | {entry['signed_ms']['median']:.2f} ms (p95 {entry['signed_ms']['p95']:.2f}) "
+            f"| {entry['latency_ratio']:.3f} (throughput {entry['throughput_ratio']:.3f}) | 0.95-1.05: {'met' if met else 'missed'} |"
+        )
+    for n, entry in results.get("concurrent_loads", {}).items():
+        lines.append(f"| {n} concurrent small loads | {entry['plain_s']*1000:.0f} ms | {entry['signed_s']*1000:.0f} ms, loader peak RSS {entry['loader_peak_rss_mb']:.0f} MB | {entry['ratio']:.1f}x | none |")
+    stage_lines = ["", "Warm-path stages (median ms):", "", "| stage | small | large |", "| --- | --- | --- |"]
+    small, large = results.get("load_small", {}).get("stages", {}), results.get("load_large", {}).get("stages", {})
+    for stage in dict.fromkeys([*small, *large]):
+        fmt = lambda d: f"{d[stage]['median']*1000:.1f}" if stage in d else "-"  # noqa: E731
+        stage_lines.append(f"| {stage} | {fmt(small)} | {fmt(large)} |")
+    m = results["machine"]
+    header = [f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}.", ""]
+    (RESULTS / "results.md").write_text("\n".join(header + lines + stage_lines) + "\n")
+    _plot(results)
+
+
+def _plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, plain, signed = [], [], []
+    for label in ("small", "large"):
+        entry = results.get(f"load_{label}")
+        if entry:
+            labels.append(f"load {label}")
+            plain.append(entry["plain"]["median"] * 1000)
+            signed.append(entry["warm_loader"]["median"] * 1000)
+    for protocol, entry in results.get("inference", {}).items():
+        labels.append(f"infer {protocol}")
+        plain.append(entry["plain_ms"]["median"])
+        signed.append(entry["signed_ms"]["median"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = np.arange(len(labels))
+    ax.bar(xs - 0.2, plain, 0.4, label="plain MLServer sklearn runtime")
+    ax.bar(xs + 0.2, signed, 0.4, label="runtime.SigstoreModel (warm loader)")
+    ax.set_xticks(xs, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms (log)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "results.png", dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a 64 MB large model")
+    parser.add_argument("--no-docker", action="store_true", help="skip the docker (ephemeral) mode")
+    parser.add_argument("--large-mb", type=int, default=200)
+    args = parser.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        bench = Bench(work, args.quick, not args.no_docker)
+        small = bench.artefact("small", train_digits_svm())
+        large = bench.artefact("large", large_estimator(64 if args.quick else args.large_mb))
+        loader = start_loader(work / "loader-run" if (work / "loader-run").mkdir() is None else work, bench.models,
+                              {"local": bench.authority.trust_config}, "--cache-mb=0", "--child-memory-mb=4096",
+                              "--max-result-mb=4096", "--max-concurrent-loads=2")
+        try:
+            print("load latency, small ...", flush=True)
+            bench.load_latency("small", small, loader.endpoint, 10 if args.quick else 30, 2 if args.quick else 5)
+            print("load latency, large ...", flush=True)
+            bench.load_latency("large", large, loader.endpoint, 3 if args.quick else 5, 1 if args.quick else 3)
+            bench.hash_throughput(large)
+            print("inference ...", flush=True)
+            build(work / "walkthrough")
+            walk_loader = start_loader(work / "walkthrough", work / "walkthrough" / "artefacts", {"local": work / "walkthrough" / "trust" / "trust_config.json"})
+            try:
+                bench.inference(walk_loader.endpoint, work / "walkthrough", 100 if args.quick else 300)
+            finally:
+                stop_process(walk_loader.process)
+            print("concurrent loads ...", flush=True)
+            bench.concurrent(loader, small.read_bytes(), [1, 4, 16])
+        finally:
+            stop_process(loader.process)
+            bench.server.shutdown()
+        write_reports(bench.results)
+    print((RESULTS / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
