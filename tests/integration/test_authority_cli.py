@@ -171,3 +171,34 @@ def test_malformed_requests_get_clear_4xx(authority: Authority, path: str, body:
     answer = requests.post(authority.server.url + path, json=body, headers=headers, timeout=10)
     assert answer.status_code == status
     assert message in answer.json()["message"]
+
+
+MODEL_SIGNING = str(Path(PYTHON).with_name("model_signing"))
+
+
+def test_model_signing_signs_and_verifies_a_directory_model(authority: Authority, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.joblib").write_bytes(b"weights")
+    (model / "config.json").write_text("{}")
+    signature = tmp_path / "model.sig"
+    trust = str(authority.trust_config)
+    signed = subprocess.run(
+        [MODEL_SIGNING, "sign", "sigstore", "--trust_config", trust, "--identity_token", authority.token("alice@example.com"),
+         "--signature", str(signature), str(model)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert signed.returncode == 0, signed.stderr
+    assert json.loads(signature.read_text())["dsseEnvelope"]["payloadType"] == "application/vnd.in-toto+json"
+
+    def verify(identity: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [MODEL_SIGNING, "verify", "sigstore", "--trust_config", trust, "--identity", identity,
+             "--identity_provider", authority.issuer, "--signature", str(signature), str(model)],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    assert verify("alice@example.com").returncode == 0
+    assert verify("bob@example.com").returncode != 0
+    (model / "config.json").write_text('{"tampered": true}')
+    assert verify("alice@example.com").returncode != 0

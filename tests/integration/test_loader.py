@@ -227,3 +227,24 @@ def test_a_signed_hostile_pickle_is_contained(loader: LoaderProcess, models_root
     good = put(models_root, "good-after-hostile", digits_svm_bytes, authority)
     header, data = call(loader, good, authority)
     assert header.size == len(data) > 0
+
+
+def test_a_model_signing_bundle_for_a_single_file_is_accepted(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    import subprocess
+
+    from tests.conftest import PYTHON
+
+    artefact = put(models_root, "model-signing", digits_svm_bytes)
+    signature = models_root / "model-signing" / "model.sig"
+    subprocess.run(
+        [str(Path(PYTHON).with_name("model_signing")), "sign", "sigstore", "--trust_config", str(authority.trust_config),
+         "--identity_token", authority.token(), "--signature", str(signature), str(models_root / artefact)],
+        check=True, capture_output=True, timeout=120,
+    )
+    header, data = call(loader, artefact, authority, bundle="model-signing/model.sig")
+    assert header.facts.identity == SIGNER and len(data) == header.size
+    # The same bundle does not vouch for other bytes.
+    (models_root / artefact).write_bytes(digits_svm_bytes + b"\n")
+    error = refused(loader, artefact, authority, bundle="model-signing/model.sig")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not name this artefact" in error.details()
