@@ -7,6 +7,7 @@ reads only length-capped byte messages from the child: nothing it sends is unpic
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from loader._internal.child import ChildLimits, run
+from loader._internal.child import ChildLimits, PassedFd, run
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 _PRELOAD = ["loader._internal.child"]
@@ -65,19 +66,31 @@ class Sandbox:
     def convert(self, artefact: bytes) -> Converted:
         """Unpickle `artefact` in a fresh confined child; return the skops conversion."""
         limits = self.limits
-        result_r, result_w = self._ctx.Pipe(duplex=False)
+        source = _sealed_memfd("verified-artefact", artefact)
+        sink = os.memfd_create("skops-result", os.MFD_CLOEXEC)
+        status_r, status_w = self._ctx.Pipe(duplex=False)
         output_r, output_w = self._ctx.Pipe(duplex=False)
-        child_limits = ChildLimits(memory_bytes=limits.memory_bytes, cpu_seconds=limits.cpu_seconds)
+        child_limits = ChildLimits(
+            memory_bytes=limits.memory_bytes,
+            cpu_seconds=limits.cpu_seconds,
+            max_result_bytes=limits.max_result_bytes,
+        )
         proc = self._ctx.Process(
-            target=run, args=(artefact, result_w, output_w, child_limits), daemon=True, name="confined-unpickle"
+            target=run,
+            args=(PassedFd(source), PassedFd(sink), status_w, output_w, child_limits),
+            daemon=True,
+            name="confined-unpickle",
         )
         started = time.perf_counter()
-        proc.start()
-        result_w.close()
+        try:
+            proc.start()
+        finally:
+            os.close(source)
+        status_w.close()
         output_w.close()
         output = _CappedReader(output_r, limits.max_output_bytes)
         try:
-            header = self._receive(result_r, proc, started, 1 << 20)
+            header = self._receive(status_r, proc, started)
             if header is None:
                 raise self._died(proc, output)
             try:
@@ -90,9 +103,12 @@ class Sandbox:
                         f"unpickling exceeded the memory limit of {limits.memory_bytes} bytes"
                     )
                 raise UnpicklingFailed(f"unpickling the verified artefact failed: {meta.get('error')}")
-            data = self._receive(result_r, proc, started, limits.max_result_bytes)
-            if data is None:
-                raise self._died(proc, output)
+            # The child is done with the result once it is gone; read it only then.
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                raise UnpicklingFailed("the confined child did not exit after reporting its result")
+            data = _read_result(sink, limits.max_result_bytes)
             untrusted = meta.get("untrusted_types", [])
             if not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted):
                 raise UnpicklingFailed("the confined child reported malformed type information")
@@ -104,10 +120,11 @@ class Sandbox:
                 proc.kill()
             proc.join(5)
             proc.close()
-            result_r.close()
+            status_r.close()
             output.close()
+            os.close(sink)
 
-    def _receive(self, conn, proc, started: float, max_bytes: int) -> bytes | None:  # type: ignore[no-untyped-def]
+    def _receive(self, conn, proc, started: float) -> bytes | None:  # type: ignore[no-untyped-def]
         remaining = self.limits.wall_seconds - (time.perf_counter() - started)
         if remaining <= 0 or not conn.poll(remaining):
             if proc.is_alive():
@@ -118,12 +135,12 @@ class Sandbox:
                 )
             return None
         try:
-            return conn.recv_bytes(max_bytes)
+            return conn.recv_bytes(1 << 20)
         except EOFError:
             return None
         except OSError:
             proc.kill()
-            raise LimitExceeded(f"the child's result exceeds {max_bytes} bytes; refused") from None
+            raise UnpicklingFailed("the confined child sent an oversized status message") from None
 
     def _died(self, proc, output: _CappedReader) -> Exception:  # type: ignore[no-untyped-def]
         proc.join(5)
@@ -132,6 +149,8 @@ class Sandbox:
         detail = f"; it printed: {tail!r}" if tail else ""
         if code is not None and code < 0:
             sig = signal.Signals(-code).name
+            if sig == "SIGXFSZ":
+                return LimitExceeded(f"the converted model exceeds {self.limits.max_result_bytes} bytes{detail}")
             if sig == "SIGXCPU":
                 return LimitExceeded(
                     f"unpickling exceeded the CPU-time limit of {self.limits.cpu_seconds} s ({sig}){detail}"
@@ -169,6 +188,30 @@ class _CappedReader:
     def close(self) -> None:
         self._thread.join(1)
         self._conn.close()
+
+
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """An in-memory file holding `data` that nobody can change any more."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+    return fd
+
+
+def _read_result(fd: int, max_bytes: int) -> bytes:
+    size = os.fstat(fd).st_size
+    if size > max_bytes:
+        raise LimitExceeded(f"the converted model is {size} bytes; the limit is {max_bytes}")
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 64 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _noop() -> None:

@@ -117,11 +117,20 @@ def deep_nesting(depth: int = 200_000) -> bytes:
     return data.replace(opcode, b"]" * depth + b"a" * (depth - 1))
 
 
+class _PatchedModule:
+    """Pickles as import_module(name) followed by a BUILD opcode that overwrites its attributes."""
+
+    def __init__(self, name: str, attributes: dict) -> None:
+        self.name, self.attributes = name, attributes
+
+    def __reduce__(self) -> tuple:
+        return importlib.import_module, (self.name,), self.attributes
+
+
 def patch_skops_writer() -> bytes:
-    """BUILD on a module: replaces skops.io.dumps with pickle.dumps, then returns an estimator."""
-    patched = _Reduce(importlib.import_module, "skops.io")
-    state_setter = _Reduce(operator.setitem, _Reduce(getattr, patched, "__dict__"), "dumps", pickle.dumps)
-    return pickle.dumps(_Reduce(operator.itemgetter(1), (state_setter, _fitted_svc())), protocol=4)
+    """BUILD on the skops.io module swaps its writers for pickle's; the top object is an estimator."""
+    patched = _PatchedModule("skops.io", {"dump": pickle.dump, "dumps": pickle.dumps})
+    return pickle.dumps(_Reduce(operator.itemgetter(1), (patched, _fitted_svc())), protocol=4)
 
 
 def syscall(number: int, name: str) -> bytes:
@@ -134,16 +143,19 @@ def syscall(number: int, name: str) -> bytes:
 
 
 def forged_result(skops_bytes: bytes) -> bytes:
-    """Writes its own bytes into the child's result channel as if they were the conversion."""
+    """Writes its own bytes as the conversion result and reports success to the loader."""
     return run_python(
         "import gc, json, os\n"
         "from multiprocessing.connection import Connection\n"
-        "conns = [o for o in gc.get_objects() if isinstance(o, Connection) and o.writable]\n"
         f"data = {skops_bytes!r}\n"
-        "for c in conns:\n"
+        "for fd in [o.fd for o in gc.get_objects() if type(o).__name__ == 'PassedFd']:\n"
+        "    try:\n"
+        "        os.pwrite(fd, data, 0)\n"  # the result memfd takes it; the sealed artefact does not
+        "    except OSError:\n"
+        "        pass\n"
+        "for c in [o for o in gc.get_objects() if isinstance(o, Connection) and o.writable]:\n"
         "    try:\n"
         "        c.send_bytes(json.dumps({'ok': True, 'untrusted_types': [], 'size': len(data)}).encode())\n"
-        "        c.send_bytes(data)\n"
         "    except OSError:\n"
         "        pass\n"
         "os._exit(0)\n"

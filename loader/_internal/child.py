@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import io
 import json
 import os
 import resource
 import sys
 import time
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 
 import joblib
@@ -49,6 +49,21 @@ class ChildLimits:
     memory_bytes: int = 1 << 30
     cpu_seconds: int = 30
     max_open_files: int = 64
+    max_result_bytes: int = 1 << 30
+
+
+class PassedFd:
+    """A file descriptor handed to a fork-server child (duplicated over the server's socket)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple:
+        return PassedFd._rebuild, (reduction.DupFd(self.fd),)
+
+    @staticmethod
+    def _rebuild(dup: reduction.DupFd) -> PassedFd:  # type: ignore[name-defined]
+        return PassedFd(dup.detach())
 
 
 # Syscalls a deserialized model never needs. Denied with EPERM so the payload sees an error
@@ -96,29 +111,36 @@ def _apply_limits(limits: ChildLimits) -> None:
         (resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)),
         (resource.RLIMIT_NOFILE, limits.max_open_files),
         (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_FSIZE, 0),
+        # Caps what the child can write into the result memfd; it can open no file to write.
+        (resource.RLIMIT_FSIZE, limits.max_result_bytes),
         (resource.RLIMIT_NPROC, 0),
     ):
         resource.setrlimit(res, value if isinstance(value, tuple) else (value, value))
 
 
-def _convert(artefact: bytes) -> tuple[bytes, list[str], dict[str, float]]:
+def _convert(artefact: PassedFd, result: PassedFd) -> tuple[int, list[str], dict[str, float]]:
     started = time.perf_counter()
-    model = joblib.load(io.BytesIO(artefact))
+    with os.fdopen(artefact.fd, "rb") as source:
+        source.seek(0)  # the parent's writes left the shared offset at the end
+        model = joblib.load(source)
     unpickled = time.perf_counter()
     if not isinstance(model, sklearn.base.BaseEstimator):
         raise TypeError(
             f"the artefact holds a {type(model).__module__}.{type(model).__qualname__}, "
             "not a scikit-learn estimator"
         )
-    data = skops.io.dumps(model)
-    untrusted = skops.io.get_untrusted_types(data=data)
+    sink = os.fdopen(result.fd, "w+b")
+    skops.io.dump(model, sink)
+    sink.flush()
+    size = sink.tell()
+    sink.seek(0)
+    untrusted = skops.io.get_untrusted_types(data=sink.read())
     done = time.perf_counter()
-    return data, untrusted, {"unpickle": unpickled - started, "convert": done - unpickled}
+    return size, untrusted, {"unpickle": unpickled - started, "convert": done - unpickled}
 
 
-def run(artefact: bytes, result: Connection, output: Connection, limits: ChildLimits) -> None:
-    """Child entry point: confine, unpickle, convert, send the result, exit."""
+def run(artefact: PassedFd, result: PassedFd, status: Connection, output: Connection, limits: ChildLimits) -> None:
+    """Child entry point: confine, unpickle the sealed artefact, write skops to `result`, exit."""
     try:
         # Whatever the payload prints goes to a pipe the parent reads with a cap.
         os.dup2(output.fileno(), 1)
@@ -128,19 +150,17 @@ def run(artefact: bytes, result: Connection, output: Connection, limits: ChildLi
         _apply_limits(limits)
         _install_filter()
     except Exception as exc:  # noqa: BLE001 - report any confinement failure, never run unconfined
-        result.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())
+        status.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())
         os._exit(3)
     try:
-        data, untrusted, timings = _convert(artefact)
+        size, untrusted, timings = _convert(artefact, result)
     except MemoryError:
-        result.send_bytes(json.dumps({"ok": False, "limit": "memory"}).encode())
+        status.send_bytes(json.dumps({"ok": False, "limit": "memory"}).encode())
         os._exit(4)
     except BaseException as exc:  # noqa: BLE001 - hostile payloads raise anything
         message = f"{type(exc).__name__}: {exc}"[:2000]
-        result.send_bytes(json.dumps({"ok": False, "error": message}).encode())
+        status.send_bytes(json.dumps({"ok": False, "error": message}).encode())
         os._exit(5)
-    header = {"ok": True, "untrusted_types": untrusted, "size": len(data), "timings": timings}
-    result.send_bytes(json.dumps(header).encode())
-    result.send_bytes(data)
+    status.send_bytes(json.dumps({"ok": True, "untrusted_types": untrusted, "size": size, "timings": timings}).encode())
     sys.stdout.flush()
     os._exit(0)
