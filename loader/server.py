@@ -16,7 +16,7 @@ from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from loader.service import LoaderService, LoadRequest, LoadResult
 from loader.verify import Signer
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
 MAX_SOCKET_PATH = 107
 
 
