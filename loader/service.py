@@ -129,10 +129,13 @@ class LoaderService:
             elapsed = time.perf_counter() - started
             LOAD_SECONDS.observe(elapsed)
             record["seconds"] = round(elapsed, 4)
+            if isinstance(record.get("timings"), dict):
+                record["timings"] = {k: round(v, 4) for k, v in record["timings"].items()}
             print(json.dumps({"event": "verify_and_load", **record}), file=sys.stderr, flush=True)
 
     def _load(self, request: LoadRequest, record: dict[str, object]) -> LoadResult:
         timings: dict[str, float] = {}
+        record["timings"] = timings  # filled in as stages complete, refused requests included
         record["stage"] = "read"
         t0 = time.perf_counter()
         artefact_path = self.root.resolve(request.artefact, "artefact")
@@ -153,16 +156,17 @@ class LoaderService:
         with self._inflight_lock:
             gate = self._inflight.setdefault(key, threading.Lock())
         # Identical concurrent requests (MLServer's parallel workers) wait for one result.
-        with gate:
-            cached = self._cache.get(key)
-            if cached is not None:
-                result = LoadResult(cached.verified, cached.converted, cached.model_sha256, timings, cached=True)
-            else:
-                result = self._verify_and_convert(artefact, digest, bundle, request, timings, record)
-                self._cache.put(key, result)
-        with self._inflight_lock:
-            self._inflight.pop(key, None)
-        record["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+        try:
+            with gate:
+                cached = self._cache.get(key)
+                if cached is not None:
+                    result = LoadResult(cached.verified, cached.converted, cached.model_sha256, timings, cached=True)
+                else:
+                    result = self._verify_and_convert(artefact, digest, bundle, request, timings, record)
+                    self._cache.put(key, result)
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
         untrusted = sorted(set(result.converted.untrusted_types) - set(request.trusted_types))
         if request.trusted_types and untrusted:
             raise UntrustedTypes(

@@ -14,7 +14,10 @@ import docker
 import pytest
 from docker.types import Mount
 
-from tests.conftest import Authority, ROOT, wait_for_health
+from mlserver.settings import ModelParameters, ModelSettings
+
+from runtime import SigstoreModel
+from tests.conftest import ROOT, SIGNER, Authority, wait_for_health
 
 LOADER_IMAGE = "mlserver-sigstore/loader:dev"
 CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it
@@ -40,6 +43,28 @@ class LoaderContainer:
     @property
     def endpoint(self) -> str:
         return f"unix://{self.socket_dir}/loader.sock"
+
+    def put(self, name: str, data: bytes, authority: Authority) -> str:
+        """Write and sign `name/model.joblib` (readable by the container's user); return its relative path."""
+        folder = self.models / name
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o755)
+        (folder / "model.joblib").write_bytes(data)
+        authority.sign_file(folder / "model.joblib")
+        for f in folder.iterdir():
+            f.chmod(0o644)
+        return f"{name}/model.joblib"
+
+    def model(self, name: str, data: bytes, authority: Authority) -> SigstoreModel:
+        """A SigstoreModel for a freshly signed artefact, loading through this container.
+
+        The container sees the models folder elsewhere, so set MLSERVER_SIGSTORE_ARTEFACTS_ROOT
+        to `self.models`: the runtime then sends paths relative to it.
+        """
+        path = self.models / self.put(name, data, authority)
+        policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": self.endpoint}
+        parameters = ModelParameters(uri=str(path), extra={"sigstore": policy})
+        return SigstoreModel(ModelSettings(name=name, implementation=SigstoreModel, parameters=parameters))
 
     def exec_python(self, code: str) -> tuple[int, str]:
         result = self.container.exec_run(["python", "-c", code])

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import skops.io
-from mlserver.settings import ModelParameters, ModelSettings
 from sklearn.tree import DecisionTreeClassifier
 
-from runtime import SigstoreModel
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.conftest import SIGNER, Authority, wait_for_health
+from tests.conftest import Authority, wait_for_health
 from tests.container.conftest import CANARY, LoaderContainer
 
 # Writes aimed at every writable-looking place the sandbox could reach.
@@ -98,21 +96,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in sorted(folder.rglob("*"))}
 
 
-def _model(lc: LoaderContainer, authority: Authority, name: str, data: bytes) -> SigstoreModel:
-    folder = lc.models / name
-    folder.mkdir(exist_ok=True)
-    folder.chmod(0o755)
-    path = folder / "model.joblib"
-    path.write_bytes(data)
-    authority.sign_file(path)
-    for f in folder.iterdir():
-        f.chmod(0o644)
-    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": lc.endpoint}
-    # The loader sees the models folder at /models.
-    settings = ModelSettings(name=name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(path), extra={"sigstore": policy}))
-    return SigstoreModel(settings)
-
-
 @pytest.fixture(autouse=True)
 def _relative_paths(monkeypatch: pytest.MonkeyPatch, loader_container: LoaderContainer) -> None:
     monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(loader_container.models))
@@ -121,7 +104,7 @@ def _relative_paths(monkeypatch: pytest.MonkeyPatch, loader_container: LoaderCon
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hostile_artefact(loader_container: LoaderContainer, authority: Authority, digits_svm_bytes: bytes, case: str) -> None:
     payload, words = CASES[case]
-    model = _model(loader_container, authority, f"adv-{case}", payload())
+    model = loader_container.model(f"adv-{case}", payload(), authority)
     models_before = _snapshot(loader_container.models)
     socket_before = sorted(p.name for p in loader_container.socket_dir.iterdir())
 
@@ -144,5 +127,5 @@ def test_hostile_artefact(loader_container: LoaderContainer, authority: Authorit
     loader_container.container.reload()
     assert loader_container.container.status == "running"
     wait_for_health(loader_container.endpoint, timeout=10)
-    good = _model(loader_container, authority, "adv-good-after", digits_svm_bytes)
+    good = loader_container.model("adv-good-after", digits_svm_bytes, authority)
     assert asyncio.run(good.load())

@@ -5,43 +5,26 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from pathlib import Path
 
 import docker
 import pytest
 from mlserver.errors import MLServerError
-from mlserver.settings import ModelParameters, ModelSettings
 
-from runtime import SigstoreModel
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.conftest import SIGNER, Authority, wait_for_health
+from tests.conftest import Authority, wait_for_health
 from tests.container.conftest import LoaderContainer, running_loader
 
 
-def _model(lc: LoaderContainer, authority: Authority, name: str, data: bytes) -> SigstoreModel:
-    folder = lc.models / name
-    folder.mkdir(exist_ok=True)
-    folder.chmod(0o755)
-    (folder / "model.joblib").write_bytes(data)
-    authority.sign_file(folder / "model.joblib")
-    for f in folder.iterdir():
-        f.chmod(0o644)
-    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": lc.endpoint}
-    return SigstoreModel(
-        ModelSettings(name=name, implementation=SigstoreModel, parameters=ModelParameters(uri=f"{lc.models}/{name}/model.joblib", extra={"sigstore": policy}))
-    )
-
-
 @pytest.fixture(autouse=True)
-def _relative(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSERVER_SIGSTORE_TIMEOUT_SECONDS", "20")
 
 
 def test_loader_killed_mid_load_then_restarted(docker_client: docker.DockerClient, authority: Authority, digits_svm_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     with running_loader(docker_client, authority) as lc:
         monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(lc.models))
-        slow = _model(lc, authority, "slow", hostile.run_python("import time; time.sleep(3600)"))
+        slow = lc.model("slow", hostile.run_python("import time; time.sleep(3600)"), authority)
         killer = threading.Timer(1.5, lambda: lc.container.kill())
         killer.start()
         started = time.monotonic()
@@ -55,14 +38,14 @@ def test_loader_killed_mid_load_then_restarted(docker_client: docker.DockerClien
         (lc.socket_dir / "loader.sock").unlink(missing_ok=True)
         lc.container.start()
         wait_for_health(lc.endpoint, timeout=90)
-        good = _model(lc, authority, "good", digits_svm_bytes)
+        good = lc.model("good", digits_svm_bytes, authority)
         assert asyncio.run(good.load())
 
 
 def test_socket_removed_gives_a_clear_error(docker_client: docker.DockerClient, authority: Authority, digits_svm_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     with running_loader(docker_client, authority) as lc:
         monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(lc.models))
-        good = _model(lc, authority, "good", digits_svm_bytes)
+        good = lc.model("good", digits_svm_bytes, authority)
         (lc.socket_dir / "loader.sock").unlink()
         started = time.monotonic()
         with pytest.raises(ModelRefused) as exc:
@@ -78,7 +61,7 @@ def test_socket_removed_gives_a_clear_error(docker_client: docker.DockerClient, 
 
 def test_artefact_deleted_before_read_is_not_found(loader_container: LoaderContainer, authority: Authority, digits_svm_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(loader_container.models))
-    model = _model(loader_container, authority, "deleted", digits_svm_bytes)
+    model = loader_container.model("deleted", digits_svm_bytes, authority)
     (loader_container.models / "deleted" / "model.joblib").unlink()
     # MLServer itself resolves the URI first and says so (422); the loader's NOT_FOUND for a file
     # that disappears later is covered by the replacement race in tests/integration/test_tamper.py.

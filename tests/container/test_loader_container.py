@@ -19,17 +19,6 @@ DIGITS = datasets.load_digits()
 X = DIGITS.images.reshape((len(DIGITS.images), -1))
 
 
-def put(lc: LoaderContainer, name: str, data: bytes, authority: Authority) -> str:
-    folder = lc.models / name
-    folder.mkdir(exist_ok=True)
-    folder.chmod(0o755)
-    (folder / "model.joblib").write_bytes(data)
-    authority.sign_file(folder / "model.joblib")
-    for f in folder.iterdir():
-        f.chmod(0o644)
-    return f"{name}/model.joblib"
-
-
 def call(lc: LoaderContainer, artefact: str, authority: Authority) -> tuple[loader_pb2.LoadedModel, bytes]:
     request = loader_pb2.VerifyAndLoadRequest(
         artefact=artefact, signers=[loader_pb2.Signer(identity=SIGNER, issuer=authority.issuer)]
@@ -40,14 +29,14 @@ def call(lc: LoaderContainer, artefact: str, authority: Authority) -> tuple[load
 
 
 def test_the_good_model_loads_through_the_container(loader_container: LoaderContainer, authority: Authority, digits_svm_bytes: bytes) -> None:
-    header, data = call(loader_container, put(loader_container, "good", digits_svm_bytes, authority), authority)
+    header, data = call(loader_container, loader_container.put("good", digits_svm_bytes, authority), authority)
     original = joblib.load(io.BytesIO(digits_svm_bytes))
     assert (skops.io.loads(data, trusted=[]).predict(X) == original.predict(X)).all()
     assert header.facts.identity == SIGNER
 
 
 def test_a_tampered_model_is_refused(loader_container: LoaderContainer, authority: Authority) -> None:
-    artefact = put(loader_container, "tampered", hostile.TRACE, authority)
+    artefact = loader_container.put("tampered", hostile.TRACE, authority)
     (loader_container.models / artefact).write_bytes(hostile.os_system("env > pwnd.txt"))
     with pytest.raises(grpc.RpcError) as exc:
         call(loader_container, artefact, authority)
@@ -95,7 +84,7 @@ CONTAINED = {
 def test_hostile_pickles_are_contained_inside_the_container(loader_container: LoaderContainer, authority: Authority, digits_svm_bytes: bytes, case: str) -> None:
     payload, words = CONTAINED[case]
     with pytest.raises(grpc.RpcError) as exc:
-        call(loader_container, put(loader_container, f"hostile-{case}", payload, authority), authority)
+        call(loader_container, loader_container.put(f"hostile-{case}", payload, authority), authority)
     assert words in exc.value.details()
     assert not (loader_container.socket_dir / "pwnd.txt").exists()
     assert (loader_container.socket_dir / "loader.sock").exists()
@@ -103,5 +92,5 @@ def test_hostile_pickles_are_contained_inside_the_container(loader_container: Lo
     assert "pwnd.txt" not in out
     loader_container.container.reload()
     assert loader_container.container.status == "running"
-    header, _ = call(loader_container, put(loader_container, "good-again", digits_svm_bytes, authority), authority)
+    header, _ = call(loader_container, loader_container.put("good-again", digits_svm_bytes, authority), authority)
     assert header.size > 0

@@ -54,6 +54,12 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     (root / "repo" / "no-policy-model" / "model-settings.json").write_text(
         json.dumps({"name": "no-policy-model", "implementation": "runtime.SigstoreModel", "parameters": {"uri": str(root / "artefacts" / "good-model" / "model.joblib")}})
     )
+    # A model folder with Python beside its settings: MLServer would import it; we refuse.
+    (root / "repo" / "code-beside-model").mkdir()
+    (root / "repo" / "code-beside-model" / "model-settings.json").write_text(
+        (root / "repo" / "good-model" / "model-settings.json").read_text().replace('"good-model"', '"code-beside-model"')
+    )
+    (root / "repo" / "code-beside-model" / "helpers.py").write_text("X = 1\n")
     loader = start_loader(tmp_path_factory.mktemp("loader"), root / "artefacts", {"local": root / "trust" / "trust_config.json"})
     cwd = tmp_path_factory.mktemp("mlserver-cwd")
     http, grpc_port, metrics = free_port(), free_port(), free_port()
@@ -110,6 +116,12 @@ def test_a_missing_policy_is_refused_naming_the_field(stack: Stack) -> None:
     response = stack.load("no-policy-model")
     assert response.status_code == 400
     assert "parameters.extra.sigstore.signers" in response.json()["error"]
+
+
+def test_python_beside_the_settings_refuses_the_load(stack: Stack) -> None:
+    response = stack.load("code-beside-model")
+    assert response.status_code == 403
+    assert "helpers.py" in response.json()["error"] and "model-settings folder" in response.json()["error"]
 
 
 def test_naive_model_shows_the_danger(stack: Stack) -> None:
