@@ -1,0 +1,73 @@
+"""The documented CLIs: `python -m loader {verify,load,health}` and the authority's GET endpoints."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import requests
+import skops.io
+
+from tests.conftest import PYTHON, ROOT, SIGNER, Authority, LoaderProcess
+from tests.integration.conftest import put
+
+
+def _loader_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "loader", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_verify_says_ok_or_fail_with_exit_codes(authority: Authority, tmp_path: Path) -> None:
+    artefact = tmp_path / "model.joblib"
+    artefact.write_bytes(b"model")
+    authority.sign_file(artefact)
+    common = ["verify", "--trust-config", str(authority.trust_config), "--cert-oidc-issuer", authority.issuer]
+    ok = _loader_cli(*common, "--cert-identity", SIGNER, str(artefact))
+    assert ok.returncode == 0 and ok.stdout.startswith(f"OK: {artefact}") and SIGNER in ok.stdout
+    wrong = _loader_cli(*common, "--cert-identity", "mallory@example.com", "--bundle", f"{artefact}.sigstore.json", str(artefact))
+    assert wrong.returncode == 1 and "signer policy failed" in wrong.stderr
+    artefact.write_bytes(b"model!")
+    tampered = _loader_cli(*common, "--cert-identity", SIGNER, str(artefact))
+    assert tampered.returncode == 1 and "digest mismatch" in tampered.stderr
+
+
+def test_load_and_health_against_a_running_loader(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
+    health = _loader_cli("health", "--endpoint", loader.endpoint)
+    assert health.returncode == 0 and health.stdout.strip() == "SERVING"
+    artefact = put(models_root, "cli-load", digits_svm_bytes, authority)
+    out = tmp_path / "model.skops"
+    loaded = _loader_cli("load", "--endpoint", loader.endpoint, "--cert-identity", SIGNER, "--cert-oidc-issuer", authority.issuer, "--out", str(out), artefact)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "wrote" in loaded.stdout and skops.io.loads(out.read_bytes(), trusted=[]).__class__.__name__ == "SVC"
+    refused = _loader_cli("load", "--endpoint", loader.endpoint, "--cert-identity", "x@example.com", "--cert-oidc-issuer", authority.issuer, "--out", str(out), artefact)
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    down = _loader_cli("health", "--endpoint", f"unix://{tmp_path}/none.sock", "--timeout", "1")
+    assert down.returncode == 1
+
+
+def test_authority_serves_lookups_discovery_and_keys(authority: Authority) -> None:
+    authority.sign_bytes(b"look me up")
+    info = requests.get(f"{authority.server.url}/api/v1/log", timeout=10).json()
+    assert info["treeSize"] >= 1 and "\u2014" in info["signedTreeHead"]
+    by_index = requests.get(f"{authority.server.url}/api/v1/log/entries", params={"logIndex": 0}, timeout=10).json()
+    uuid, entry = next(iter(by_index.items()))
+    assert entry["logIndex"] == 0 and entry["verification"]["inclusionProof"]["treeSize"] == info["treeSize"]
+    by_uuid = requests.get(f"{authority.server.url}/api/v1/log/entries/{uuid}", timeout=10).json()[uuid]
+    # Signatures (SET, checkpoint) are fresh ECDSA signatures each time; the entry is the same.
+    assert {k: by_uuid[k] for k in ("body", "integratedTime", "logIndex")} == {k: entry[k] for k in ("body", "integratedTime", "logIndex")}
+    assert requests.get(f"{authority.server.url}/api/v1/log/entries/{'0' * 64}", timeout=10).status_code == 404
+    assert requests.get(f"{authority.server.url}/api/v1/log/entries", params={"logIndex": 10**6}, timeout=10).status_code == 404
+    discovery = requests.get(f"{authority.server.url}/.well-known/openid-configuration", timeout=10).json()
+    assert discovery["issuer"] == authority.issuer
+    keys = requests.get(discovery["jwks_uri"], timeout=10).json()["keys"]
+    assert keys[0]["kid"] == authority.state.oidc_kid and keys[0]["crv"] == "P-256"
+
+
+def test_authority_cli_init_and_token(tmp_path: Path) -> None:
+    init = subprocess.run([PYTHON, "-m", "authority", "init", str(tmp_path / "ca")], capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0 and (tmp_path / "ca" / "trust_config.json").exists()
+    again = subprocess.run([PYTHON, "-m", "authority", "init", str(tmp_path / "ca")], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already holds an authority" in again.stderr
+    token = subprocess.run([PYTHON, "-m", "authority", "token", str(tmp_path / "ca"), "--email", "a@example.com"], capture_output=True, text=True, timeout=60)
+    assert token.returncode == 0 and token.stdout.count(".") == 2
+    missing = subprocess.run([PYTHON, "-m", "authority", "token", str(tmp_path / "nope"), "--email", "a@example.com"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "not an initialised authority" in missing.stderr
