@@ -4,7 +4,6 @@ SigstoreModel with signed fixtures loaded through a real loader."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import joblib
@@ -22,23 +21,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from runtime import SigstoreModel
-from tests.conftest import SIGNER, Authority, LoaderProcess, start_loader, stop_process
+from tests.conftest import SIGNER, Authority, LoaderProcess
 
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("dropin-models")
-
-
-@pytest.fixture(scope="module")
-def loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
-    proc = start_loader(tmp_path_factory.mktemp("dropin-loader"), models_root, {"local": authority.trust_config})
-    yield proc
-    stop_process(proc.process)
 
 
 @pytest.fixture()
