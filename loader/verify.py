@@ -138,8 +138,10 @@ def _identity_of(cert: x509.Certificate) -> tuple[str, str]:
             raw = cert.extensions.get_extension_for_oid(oid).value.value  # type: ignore[attr-defined]
         except x509.ExtensionNotFound:
             continue
-        # V1 holds raw UTF-8; V2 a DER UTF8String (tag, short length, text).
-        issuer = raw.decode(errors="replace") if oid == _OID_ISSUER_V1 else raw[2:].decode(errors="replace")
+        # V1 holds raw UTF-8; V2 a DER UTF8String (tag, length, text).
+        if oid == _OID_ISSUER_V2:
+            raw = raw[2 + (raw[1] & 0x7F if raw[1] & 0x80 else 0) :]
+        issuer = raw.decode(errors="replace")
         break
     return ", ".join(names), issuer
 
