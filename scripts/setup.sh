@@ -109,15 +109,22 @@ else
   mkdir -p "$WHEELHOUSE"
   echo "    downloading cp311 manylinux wheels (about 30 s)"
   grep -vE '^(#|$)' "$CONSTRAINTS" > "$CACHE/wheel-requirements.txt"
-  pipq download --progress-bar off -q --only-binary :all: \
+  pipq download --progress-bar off --only-binary :all: \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --python-version 3.11 --implementation cp -d "$WHEELHOUSE" -r "$CACHE/wheel-requirements.txt"
+    --python-version 3.11 --implementation cp -d "$WHEELHOUSE" -r "$CACHE/wheel-requirements.txt" \
+    | awk '/^(Saved|File was already downloaded)/ { if (++n % 25 == 0) print "    " n " wheels so far" }' 
   echo "$wh_key" > "$CACHE/wheelhouse"
   echo "    $(ls "$WHEELHOUSE" | wc -l) wheels"
 fi
 
 # --- 6. Project images (built with no network) ----------------------------------------------
 step "Project images"
-docker compose --progress quiet build 2>&1 | { grep -v "buildx isn.t installed" || true; }
-docker compose images -q >/dev/null 2>&1 || true
+# Step headers only (full log in .cache/setup/build.log); cached steps pass in a blink.
+if ! docker compose --progress plain build 2>&1 | tee "$CACHE/build.log" \
+    | { grep -E '^#[0-9]+ \[[^]]*[0-9]+/[0-9]+\]' || true; } \
+    | awk '{ line = substr($0, index($0, "[")); sub(/^\[[^ ]+ +/, "[", line); if (!seen[line]++) print "    " substr(line, 1, 100) }'; then
+  echo "image build failed; the end of $CACHE/build.log:" >&2
+  tail -40 "$CACHE/build.log" >&2
+  exit 1
+fi
 echo "    built: $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^mlserver-sigstore/' | sort | tr '\n' ' ')"
