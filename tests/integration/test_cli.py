@@ -71,3 +71,23 @@ def test_authority_cli_init_and_token(tmp_path: Path) -> None:
     assert token.returncode == 0 and token.stdout.count(".") == 2
     missing = subprocess.run([PYTHON, "-m", "authority", "token", str(tmp_path / "nope"), "--email", "a@example.com"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "not an initialised authority" in missing.stderr
+
+
+def test_prometheus_metrics_count_verdicts(tmp_path: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    from tests.conftest import free_port, start_loader, stop_process
+    from tests.integration.conftest import call, refused
+
+    port = free_port()
+    models = tmp_path / "models"
+    models.mkdir()
+    proc = start_loader(tmp_path, models, {"local": authority.trust_config}, f"--metrics-port={port}")
+    try:
+        artefact = put(models, "metrics", digits_svm_bytes, authority)
+        call(proc, artefact, authority)
+        refused(proc, artefact, authority, identity="mallory@example.com")
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        stop_process(proc.process)
+    assert 'loader_verifications_total{result="loaded"} 1.0' in text
+    assert 'loader_verifications_total{result="permission_denied"} 1.0' in text
+    assert "loader_load_seconds_count 2.0" in text
