@@ -37,7 +37,7 @@ from authority.server import AuthorityServer  # noqa: E402
 from authority.state import init_authority  # noqa: E402
 from digits_walkthrough.build import build, train_digits_svm  # noqa: E402
 from runtime import SigstoreModel  # noqa: E402
-from tests.conftest import Authority, free_port, start_loader, stop_process, wait_for_health  # noqa: E402
+from tests.conftest import Authority, free_port, start_loader, start_mlserver, stop_process  # noqa: E402
 
 SIGNER = "bench@example.com"
 RESULTS = ROOT / "bench" / "results"
@@ -176,19 +176,11 @@ class Bench:
             "parameters": {"uri": str(repo_root / "artefacts" / "good-model" / "model.joblib")},
         }))
         http, grpc_port = free_port(), free_port()
-        env = {**os.environ, "MLSERVER_SIGSTORE_ENDPOINT": loader_endpoint, "MLSERVER_HTTP_PORT": str(http),
+        env = {"MLSERVER_SIGSTORE_ENDPOINT": loader_endpoint, "MLSERVER_HTTP_PORT": str(http),
                "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(free_port())}
-        log = (self.work / "mlserver.log").open("wb")
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("mlserver")), "start", str(repo)], env=env, cwd=self.work, stdout=log, stderr=subprocess.STDOUT)
+        proc = start_mlserver(repo, self.work, self.work / "mlserver.log", env)
         url = f"http://127.0.0.1:{http}"
         try:
-            for _ in range(300):
-                try:
-                    if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(0.2)
             for name in ("plain-model", "good-model"):
                 assert requests.post(f"{url}/v2/repository/models/{name}/load", timeout=60).status_code == 200
             digits = datasets.load_digits()
@@ -225,7 +217,6 @@ class Bench:
             self.results["inference"] = out
         finally:
             stop_process(proc)
-            log.close()
 
     # 4. concurrent loads --------------------------------------------------------------------
     def concurrent(self, loader: object, estimator_bytes: bytes, sizes: list[int]) -> None:

@@ -178,6 +178,30 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def start_mlserver(repo: Path, cwd: Path, log: Path, env: dict[str, str], timeout: float = 90.0) -> subprocess.Popen:
+    """`mlserver start REPO` in `cwd`; returns once /v2/health/ready answers 200."""
+    import requests
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(PYTHON).with_name("mlserver")), "start", str(repo)], cwd=cwd, env={**os.environ, **env},
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{env['MLSERVER_HTTP_PORT']}/v2/health/ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"MLServer exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    stop_process(proc)
+    raise TimeoutError(f"MLServer did not become ready within {timeout} s: {log.read_text()[-3000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

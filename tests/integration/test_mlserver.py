@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 import requests
 from sklearn import datasets
 
-from tests.conftest import PYTHON, ROOT, LoaderProcess, free_port, start_loader, stop_process
+from tests.conftest import ROOT, LoaderProcess, free_port, start_loader, start_mlserver, stop_process
 
 DIGITS = datasets.load_digits()
 SAMPLE = DIGITS.images.reshape((len(DIGITS.images), -1))[-8:]
@@ -64,7 +62,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     cwd = tmp_path_factory.mktemp("mlserver-cwd")
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     env = {
-        **os.environ,
         "MLSERVER_SIGSTORE_ENDPOINT": loader.endpoint,
         "MLSERVER_HTTP_PORT": str(http),
         "MLSERVER_GRPC_PORT": str(grpc_port),
@@ -72,20 +69,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         "MLSERVER_PARALLEL_WORKERS": str(request.param),
     }
     log = cwd.parent / f"mlserver-{request.param}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(PYTHON).with_name("mlserver")), "start", str(root / "repo")], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_mlserver(root / "repo", cwd, log, env)
     url = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    else:
-        pytest.fail(f"MLServer did not become ready: {log.read_text()[-3000:]}")
     yield Stack(root / "repo", cwd, url, loader, proc, log)
     stop_process(proc)
     stop_process(loader.process)
