@@ -24,7 +24,9 @@ step() { printf '\n==> %s\n' "$*"; }
 skip() { printf '    already done: %s\n' "$*"; }
 # pip, with this machine's noise about missing local index folders filtered out.
 pipq() { "$VENV/bin/pip" "$@" 2>&1 | { grep -v "WARNING: Location" || true; }; }
-fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
+sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum "$@"; else shasum -a 256 "$@"; fi; }  # macOS has shasum
+fingerprint() { cat "$@" | sha256 | cut -c1-16; }
+with_timeout() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
 
 # --- 1. virtualenv with the project and its pinned dependencies -----------------------------
 step "Python virtualenv ($VENV)"
@@ -83,7 +85,7 @@ if docker image inspect "$base" >/dev/null 2>&1; then
 elif [ "$base" = "python:3.11-slim" ] && docker image inspect "$LOCAL_BASE_IMAGE" >/dev/null 2>&1; then
   skip "$base was never pulled here; using the local $LOCAL_BASE_IMAGE"
   base="$LOCAL_BASE_IMAGE"
-elif timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
+elif with_timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
   echo "    pulled $base"
 else
   base="$LOCAL_BASE_IMAGE"
