@@ -248,3 +248,25 @@ def test_a_model_signing_bundle_for_a_single_file_is_accepted(loader: LoaderProc
     error = refused(loader, artefact, authority, bundle="model-signing/model.sig")
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "does not name this artefact" in error.details()
+
+
+def test_a_large_model_streams_through_with_default_limits(tmp_path: Path, authority: Authority) -> None:
+    """Hundreds of MB pass (no 4 MB gRPC message limit), with the loader's default limits."""
+    import numpy as np
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from tests.conftest import start_loader, stop_process
+
+    rows = (150 << 20) // (64 * 8)
+    x = np.random.default_rng(0).random((rows, 64))
+    buffer = io.BytesIO()
+    joblib.dump(KNeighborsClassifier(algorithm="brute").fit(x, np.arange(rows) % 3), buffer)
+    models = tmp_path / "models"
+    artefact = put(models, "large", buffer.getvalue(), authority)
+    proc = start_loader(tmp_path, models, {"local": authority.trust_config})
+    try:
+        header, data = call(proc, artefact, authority)
+    finally:
+        stop_process(proc.process)
+    assert header.size == len(data) > 150 << 20
+    assert (skops.io.loads(data, trusted=[])._fit_X[:5] == x[:5]).all()
