@@ -91,3 +91,13 @@ def test_prometheus_metrics_count_verdicts(tmp_path: Path, authority: Authority,
     assert 'loader_verifications_total{result="loaded"} 1.0' in text
     assert 'loader_verifications_total{result="permission_denied"} 1.0' in text
     assert "loader_load_seconds_count 2.0" in text
+
+
+def test_server_reflection_lists_the_services(loader: LoaderProcess) -> None:
+    """What grpcurl relies on: the loader describes itself over reflection."""
+    import grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(loader.endpoint) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"loader.v1.Loader", "grpc.health.v1.Health"} <= services
