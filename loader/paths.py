@@ -50,7 +50,7 @@ class ModelsRoot:
         )
 
 
-def read_once(path: Path, what: str, max_bytes: int) -> bytes:
+def read_once(path: Path, what: str, max_bytes: int) -> bytearray:
     """Read a regular file in one go (no symlink at the last component), within a size cap."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -64,17 +64,20 @@ def read_once(path: Path, what: str, max_bytes: int) -> bytes:
             raise BadRequest(f"{what} {path} is not a regular file")
         if info.st_size > max_bytes:
             raise LimitExceeded(f"{what} {path} is {info.st_size} bytes; the limit is {max_bytes}")
-        chunks = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 16 * 1024 * 1024))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:
-            raise LimitExceeded(f"{what} {path} grew past the limit of {max_bytes} bytes while read")
-        return data
+        # Read into one preallocated buffer (one copy); one spare byte detects a file that grew.
+        buffer = bytearray(info.st_size + 1)
+        view = memoryview(buffer)
+        filled = 0
+        with open(fd, "rb", buffering=0, closefd=False) as raw:
+            while filled < len(buffer):
+                n = raw.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+        if filled > info.st_size:
+            raise LimitExceeded(f"{what} {path} grew while it was read; refused")
+        del view
+        del buffer[filled:]
+        return buffer
     finally:
         os.close(fd)

@@ -63,7 +63,7 @@ class Sandbox:
         proc.start()
         proc.join()
 
-    def convert(self, artefact: bytes) -> Converted:
+    def convert(self, artefact: bytes | bytearray) -> Converted:
         """Unpickle `artefact` in a fresh confined child; return the skops conversion."""
         limits = self.limits
         source = _sealed_memfd("verified-artefact", artefact)
@@ -190,7 +190,7 @@ class _CappedReader:
         self._conn.close()
 
 
-def _sealed_memfd(name: str, data: bytes) -> int:
+def _sealed_memfd(name: str, data: bytes | bytearray) -> int:
     """An in-memory file holding `data` that nobody can change any more."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     view = memoryview(data)

@@ -147,8 +147,8 @@ def _identity_of(cert: x509.Certificate) -> tuple[str, str]:
 
 
 def verify_artefact(
-    artefact: bytes,
-    bundle_json: bytes,
+    artefact: bytes | bytearray,
+    bundle_json: bytes | bytearray,
     signers: list[Signer],
     roots: TrustRoots,
     trust_root: str = "",
@@ -163,6 +163,7 @@ def verify_artefact(
     if not signers:
         raise BadRequest("no accepted signers in the policy; name at least one identity and issuer")
     root_name, verifier = roots.verifier(trust_root)
+    bundle_json = bytes(bundle_json)
     try:
         media_type = str(json.loads(bundle_json).get("mediaType", ""))
         bundle = Bundle.from_json(bundle_json)
