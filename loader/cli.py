@@ -36,7 +36,7 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from loader._internal.child import set_non_dumpable
+    from loader._internal.process import set_non_dumpable
     from loader.paths import ModelsRoot
     from loader.sandbox import Sandbox, SandboxLimits
     from loader.server import build_server

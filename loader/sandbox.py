@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from loader._internal.child import ChildLimits, PassedFd, run
 from loader.errors import LimitExceeded, UnpicklingFailed
 
-_PRELOAD = ["loader._internal.child"]
+_PRELOAD = ["loader._internal.preload"]
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,12 @@
 """The confined child: the only code that ever unpickles an artefact.
 
-This module is preloaded by the multiprocessing fork server, so scikit-learn, numpy, joblib
-and skops are imported once and each child starts in milliseconds. Importing it also marks
-the fork server non-dumpable, so a child cannot ptrace it or read its memory.
+It runs in a process forked from the fork server, which has imported `preload` (scikit-learn,
+skops, ...) already; this module itself stays light so that the gRPC server can reference
+`run` without importing any of that.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -18,30 +17,10 @@ from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 
-import joblib
-import numpy  # noqa: F401 - preloaded for the children
 import pyseccomp as seccomp
-import skops.io
-import sklearn.base
-import sklearn.ensemble  # noqa: F401
-import sklearn.linear_model  # noqa: F401
-import sklearn.neighbors  # noqa: F401
-import sklearn.pipeline  # noqa: F401
-import sklearn.preprocessing  # noqa: F401
-import sklearn.svm  # noqa: F401
-import sklearn.tree  # noqa: F401
 
-_PR_SET_DUMPABLE = 4
 _CLONE_THREAD = 0x00010000
 _O_WRONLY, _O_RDWR, _O_CREAT = 0o1, 0o2, 0o100
-
-
-def set_non_dumpable() -> None:
-    """No core dumps, no ptrace and no /proc/PID/mem access for same-uid processes."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-
-
-set_non_dumpable()
 
 
 @dataclass(frozen=True)
@@ -119,6 +98,11 @@ def _apply_limits(limits: ChildLimits) -> None:
 
 
 def _convert(artefact: PassedFd, result: PassedFd) -> tuple[int, list[str], dict[str, float]]:
+    # Already imported by the fork server (preload), so these cost nothing here.
+    import joblib
+    import skops.io
+    import sklearn.base
+
     started = time.perf_counter()
     with os.fdopen(artefact.fd, "rb") as source:
         source.seek(0)  # the parent's writes left the shared offset at the end

@@ -1,0 +1,22 @@
+"""Imported once by the multiprocessing fork server, so that each confined child starts warm.
+
+scikit-learn, numpy, joblib and skops take seconds to import; children forked from the fork
+server inherit them. Importing this also makes the fork server non-dumpable, so a child cannot
+ptrace it or read its memory or environment.
+"""
+
+import joblib  # noqa: F401
+import numpy  # noqa: F401
+import skops.io  # noqa: F401
+import sklearn.base  # noqa: F401
+import sklearn.ensemble  # noqa: F401
+import sklearn.linear_model  # noqa: F401
+import sklearn.neighbors  # noqa: F401
+import sklearn.pipeline  # noqa: F401
+import sklearn.preprocessing  # noqa: F401
+import sklearn.svm  # noqa: F401
+import sklearn.tree  # noqa: F401
+
+from loader._internal.process import set_non_dumpable
+
+set_non_dumpable()
