@@ -8,6 +8,7 @@ import struct
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from authority._crypto import der_octet_string, der_utf8_string, key_id, sign_sha256, spki_der
@@ -23,6 +24,13 @@ class CertificateRequestError(Exception):
     """The CSR is malformed or fails its proof of possession."""
 
 
+def _ec_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise TypeError("the authority's CA keys are ECDSA P-256")
+    return key
+
+
 def _identity_san(claims: dict) -> x509.GeneralName:
     email = claims.get("email")
     if email:
@@ -33,7 +41,7 @@ def _identity_san(claims: dict) -> x509.GeneralName:
 def _signed_certificate_timestamp(state: AuthorityState, tbs_precert: bytes, when: dt.datetime) -> bytes:
     """An RFC 6962 v1 SCT over the precertificate entry, as a TLS-encoded SCT list."""
     timestamp_ms = int(when.timestamp() * 1000)
-    issuer_key_hash = hashlib.sha256(spki_der(state.intermediate_cert.public_key())).digest()
+    issuer_key_hash = hashlib.sha256(spki_der(_ec_public_key(state.intermediate_cert))).digest()
     signed = (
         struct.pack(">BBQH", 0, 0, timestamp_ms, 1)
         + issuer_key_hash
@@ -89,7 +97,7 @@ def issue_certificate(state: AuthorityState, csr_pem: bytes, claims: dict) -> li
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(inter.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(_ec_public_key(inter)), critical=False
         )
         .add_extension(x509.SubjectAlternativeName([_identity_san(claims)]), critical=True)
         .add_extension(x509.UnrecognizedExtension(OID_ISSUER_V1, claims["iss"].encode()), critical=False)

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import rfc8785
 from cryptography import x509
@@ -87,7 +88,7 @@ def _canonical_hashedrekord(spec: dict) -> tuple[bytes, x509.Certificate, bytes,
         raise EntryError(f"malformed hashedrekord spec: {exc}") from None
     if digest_alg != "sha256" or len(digest) != 32:
         raise EntryError("hashedrekord data hash must be a sha256 digest")
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "0.0.1",
         "kind": "hashedrekord",
         "spec": {
@@ -132,12 +133,14 @@ def canonical_body(proposed: dict) -> bytes:
         if len(certs) != 1 or not signatures:
             raise EntryError("dsse entry needs exactly one verifier and at least one signature")
         key = certs[0].public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise EntryError("only ECDSA verifiers are supported")
         for sig in signatures:
             try:
                 key.verify(sig, _pae(envelope["payloadType"], payload), ec.ECDSA(hashes.SHA256()))
             except InvalidSignature:
                 raise EntryError("dsse signature does not verify against the verifier") from None
-        body = {
+        dsse_body: dict[str, Any] = {
             "apiVersion": "0.0.1",
             "kind": "dsse",
             "spec": {
@@ -149,7 +152,7 @@ def canonical_body(proposed: dict) -> bytes:
                 "signatures": [{"signature": b64(s), "verifier": b64(verifiers[0])} for s in signatures],
             },
         }
-        return rfc8785.dumps(body)
+        return rfc8785.dumps(dsse_body)
     raise EntryError(f"unsupported entry kind {kind}/{version}: use hashedrekord/0.0.1 or dsse/0.0.1")
 
 
@@ -231,7 +234,7 @@ class TransparencyLog:
         root = self._tree.root(0, tree_size)
         proof = self._tree.inclusion_path(entry.index, 0, tree_size)
         log_id_hex = self.log_id.hex()
-        promise = {
+        promise: dict[str, Any] = {
             "body": b64(entry.body),
             "integratedTime": entry.integrated_time,
             "logID": log_id_hex,

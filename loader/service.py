@@ -129,8 +129,9 @@ class LoaderService:
             elapsed = time.perf_counter() - started
             LOAD_SECONDS.observe(elapsed)
             record["seconds"] = round(elapsed, 4)
-            if isinstance(record.get("timings"), dict):
-                record["timings"] = {k: round(v, 4) for k, v in record["timings"].items()}
+            stage_timings = record.get("timings")
+            if isinstance(stage_timings, dict):
+                record["timings"] = {k: round(v, 4) for k, v in stage_timings.items()}
             print(json.dumps({"event": "verify_and_load", **record}), file=sys.stderr, flush=True)
 
     def _load(self, request: LoadRequest, record: dict[str, object]) -> LoadResult:
@@ -177,9 +178,9 @@ class LoaderService:
 
     def _verify_and_convert(
         self,
-        artefact: bytes,
+        artefact: bytes | bytearray,
         digest: str,
-        bundle: bytes,
+        bundle: bytes | bytearray,
         request: LoadRequest,
         timings: dict[str, float],
         record: dict[str, object],

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -45,7 +46,7 @@ class EphemeralLoader:
         self._artefact = artefact
         self._bundle = bundle
         self._tmp = ""
-        self._container = None
+        self._container: Any = None
 
     @property
     def artefact_name(self) -> str:
@@ -53,7 +54,7 @@ class EphemeralLoader:
 
     def start(self) -> str:
         try:
-            client = docker.from_env(timeout=30)
+            client = docker.from_env(timeout=30)  # type: ignore[attr-defined]
             client.ping()
         except docker.errors.DockerException as exc:
             raise ModelRefused(f"docker sandbox mode: the Docker daemon is unreachable ({exc})", 503) from None
@@ -92,13 +93,15 @@ class EphemeralLoader:
 
     async def wait_ready(self) -> None:
         socket_path = Path(self._tmp) / "loader.sock"
+        container = self._container
+        assert container is not None, "start() first"
         deadline = time.monotonic() + self._settings.docker_start_seconds
         while time.monotonic() < deadline:
             if socket_path.exists():
                 return
-            self._container.reload()  # type: ignore[union-attr]
-            if self._container.status in ("exited", "dead"):  # type: ignore[union-attr]
-                logs = self._container.logs(tail=20).decode(errors="replace")  # type: ignore[union-attr]
+            container.reload()
+            if container.status in ("exited", "dead"):
+                logs = container.logs(tail=20).decode(errors="replace")
                 raise ModelRefused(f"docker sandbox mode: the loader container exited: {logs}", 503)
             await asyncio.sleep(0.1)
         raise ModelRefused(

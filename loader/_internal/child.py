@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 
@@ -41,7 +42,7 @@ class PassedFd:
         return PassedFd._rebuild, (reduction.DupFd(self.fd),)
 
     @staticmethod
-    def _rebuild(dup: reduction.DupFd) -> PassedFd:  # type: ignore[name-defined]
+    def _rebuild(dup: Any) -> PassedFd:  # a multiprocessing DupFd, rebuilt in the child
         return PassedFd(dup.detach())
 
 
