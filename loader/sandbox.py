@@ -23,13 +23,10 @@ _PRELOAD = ["loader._internal.preload"]
 
 
 @dataclass(frozen=True)
-class SandboxLimits:
-    """Hard limits for one confined unpickling."""
+class SandboxLimits(ChildLimits):
+    """Hard limits for one confined unpickling: the child's own, plus what the parent enforces."""
 
-    memory_bytes: int = 1 << 30
-    cpu_seconds: int = 30
     wall_seconds: float = 60.0
-    max_result_bytes: int = 1 << 30
     max_output_bytes: int = 64 * 1024
 
 
@@ -70,14 +67,9 @@ class Sandbox:
         sink = os.memfd_create("skops-result", os.MFD_CLOEXEC)
         status_r, status_w = self._ctx.Pipe(duplex=False)
         output_r, output_w = self._ctx.Pipe(duplex=False)
-        child_limits = ChildLimits(
-            memory_bytes=limits.memory_bytes,
-            cpu_seconds=limits.cpu_seconds,
-            max_result_bytes=limits.max_result_bytes,
-        )
         proc = self._ctx.Process(
             target=run,
-            args=(PassedFd(source), PassedFd(sink), status_w, output_w, child_limits),
+            args=(PassedFd(source), PassedFd(sink), status_w, output_w, limits),
             daemon=True,
             name="confined-unpickle",
         )

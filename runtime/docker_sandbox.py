@@ -26,6 +26,22 @@ _MODELS = "/models"
 _SOCKET_DIR = "/run/loader"
 
 
+def hardened_loader_options() -> dict[str, Any]:
+    """`containers.run` options matching compose.yaml's loader service: no network, read-only
+    root, no capabilities, the loader seccomp profile, memory/pids/cpu limits, capped logs."""
+    return {
+        "network_mode": "none",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true", f"seccomp={SECCOMP_PROFILE.read_text()}"],
+        "mem_limit": "2g",
+        "pids_limit": 64,
+        "nano_cpus": 1_500_000_000,
+        "tmpfs": {"/tmp": "size=64m"},
+        "log_config": {"type": "local", "config": {"max-size": "1m"}},
+    }
+
+
 def _trust_mounts(spec: str) -> tuple[list[Mount], list[str]]:
     mounts, args = [], []
     for i, item in enumerate(filter(None, (s.strip() for s in spec.split(",")))):
@@ -74,17 +90,9 @@ class EphemeralLoader:
                 command=["serve", f"--socket={_SOCKET_DIR}/loader.sock", f"--models-root={_MODELS}", *trust_args],
                 detach=True,
                 user=user,
-                network_mode="none",
-                read_only=True,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges:true", f"seccomp={SECCOMP_PROFILE.read_text()}"],
-                mem_limit="2g",
-                pids_limit=64,
-                nano_cpus=1_500_000_000,
-                tmpfs={"/tmp": "size=64m"},
                 mounts=mounts,
-                log_config={"type": "local", "config": {"max-size": "1m"}},
                 labels={"mlserver-sigstore.role": "ephemeral-loader"},
+                **hardened_loader_options(),
             )
         except docker.errors.DockerException as exc:
             self.stop()

@@ -26,6 +26,8 @@ _O_WRONLY, _O_RDWR, _O_CREAT = 0o1, 0o2, 0o100
 
 @dataclass(frozen=True)
 class ChildLimits:
+    """What the child applies to itself (rlimits) before it touches the artefact."""
+
     memory_bytes: int = 1 << 30
     cpu_seconds: int = 30
     max_open_files: int = 64

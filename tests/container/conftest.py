@@ -17,11 +17,11 @@ from docker.types import Mount
 from mlserver.settings import ModelParameters, ModelSettings
 
 from runtime import SigstoreModel
-from tests.conftest import ROOT, SIGNER, Authority, wait_for_health
+from runtime.docker_sandbox import hardened_loader_options
+from tests.conftest import SIGNER, Authority, wait_for_health
 
 LOADER_IMAGE = "mlserver-sigstore/loader:dev"
 CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it
-SECCOMP = (ROOT / "runtime" / "seccomp-loader.json").read_text()
 
 
 @pytest.fixture(scope="session")
@@ -89,21 +89,15 @@ def running_loader(docker_client: docker.DockerClient, authority: Authority, *ex
                  "--trust-config=local=/trust/trust_config.json", "--default-trust=local",
                  "--child-wall-seconds=8", "--child-cpu-seconds=4", "--child-memory-mb=256", *extra],
         detach=True,
-        network_mode="none",
-        read_only=True,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true", f"seccomp={SECCOMP}"],
-        mem_limit="1g",
-        pids_limit=64,
-        tmpfs={"/tmp": "size=16m"},
         mounts=[
             Mount("/models", str(models), type="bind", read_only=True),
             Mount("/trust/trust_config.json", str(work / "trust_config.json"), type="bind", read_only=True),
             Mount("/run/loader", str(socket_dir), type="bind"),
         ],
-        log_config={"type": "local", "config": {"max-size": "1m"}},
         labels={"mlserver-sigstore.role": "test-loader"},
         environment={"CANARY_SECRET": CANARY},
+        # The product's own hardening (the runtime's docker mode uses the same options).
+        **hardened_loader_options(),
     )
     try:
         wait_for_health(f"unix://{socket_dir}/loader.sock", timeout=90)
