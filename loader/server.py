@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from concurrent import futures
@@ -42,17 +43,8 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
     for s in request.signers:
         if not s.identity or not s.issuer:
             raise BadRequest("every signer needs both an identity and an OIDC issuer")
-        signers.append(
-            Signer(
-                identity=s.identity,
-                issuer=s.issuer,
-                workflow_repository=s.workflow_repository,
-                workflow_ref=s.workflow_ref,
-                workflow_sha=s.workflow_sha,
-                workflow_name=s.workflow_name,
-                workflow_trigger=s.workflow_trigger,
-            )
-        )
+        # Signer's fields are the proto message's, one for one.
+        signers.append(Signer(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Signer)}))
     return LoadRequest(
         artefact=request.artefact,
         bundle=request.bundle,
@@ -64,18 +56,9 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
 
 
 def _header(result: LoadResult) -> loader_pb2.LoadedModel:
-    v = result.verified
     return loader_pb2.LoadedModel(
-        facts=loader_pb2.VerificationFacts(
-            artefact_sha256=v.artefact_sha256,
-            bundle_sha256=v.bundle_sha256,
-            identity=v.identity,
-            issuer=v.issuer,
-            log_index=v.log_index,
-            integrated_time=v.integrated_time,
-            bundle_media_type=v.bundle_media_type,
-            trust_root=v.trust_root,
-        ),
+        # Verified's fields are VerificationFacts', one for one.
+        facts=loader_pb2.VerificationFacts(**dataclasses.asdict(result.verified)),
         timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in result.timings.items()],
         untrusted_types=result.converted.untrusted_types,
         format="skops",
