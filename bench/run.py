@@ -33,11 +33,12 @@ from sklearn.neighbors import KNeighborsClassifier
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
+from digits_walkthrough.build import build, train_digits_svm  # noqa: E402
+
 from authority.server import AuthorityServer  # noqa: E402
 from authority.state import init_authority  # noqa: E402
-from digits_walkthrough.build import build, train_digits_svm  # noqa: E402
 from runtime import SigstoreModel  # noqa: E402
-from tests.conftest import Authority, free_port, start_loader, start_mlserver, stop_process  # noqa: E402
+from tests.support import Authority, free_port, start_loader, start_mlserver, stop_process  # noqa: E402
 
 SIGNER = "bench@example.com"
 RESULTS = ROOT / "bench" / "results"
@@ -163,10 +164,9 @@ class Bench:
 
     # 3. inference ---------------------------------------------------------------------------
     def inference(self, loader_endpoint: str, repo_root: Path, requests_n: int) -> None:
+        import grpc
         from mlserver.grpc import dataplane_pb2 as pb
         from mlserver.grpc import dataplane_pb2_grpc
-
-        import grpc
 
         repo = repo_root / "repo"
         plain_dir = repo / "plain-model"
@@ -231,8 +231,8 @@ class Bench:
         for n in sizes:
             peak = _PeakRss(loader.process.pid)  # type: ignore[attr-defined]
 
-            async def load_all(impl: type, endpoint: str | None) -> None:
-                await asyncio.gather(*(impl(self.settings(p, impl, endpoint)).load() for p in paths[:n]))
+            async def load_all(impl: type, endpoint: str | None, chosen: list[Path] = paths[:n]) -> None:
+                await asyncio.gather(*(impl(self.settings(p, impl, endpoint)).load() for p in chosen))
 
             started = time.perf_counter()
             asyncio.run(load_all(SKLearnModel, None))
@@ -276,7 +276,7 @@ class _PeakRss:
             total = 0
             for pid in self._tree():
                 try:
-                    total += next(int(l.split()[1]) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS:"))
+                    total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
                 except (OSError, StopIteration):
                     pass
             self.peak = max(self.peak, total)
@@ -328,8 +328,8 @@ def write_reports(results: dict) -> None:
     stage_lines = ["", "Warm-path stages (median ms):", "", "| stage | small | large |", "| --- | --- | --- |"]
     small, large = results.get("load_small", {}).get("stages", {}), results.get("load_large", {}).get("stages", {})
     for stage in dict.fromkeys([*small, *large]):
-        fmt = lambda d: f"{d[stage]['median']*1000:.1f}" if stage in d else "-"  # noqa: E731
-        stage_lines.append(f"| {stage} | {fmt(small)} | {fmt(large)} |")
+        cells = [f"{d[stage]['median']*1000:.1f}" if stage in d else "-" for d in (small, large)]
+        stage_lines.append(f"| {stage} | {cells[0]} | {cells[1]} |")
     m = results["machine"]
     header = [f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}.", ""]
     (RESULTS / "results.md").write_text("\n".join(header + lines + stage_lines) + "\n")

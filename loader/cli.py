@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+from loader.proto.v1 import loader_pb2
 
 SHIPPED_PRODUCTION_ROOT = Path("/opt/trust/production/trusted_root.json")
 # What the fork server (and so every confined child, via /proc/self/environ) may see.
@@ -23,7 +22,7 @@ _ENV_KEPT = {
 
 
 def _trust_files(specs: list[str]) -> dict[str, Path]:
-    from loader.verify import PRODUCTION, production_root_file
+    from loader._internal.verify import PRODUCTION, production_root_file
 
     shipped = SHIPPED_PRODUCTION_ROOT if SHIPPED_PRODUCTION_ROOT.exists() else production_root_file()
     files = {PRODUCTION: shipped}
@@ -36,19 +35,27 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from loader._internal.paths import ModelsRoot
     from loader._internal.process import set_non_dumpable
-    from loader.paths import ModelsRoot
-    from loader.sandbox import Sandbox, SandboxLimits
-    from loader.server import build_server
-    from loader.service import LoaderService, ServiceLimits
-    from loader.verify import PRODUCTION, TrustRoots
+    from loader._internal.sandbox import Sandbox, SandboxLimits
+    from loader._internal.server import build_server
+    from loader._internal.service import LoaderService, ServiceLimits
+    from loader._internal.verify import PRODUCTION, TrustConfigError, TrustRoots
 
     set_non_dumpable()
     for name in set(os.environ) - _ENV_KEPT:
         del os.environ[name]
+    # `python -m` puts the launch directory first on sys.path, and the fork server (so every
+    # child) inherits sys.path: code lying there must never become importable by a payload.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
     files = _trust_files(args.trust_config)
     default = args.default_trust or (list(files)[1] if len(files) == 2 else PRODUCTION)
-    roots = TrustRoots(files, default)
+    try:
+        roots = TrustRoots(files, default)
+    except TrustConfigError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
     sandbox = Sandbox(
         SandboxLimits(
             memory_bytes=args.child_memory_mb << 20,
@@ -90,12 +97,16 @@ def _signer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from loader._internal.paths import read_once
+    from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact
     from loader.errors import LoaderError
-    from loader.paths import read_once
-    from loader.verify import Signer, TrustRoots, verify_artefact
 
     files = _trust_files([args.trust_config] if args.trust_config else [])
-    roots = TrustRoots(files, "custom" if args.trust_config else "production")
+    try:
+        roots = TrustRoots(files, "custom" if args.trust_config else "production")
+    except TrustConfigError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
     bundle_path = args.bundle or Path(f"{args.file}.sigstore.json")
     try:
         verified = verify_artefact(
@@ -115,6 +126,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from loader.client import LoaderCallError, verify_and_load
+
     request = loader_pb2.VerifyAndLoadRequest(
         artefact=args.file,
         bundle=args.bundle or "",
@@ -122,19 +137,13 @@ def _load(args: argparse.Namespace) -> int:
         trust_root=args.trust_root or "",
         model_name=args.file,
     )
-    with grpc.insecure_channel(args.endpoint) as channel:
-        stub = loader_pb2_grpc.LoaderStub(channel)
-        try:
-            responses = stub.VerifyAndLoad(request, timeout=args.timeout)
-            header = next(responses).header
-            data = b"".join(r.chunk for r in responses)
-        except grpc.RpcError as exc:
-            print(f"FAIL: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
-    if len(data) != header.size or hashlib.sha256(data).hexdigest() != header.model_sha256:
-        print("FAIL: the model bytes received do not match the header", file=sys.stderr)
+    try:
+        fetched = asyncio.run(verify_and_load(args.endpoint, request, args.timeout, args.max_bytes))
+    except LoaderCallError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
         return 1
-    args.out.write_bytes(data)
+    header = fetched.header
+    args.out.write_bytes(fetched.data)
     facts = header.facts
     print(
         f"OK: {args.file} sha256:{facts.artefact_sha256} signed by {facts.identity} ({facts.issuer}), "
@@ -165,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("serve", help="run the verify-and-load gRPC service on a Unix socket")
     p.add_argument("--socket", type=Path, required=True)
-    p.add_argument("--models-root", type=Path, default=Path.cwd())
+    p.add_argument(
+        "--models-root", type=Path, required=True,
+        help="the only folder artefacts and bundles are read from (mount it read-only)",
+    )
     p.add_argument(
         "--trust-config", action="append", default=[], metavar="[NAME=]FILE",
         help="a trusted root or ClientTrustConfig file; repeatable. 'production' is always present",
@@ -195,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trust-root", help="name of a trust root configured on the loader")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--max-bytes", type=int, default=1 << 30, help="largest model accepted back")
     p.add_argument("file", help="artefact path under the loader's models root")
     p.set_defaults(func=_load)
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import docker
 import docker.errors
 from docker.types import Mount
 
+import docker
 from runtime.errors import ModelRefused
 from runtime.settings import RuntimeSettings
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from mlserver.errors import MLServerError
-
 import grpc
+from mlserver.errors import MLServerError
 
 # How a loader refusal reaches the user of `POST /v2/repository/models/NAME/load`.
 HTTP_STATUS_FOR = {

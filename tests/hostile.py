@@ -12,7 +12,6 @@ import io
 import operator
 import pickle
 import zipfile
-from dataclasses import dataclass
 
 import joblib
 import numpy as np

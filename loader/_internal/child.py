@@ -14,9 +14,9 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
+from typing import Any
 
 import pyseccomp as seccomp
 
@@ -103,8 +103,8 @@ def _apply_limits(limits: ChildLimits) -> None:
 def _convert(artefact: PassedFd, result: PassedFd) -> tuple[int, list[str], dict[str, float]]:
     # Already imported by the fork server (preload), so these cost nothing here.
     import joblib
-    import skops.io
     import sklearn.base
+    import skops.io
 
     started = time.perf_counter()
     with os.fdopen(artefact.fd, "rb") as source:
@@ -133,6 +133,8 @@ def run(artefact: PassedFd, result: PassedFd, status: Connection, output: Connec
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
         os.chdir("/")
+        # Relative sys.path entries ('' is the working directory) would resolve against "/".
+        sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
         os.environ.clear()
         _apply_limits(limits)
         _install_filter()

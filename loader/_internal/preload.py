@@ -7,7 +7,6 @@ ptrace it or read its memory or environment.
 
 import joblib  # noqa: F401
 import numpy  # noqa: F401
-import skops.io  # noqa: F401
 import sklearn.base  # noqa: F401
 import sklearn.ensemble  # noqa: F401
 import sklearn.linear_model  # noqa: F401
@@ -16,6 +15,7 @@ import sklearn.pipeline  # noqa: F401
 import sklearn.preprocessing  # noqa: F401
 import sklearn.svm  # noqa: F401
 import sklearn.tree  # noqa: F401
+import skops.io  # noqa: F401
 
 from loader._internal.process import set_non_dumpable
 

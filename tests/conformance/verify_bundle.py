@@ -1,4 +1,4 @@
-"""sigstore-conformance client protocol, backed by the loader's verifier (loader.verify).
+"""sigstore-conformance client protocol, backed by the loader's verifier (loader._internal.verify).
 
     verify-bundle --bundle F --certificate-identity I --certificate-oidc-issuer U [--trusted-root F] FILE
     verify-bundle --bundle F --key K [--trusted-root F] FILE
@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from loader._internal.verify import PRODUCTION, Signer, TrustRoots, production_root_file, verify_artefact
 from loader.errors import LoaderError
-from loader.verify import PRODUCTION, Signer, TrustRoots, production_root_file, verify_artefact
 
 
 def verify(argv: list[str]) -> tuple[bool, str]:

@@ -10,15 +10,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import pytest
 from docker.types import Mount
-
 from mlserver.settings import ModelParameters, ModelSettings
 
+import docker
 from runtime import SigstoreModel
 from runtime.docker_sandbox import hardened_loader_options
-from tests.conftest import SIGNER, Authority, wait_for_health
+from tests.support import SIGNER, Authority, wait_for_health
 
 LOADER_IMAGE = "mlserver-sigstore/loader:dev"
 CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it

@@ -21,8 +21,8 @@ from sklearn.tree import DecisionTreeClassifier
 
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.conftest import Authority, wait_for_health
 from tests.container.conftest import CANARY, LoaderContainer
+from tests.support import Authority, wait_for_health
 
 # Writes aimed at every writable-looking place the sandbox could reach.
 TOUCH = "touch /pwnd /tmp/pwnd /models/pwnd /run/loader/pwnd; env > /run/loader/pwnd.txt"

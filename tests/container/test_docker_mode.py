@@ -6,16 +6,16 @@ import asyncio
 import io
 from pathlib import Path
 
-import docker
 import joblib
 import pytest
 from mlserver.settings import ModelParameters, ModelSettings
 from sklearn import datasets
 
+import docker
 from runtime import SigstoreModel
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.conftest import SIGNER, Authority
+from tests.support import SIGNER, Authority
 
 DIGITS = datasets.load_digits()
 X = DIGITS.images.reshape((len(DIGITS.images), -1))

@@ -6,14 +6,14 @@ import asyncio
 import threading
 import time
 
-import docker
 import pytest
 from mlserver.errors import MLServerError
 
+import docker
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.conftest import Authority, wait_for_health
 from tests.container.conftest import LoaderContainer, running_loader
+from tests.support import Authority, wait_for_health
 
 
 @pytest.fixture(autouse=True)

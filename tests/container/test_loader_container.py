@@ -12,8 +12,8 @@ from sklearn import datasets
 
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from tests import hostile
-from tests.conftest import SIGNER, Authority
 from tests.container.conftest import LoaderContainer
+from tests.support import SIGNER, Authority
 
 DIGITS = datasets.load_digits()
 X = DIGITS.images.reshape((len(DIGITS.images), -1))

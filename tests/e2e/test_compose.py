@@ -16,7 +16,7 @@ from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc
 from sklearn import datasets
 
-from tests.conftest import ROOT, free_port
+from tests.support import ROOT, free_port
 
 PROJECT = "mlserver-sigstore-e2e"
 DIGITS = datasets.load_digits()

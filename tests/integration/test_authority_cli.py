@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from authority.oidc import mint_token
 from authority.state import AuthorityState
-from tests.conftest import PYTHON, Authority
+from tests.support import PYTHON, Authority
 
 SIGSTORE = str(Path(PYTHON).with_name("sigstore"))
 ISSUER = "https://oidc.sigstore.local"

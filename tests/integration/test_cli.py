@@ -8,8 +8,7 @@ from pathlib import Path
 import requests
 import skops.io
 
-from tests.conftest import PYTHON, ROOT, SIGNER, Authority, LoaderProcess
-from tests.integration.conftest import put
+from tests.support import PYTHON, ROOT, SIGNER, Authority, LoaderProcess, put
 
 
 def _loader_cli(*args: str) -> subprocess.CompletedProcess:
@@ -74,8 +73,7 @@ def test_authority_cli_init_and_token(tmp_path: Path) -> None:
 
 
 def test_prometheus_metrics_count_verdicts(tmp_path: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
-    from tests.conftest import free_port, start_loader, stop_process
-    from tests.integration.conftest import call, refused
+    from tests.support import call, free_port, refused, start_loader, stop_process
 
     port = free_port()
     models = tmp_path / "models"

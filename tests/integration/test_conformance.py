@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.conformance.verify_bundle import verify
-from tests.conftest import PYTHON, ROOT
+from tests.support import PYTHON, ROOT
 
 CORPUS = ROOT.parent / "shared" / "conformance" / "bundle-verify"
 DEFAULT_IDENTITY = (

@@ -14,14 +14,20 @@ from mlserver.codecs import CodecError
 from mlserver.errors import InferenceError
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput
-from mlserver_sklearn.sklearn import PREDICT_FN_KEY, PREDICT_OUTPUT, PREDICT_PROBA_OUTPUT, PREDICT_TRANSFORM, WELLKNOWN_MODEL_FILENAMES
+from mlserver_sklearn.sklearn import (
+    PREDICT_FN_KEY,
+    PREDICT_OUTPUT,
+    PREDICT_PROBA_OUTPUT,
+    PREDICT_TRANSFORM,
+    WELLKNOWN_MODEL_FILENAMES,
+)
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from runtime import SigstoreModel
-from tests.conftest import SIGNER, Authority, LoaderProcess
+from tests.support import SIGNER, Authority, LoaderProcess
 
 
 def run(coro):  # type: ignore[no-untyped-def]

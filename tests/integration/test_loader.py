@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ from sklearn import datasets
 
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from tests import hostile
-from tests.conftest import SIGNER, Authority, LoaderProcess
-from tests.integration.conftest import call, log_records, put, refused
+from tests.support import SIGNER, Authority, LoaderProcess, call, log_records, put, refused
 
 DIGITS = datasets.load_digits()
 DIGITS_X = DIGITS.images.reshape((len(DIGITS.images), -1))
@@ -154,8 +152,9 @@ def test_an_unknown_trust_root_is_invalid(loader: LoaderProcess, authority: Auth
 
 
 def test_untrusted_types_fail_the_precondition_when_the_caller_names_its_allowlist(loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
-    from sklearn.preprocessing import FunctionTransformer
     import operator
+
+    from sklearn.preprocessing import FunctionTransformer
 
     buffer = io.BytesIO()
     joblib.dump(FunctionTransformer(func=operator.neg), buffer)
@@ -232,7 +231,7 @@ def test_a_signed_hostile_pickle_is_contained(loader: LoaderProcess, models_root
 def test_a_model_signing_bundle_for_a_single_file_is_accepted(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
     import subprocess
 
-    from tests.conftest import PYTHON
+    from tests.support import PYTHON
 
     artefact = put(models_root, "model-signing", digits_svm_bytes)
     signature = models_root / "model-signing" / "model.sig"
@@ -255,7 +254,7 @@ def test_a_large_model_streams_through_with_default_limits(tmp_path: Path, autho
     import numpy as np
     from sklearn.neighbors import KNeighborsClassifier
 
-    from tests.conftest import start_loader, stop_process
+    from tests.support import start_loader, stop_process
 
     rows = (150 << 20) // (64 * 8)
     x = np.random.default_rng(0).random((rows, 64))

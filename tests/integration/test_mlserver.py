@@ -13,7 +13,7 @@ import pytest
 import requests
 from sklearn import datasets
 
-from tests.conftest import ROOT, LoaderProcess, free_port, start_loader, start_mlserver, stop_process
+from tests.support import ROOT, LoaderProcess, free_port, start_loader, start_mlserver, stop_process
 
 DIGITS = datasets.load_digits()
 SAMPLE = DIGITS.images.reshape((len(DIGITS.images), -1))[-8:]

@@ -20,8 +20,7 @@ from authority._crypto import new_key
 from authority.server import AuthorityServer
 from authority.state import AuthorityState
 from tests import hostile
-from tests.conftest import SIGNER, Authority, LoaderProcess
-from tests.integration.conftest import call, log_records, put, refused
+from tests.support import SIGNER, Authority, LoaderProcess, call, log_records, put, refused
 
 
 def _flip_b64(value: str, index: int = -5) -> str:

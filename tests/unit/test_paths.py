@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from loader._internal.paths import ModelsRoot, read_once
 from loader.errors import BadRequest, LimitExceeded, NotFound
-from loader.paths import ModelsRoot, read_once
 
 
 @pytest.fixture()

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
+from loader._internal.paths import ModelsRoot, read_once
+from loader._internal.sandbox import Converted, Sandbox
+from loader._internal.verify import Signer, TrustRoots, Verified, verify_artefact
 from loader.errors import LimitExceeded, LoaderError, UntrustedTypes
-from loader.paths import ModelsRoot, read_once
-from loader.sandbox import Converted, Sandbox
-from loader.verify import Signer, TrustRoots, Verified, verify_artefact
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
 LOAD_SECONDS = Histogram(

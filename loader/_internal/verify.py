@@ -14,7 +14,6 @@ from sigstore.errors import Error as SigstoreError
 from sigstore.hashes import Hashed
 from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
 from sigstore.verify import Verifier
-from sigstore_models.common.v1 import HashAlgorithm
 from sigstore.verify.policy import (
     AllOf,
     AnyOf,
@@ -26,6 +25,7 @@ from sigstore.verify.policy import (
     Identity,
     VerificationPolicy,
 )
+from sigstore_models.common.v1 import HashAlgorithm
 
 from loader.errors import BadRequest, VerificationFailed
 
@@ -88,12 +88,26 @@ class Verified:
     trust_root: str
 
 
-def _load_trusted_root(path: Path) -> TrustedRoot:
-    text = path.read_text()
-    media_type = json.loads(text).get("mediaType", "")
-    if "clienttrustconfig" in media_type:
-        return ClientTrustConfig.from_json(text).trusted_root
-    return TrustedRoot.from_file(str(path))
+class TrustConfigError(ValueError):
+    """A configured trust root cannot be used: the file is missing, unreadable or not a root."""
+
+
+def _load_trusted_root(name: str, path: Path) -> TrustedRoot:
+    try:
+        text = path.read_text()
+        media_type = str(json.loads(text).get("mediaType", ""))
+        if "clienttrustconfig" in media_type:
+            return ClientTrustConfig.from_json(text).trusted_root
+        return TrustedRoot.from_file(str(path))
+    except FileNotFoundError:
+        raise TrustConfigError(f"trust root {name!r}: {path} does not exist") from None
+    except OSError as exc:
+        raise TrustConfigError(f"trust root {name!r}: cannot read {path}: {exc.strerror}") from None
+    except Exception as exc:  # noqa: BLE001 - JSON, pydantic and sigstore errors alike mean "not a root"
+        raise TrustConfigError(
+            f"trust root {name!r}: {path} is not a Sigstore trusted root or client trust config "
+            f"({_first_line(exc)})"
+        ) from None
 
 
 def production_root_file() -> Path:
@@ -107,9 +121,9 @@ class TrustRoots:
     """Operator-chosen trusted roots by name; requests may only pick among these."""
 
     def __init__(self, files: dict[str, Path], default: str) -> None:
-        self._verifiers = {name: Verifier(trusted_root=_load_trusted_root(p)) for name, p in files.items()}
+        self._verifiers = {name: Verifier(trusted_root=_load_trusted_root(name, p)) for name, p in files.items()}
         if default not in self._verifiers:
-            raise ValueError(f"default trust root {default!r} is not one of {sorted(self._verifiers)}")
+            raise TrustConfigError(f"default trust root {default!r} is not one of {sorted(self._verifiers)}")
         self.default = default
 
     @property

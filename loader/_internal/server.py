@@ -12,10 +12,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from loader._internal.service import LoaderService, LoadRequest, LoadResult
+from loader._internal.verify import Signer
 from loader.errors import BadRequest, LoaderError
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
-from loader.service import LoaderService, LoadRequest, LoadResult
-from loader.verify import Signer
 
 CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
 MAX_SOCKET_PATH = 107
