@@ -12,7 +12,7 @@ from authority.state import DEFAULT_ISSUER, AuthorityState, StateError, init_aut
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m authority",
-        description="Local Sigstore-compatible authority (Fulcio, Rekor, OIDC) for offline signing. "
+        description="Local Sigstore-compatible authority (Fulcio, Rekor v1/v2, RFC 3161 TSA, OIDC) for offline signing. "
         "For tests, demos and air-gapped sites; never a default trust root.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -20,6 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("dir", type=Path)
     p_init.add_argument("--issuer", default=DEFAULT_ISSUER, help="OIDC issuer URL put in tokens")
     p_init.add_argument("--url", default="http://127.0.0.1:8765", help="where `serve` will answer")
+    p_init.add_argument(
+        "--rekor-version", type=int, choices=(1, 2), default=1,
+        help="2: also serve a Rekor v2 tile log (hashedrekord 0.0.2, no SET) that signers pick by default",
+    )
+    p_init.add_argument(
+        "--no-timestamps", action="store_true",
+        help="no RFC 3161 timestamp authority (bundles then rely on Rekor v1's SET for time)",
+    )
     p_serve = sub.add_parser("serve", help="serve Fulcio, Rekor and OIDC discovery over HTTP")
     p_serve.add_argument("dir", type=Path)
     p_serve.add_argument("--host", default="127.0.0.1")
@@ -32,8 +40,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "init":
-            state = init_authority(args.dir, issuer=args.issuer, url=args.url)
-            print(f"initialised authority in {args.dir} (issuer {state.issuer})")
+            state = init_authority(
+                args.dir, issuer=args.issuer, url=args.url,
+                rekor_version=args.rekor_version, timestamps=not args.no_timestamps,
+            )
+            tsa_note = "with a timestamp authority" if state.tsa_key is not None else "no timestamp authority"
+            print(
+                f"initialised authority in {args.dir} (issuer {state.issuer}, "
+                f"Rekor v{state.rekor_version}, {tsa_note})"
+            )
         elif args.command == "serve":
             from authority.server import AuthorityServer
 

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 
 def b64(data: bytes) -> str:
@@ -26,7 +26,7 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def save_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+def save_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, path: Path) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -44,7 +44,14 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
+def load_ed25519_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{path} does not hold an Ed25519 private key")
+    return key
+
+
+def spki_der(key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -53,6 +60,16 @@ def spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
 def key_id(key: ec.EllipticCurvePublicKey) -> bytes:
     """The Sigstore/RFC 6962 log ID: SHA-256 of the DER SubjectPublicKeyInfo."""
     return hashlib.sha256(spki_der(key)).digest()
+
+
+def note_key_id(name: str, key: ed25519.Ed25519PublicKey) -> bytes:
+    """The C2SP signed-note key ID of an Ed25519 key: SHA-256(name || 0x0A || 0x01 || key).
+
+    Rekor v2 logs are identified by it (`logId.keyId`); its first 4 bytes are the key hint
+    on checkpoint signature lines.
+    """
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(name.encode() + b"\n\x01" + raw).digest()
 
 
 def sign_sha256(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:

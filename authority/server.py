@@ -1,4 +1,5 @@
-"""HTTP front for the local authority: Fulcio v2, Rekor v1 and OIDC discovery on one port."""
+"""HTTP front for the local authority: Fulcio v2, Rekor v1 (and v2), an RFC 3161 TSA and OIDC
+discovery on one port."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from authority import ca, oidc, rekor
-from authority.state import AuthorityState, write_trust_files
+from authority import ca, oidc, rekor, rekor_v2, tsa
+from authority.state import TSA_PATH, AuthorityState, write_trust_files
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
@@ -31,6 +32,7 @@ class AuthorityServer(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
         self.state = state
         self.log = rekor.TransparencyLog(state)
+        self.log_v2 = rekor_v2.TileLog(state) if state.rekor_version == 2 else None
         self.url = f"http://{host}:{self.server_address[1]}"
         write_trust_files(state, self.url)
 
@@ -55,12 +57,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _body(self) -> dict:
+    def _raw_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         if length <= 0 or length > MAX_REQUEST_BYTES:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, "request needs a JSON body of at most 8 MiB")
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "request needs a body of at most 8 MiB")
+        return self.rfile.read(length)
+
+    def _body(self) -> dict:
+        raw = self._raw_body()
         try:
-            doc = json.loads(self.rfile.read(length))
+            doc = json.loads(raw)
         except ValueError as exc:
             raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
         if not isinstance(doc, dict):
@@ -96,12 +102,31 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        if urlparse(self.path).path == TSA_PATH:
+            self._timestamp()
+            return
         self._dispatch(
             {
                 r"/api/v2/signingCert": self._signing_cert,
                 r"/api/v1/log/entries": self._create_entry,
+                r"/api/v2/log/entries": self._create_entry_v2,
             }
         )
+
+    def _timestamp(self) -> None:
+        """RFC 3161 over HTTP: DER TimeStampReq in, DER TimeStampResp out (rejections too)."""
+        status, reply = HTTPStatus.OK, b""
+        try:
+            reply = tsa.timestamp(self.server.state, self._raw_body())
+        except _HTTPError as exc:
+            status, reply = exc.status, tsa.rejection(str(exc))
+        except tsa.TimestampRequestError as exc:
+            status, reply = HTTPStatus.BAD_REQUEST, tsa.rejection(str(exc))
+        self.send_response(status)
+        self.send_header("Content-Type", tsa.REPLY_CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
 
     def _entry_by_uuid(self, uuid: str) -> tuple[HTTPStatus, dict]:
         found = self.server.log.by_uuid(uuid)
@@ -146,5 +171,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _create_entry(self) -> tuple[HTTPStatus, dict]:
         try:
             return HTTPStatus.CREATED, self.server.log.append(self._body())
+        except rekor.EntryError as exc:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+    def _create_entry_v2(self) -> tuple[HTTPStatus, dict]:
+        if self.server.log_v2 is None:
+            raise _HTTPError(
+                HTTPStatus.NOT_FOUND, "this authority runs Rekor v1 only: init it with --rekor-version 2"
+            )
+        try:
+            return HTTPStatus.CREATED, self.server.log_v2.append(self._body())
         except rekor.EntryError as exc:
             raise _HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from None
