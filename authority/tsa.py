@@ -123,11 +123,14 @@ def timestamp(state: AuthorityState, request_der: bytes, now: dt.datetime | None
     return bytes(response.dump())
 
 
+class _StatusOnlyResp(core.Sequence):
+    """TimeStampResp without its OPTIONAL token (asn1crypto's class requires one)."""
+
+    _fields = [("status", tsp.PKIStatusInfo)]
+
+
 def rejection(reason: str) -> bytes:
     """A TimeStampResp with status `rejection`, failure `badDataFormat` and the reason as text."""
-    return bytes(
-        tsp.TimeStampResp(
-            {"status": {"status": "rejection", "status_string": [reason], "fail_info": {"bad_data_format"}}}
-        ).dump()
-    )
+    status = tsp.PKIStatusInfo({"status": "rejection", "status_string": [reason], "fail_info": {"bad_data_format"}})
+    return bytes(_StatusOnlyResp({"status": status}).dump())
 
