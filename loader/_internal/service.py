@@ -10,13 +10,16 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
 
 from prometheus_client import Counter, Histogram
 
-from loader._internal.paths import ModelsRoot, read_once
+from loader._internal.memfd import SealedFile, sha256_of
+from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import Signer, TrustRoots, Verified, verify_artefact
-from loader.errors import LimitExceeded, LoaderError, UntrustedTypes
+from loader.errors import LimitExceeded, LoaderError
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
 LOAD_SECONDS = Histogram(
@@ -33,6 +36,8 @@ class LoadRequest:
     trust_root: str = ""
     model_name: str = ""
     trusted_types: tuple[str, ...] = ()
+    # Paths of a signed model directory that its model-signing bundle does not cover.
+    ignore_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class _ResultCache:
             return found
 
     def put(self, key: tuple, result: LoadResult) -> None:
-        size = len(result.converted.skops_bytes)
+        size = result.converted.size
         if size > self._budget:
             return
         with self._lock:
@@ -80,7 +85,7 @@ class _ResultCache:
             self._size += size
             while self._size > self._budget:
                 _, evicted = self._items.popitem(last=False)
-                self._size -= len(evicted.converted.skops_bytes)
+                self._size -= evicted.converted.size
 
 
 class LoaderService:
@@ -141,11 +146,15 @@ class LoaderService:
         t0 = time.perf_counter()
         artefact_path = self.root.resolve(request.artefact, "artefact")
         bundle_path = self.root.bundle_for(artefact_path, request.bundle)
-        artefact = read_once(artefact_path, "artefact", self.limits.max_artefact_bytes)
+        # A model directory is loaded through its well-known model file; the file's directory
+        # is what a model-signing bundle covering more than one file must match.
+        model_path = self.root.model_file(artefact_path)
+        # Read once into the sealed memfd that is hashed here and unpickled by the child.
+        artefact = read_sealed(model_path, "artefact", self.limits.max_artefact_bytes)
         bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
         t1 = time.perf_counter()
         timings["read"] = t1 - t0
-        digest = hashlib.sha256(artefact).hexdigest()
+        digest = sha256_of(artefact)
         timings["hash"] = time.perf_counter() - t1
         record["sha256"] = digest
         key = (
@@ -153,45 +162,54 @@ class LoaderService:
             hashlib.sha256(bundle).hexdigest(),
             tuple(sorted(request.signers, key=repr)),
             request.trust_root or self.trust_roots.default,
+            request.ignore_paths,
         )
         with self._inflight_lock:
             gate = self._inflight.setdefault(key, threading.Lock())
         # Identical concurrent requests (MLServer's parallel workers) wait for one result.
         try:
             with gate:
+                # Verified on every load, cached or not: the rest of a model directory may
+                # have changed although the model file and the bundle did not.
+                verified = self._verify(artefact, digest, bundle, request, model_path, timings, record)
                 cached = self._cache.get(key)
                 if cached is not None:
-                    result = LoadResult(cached.verified, cached.converted, cached.model_sha256, timings, cached=True)
+                    result = LoadResult(verified, cached.converted, cached.model_sha256, timings, cached=True)
                 else:
-                    result = self._verify_and_convert(artefact, digest, bundle, request, timings, record)
+                    result = self._convert(artefact, verified, timings, record)
                     self._cache.put(key, result)
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
-        untrusted = sorted(set(result.converted.untrusted_types) - set(request.trusted_types))
-        if request.trusted_types and untrusted:
-            raise UntrustedTypes(
-                f"the model holds types the caller does not trust: {untrusted}; "
-                "add them to the model's trusted types only if you trust their code"
-            )
+        # The loader only reports types; the runtime's allowlist (runtime/safe_load.py) decides.
         return result
 
-    def _verify_and_convert(
+    def _verify(
         self,
-        artefact: bytes | bytearray,
+        artefact: SealedFile,
         digest: str,
         bundle: bytes | bytearray,
         request: LoadRequest,
+        model_path: Path,
         timings: dict[str, float],
         record: dict[str, object],
-    ) -> LoadResult:
+    ) -> Verified:
         record["stage"] = "verify"
         t0 = time.perf_counter()
-        verified = verify_artefact(
-            artefact, bundle, list(request.signers), self.trust_roots, request.trust_root, digest
-        )
+        # The sealed memfd's bytes cannot change any more: verified here, unpickled by the child.
+        with artefact.mapped(populate=False) as view:
+            verified = verify_artefact(
+                cast(bytes, view), bundle, list(request.signers), self.trust_roots, request.trust_root, digest,
+                directory=model_path.parent, model_file=model_path.name, ignore_paths=request.ignore_paths,
+                max_bytes=self.limits.max_artefact_bytes,
+            )
+        timings["verify"] = time.perf_counter() - t0
+        return verified
+
+    def _convert(
+        self, artefact: SealedFile, verified: Verified, timings: dict[str, float], record: dict[str, object]
+    ) -> LoadResult:
         t1 = time.perf_counter()
-        timings["verify"] = t1 - t0
         # Nothing is unpickled before this line, and only the bytes just verified are.
         if not self._slots.acquire(timeout=self.limits.queue_timeout_seconds):
             raise LimitExceeded(
@@ -206,6 +224,7 @@ class LoaderService:
             timings.update({f"child_{k}" if k in ("unpickle", "convert") else k: v for k, v in converted.timings.items()})
         finally:
             self._slots.release()
-        return LoadResult(
-            verified, converted, hashlib.sha256(converted.skops_bytes).hexdigest(), timings
-        )
+        t3 = time.perf_counter()
+        model_sha256 = sha256_of(converted.model)
+        timings["result_hash"] = time.perf_counter() - t3
+        return LoadResult(verified, converted, model_sha256, timings)

@@ -78,7 +78,7 @@ def test_a_crafted_decision_tree_is_refused(field: str, value: int, message: str
 def test_a_crafted_boosted_tree_is_refused() -> None:
     model = HistGradientBoostingClassifier(max_iter=2).fit(X, Y)
     model._predictors[0][0].nodes["left"][0] = 5000
-    with pytest.raises(ModelRefused, match="boosted tree 0: node 0 has an out-of-range left child"):
+    with pytest.raises(ModelRefused, match="TreePredictor: node 0 has an out-of-range left child"):
         load_model(skops.io.dumps(model), [])
 
 

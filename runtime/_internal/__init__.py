@@ -1,0 +1,1 @@
+"""Internals of the serving-side safe load: archive pre-scan, allowlist, structural validators."""

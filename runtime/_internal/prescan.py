@@ -1,0 +1,317 @@
+"""Pre-scan of a skops archive before skops parses it: one pass over schema.json and the members.
+
+skops builds its node tree recursively, memoises nodes by `__id__` (so repeated ids make its type
+audit exponential), reads each member once per reference, and lets numpy allocate whatever an
+`.npy` header declares. Here every node is visited once, its type collected, and the archive is
+refused unless it is a plain tree of bounded size whose arrays are exactly as large as declared.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from runtime.errors import ModelRefused
+
+MAX_ZIP_ENTRIES = 100_000
+MAX_SCHEMA_BYTES = 64 << 20
+MAX_NODES = 2_000_000
+MAX_DEPTH = 200
+MAX_UNCOMPRESSED_BYTES = 4 << 30
+MAX_COMPRESSION_RATIO = 200
+MAX_JSON_CONTENT = 1 << 20
+SPARSE_MEMBERS = frozenset({"data.npy", "indices.npy", "indptr.npy", "shape.npy", "format.npy", "row.npy", "col.npy"})
+SPARSE_FORMATS = frozenset({b"csr", b"csc", b"coo"})
+
+# skops node kinds the allowlisted families need. Methods, operators, masked arrays and free-form
+# reduce constructors are never needed by them and are refused.
+LEAF_LOADERS = frozenset({"JsonNode", "TypeNode", "NdArrayNode", "SparseMatrixNode", "DTypeNode", "FunctionNode", "SliceNode"})
+ALLOWED_LOADERS = LEAF_LOADERS | {
+    "ObjectNode", "DictNode", "ListNode", "TupleNode", "SetNode", "CachedNode",
+    "TreeNode", "LossNode", "RandomStateNode", "RandomGeneratorNode", "DefaultDictNode",
+    "PartialNode", "FunctionNode",
+}
+# HistGradientBoosting with categorical features keeps partial(check_array, ...) in a
+# FunctionTransformer; no other function is ever accepted (validators check its arguments).
+FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
+
+
+def refuse(message: str) -> ModelRefused:
+    """The 422 every structural refusal of the converted model uses."""
+    return ModelRefused(f"the converted model is refused: {message}", 422)
+
+
+@dataclass
+class ScanResult:
+    """What the pre-scan found: every type named in the schema, and the total declared array bytes."""
+
+    types: set[str] = field(default_factory=set)
+    nodes: int = 0
+    array_bytes: int = 0
+
+
+def _npy_size(stream: Any, where: str) -> tuple[int, int]:
+    """(declared data bytes, header bytes) of an .npy stream; object dtypes are refused."""
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy version {version}")
+    except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for a bad header
+        raise refuse(f"array {where} has an unreadable header: {exc}") from None
+    if dtype.hasobject:
+        raise refuse(f"array {where} has an object dtype")
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise refuse(f"array {where} declares a negative dimension")
+        count *= int(dim)
+    return count * dtype.itemsize, int(stream.tell())
+
+
+def _check_member_size(info: zipfile.ZipInfo, where: str) -> None:
+    if info.file_size > 1 << 20 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise refuse(
+            f"archive entry {where} expands {info.file_size // max(info.compress_size, 1)}x: refused as a zip bomb"
+        )
+
+
+def _check_npy(archive: zipfile.ZipFile, name: str, where: str) -> int:
+    info = archive.getinfo(name)
+    _check_member_size(info, where)
+    with archive.open(info) as stream:
+        declared, header = _npy_size(stream, where)
+    if declared + header != info.file_size:
+        raise refuse(
+            f"array {where} declares {declared} bytes of data but its member holds {info.file_size - header}"
+        )
+    return declared
+
+
+def _check_npz(archive: zipfile.ZipFile, name: str) -> int:
+    """A sparse matrix is a nested archive: bounded by the same rules, and csr/csc/coo only."""
+    info = archive.getinfo(name)
+    _check_member_size(info, name)
+    with archive.open(info) as stream:
+        raw = stream.read()
+    try:
+        inner = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise refuse(f"sparse member {name} is not an npz archive") from None
+    with inner:
+        names = inner.namelist()
+        if len(names) != len(set(names)) or not set(names) <= SPARSE_MEMBERS:
+            raise refuse(f"sparse member {name} holds unexpected entries {sorted(names)}")
+        total = 0
+        for member in names:
+            total += _check_npy(inner, member, f"{name}/{member}")
+        if "format.npy" in names:
+            with inner.open("format.npy") as stream:
+                fmt = np.load(io.BytesIO(stream.read()), allow_pickle=False)
+            if fmt.dtype.kind != "S" or fmt.tobytes().rstrip(b"\0") not in SPARSE_FORMATS:
+                raise refuse(f"sparse member {name} has format {fmt!r}; only csr, csc and coo are accepted")
+    return total + len(raw)
+
+
+class _Scanner:
+    """Visits each node of schema.json once and computes what skops' audit would walk.
+
+    skops memoises nodes by `__id__`: a later node with a known id is replaced by the first one
+    (never parsed) and re-audited per reference. Honest dumps repeat shared sub-estimators in full;
+    a crafted schema repeats stubs so the audit doubles per level. The expanded size (each repeat
+    counted at the size of its first definition) is what is capped.
+    """
+
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self.archive = archive
+        self.members = {info.filename: info for info in archive.infolist()}
+        self.result = ScanResult()
+        self.expanded: dict[Any, int] = {}  # id -> expanded node count of its (finished) definition
+        self.open_ids: set[Any] = set()
+        self.files_used: set[str] = set()
+        self.total = 0
+
+    def scan(self, root: Any) -> ScanResult:
+        self.total = self._visit(root, 0)
+        self.result.nodes = self.total
+        return self.result
+
+    def _count(self, n: int) -> None:
+        self.total += n
+        if self.total > MAX_NODES:
+            raise refuse(f"its schema expands to more than {MAX_NODES} nodes (shared references included)")
+
+    def _visit(self, state: Any, depth: int) -> int:
+        # Depth is capped far below Python's recursion limit before each descent.
+        if depth > MAX_DEPTH:
+            raise refuse(f"its schema nests deeper than {MAX_DEPTH} levels")
+        if not isinstance(state, dict) or "__loader__" not in state:
+            raise refuse("its schema holds a node without a loader")
+        loader = state["__loader__"]
+        if loader not in ALLOWED_LOADERS:
+            raise refuse(f"its schema uses skops node kind {loader!r}, which no allowlisted estimator needs")
+        node_id = state.get("__id__")
+        if node_id is not None and (node_id in self.open_ids or (loader == "CachedNode" and node_id not in self.expanded)):
+            raise refuse(f"a shared reference to node {node_id!r} points at an enclosing or unknown node")
+        if node_id is not None and node_id in self.expanded:
+            size = self.expanded[node_id]  # skops reuses the first definition and audits it again
+            self._count(size)
+            return size
+        if loader == "CachedNode":
+            raise refuse("a shared reference without a node id")
+        module, name = state.get("__module__"), state.get("__class__")
+        if not isinstance(module, str) or not isinstance(name, str):
+            raise refuse("its schema holds a node without a type name")
+        self.result.types.add(f"{module}.{name}")
+        if loader == "FunctionNode" and f"{module}.{name}" not in FUNCTIONS:
+            raise refuse(f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} may appear")
+        self._count(1)
+        if node_id is not None:
+            self.open_ids.add(node_id)
+        size = 1
+        children = self._leaf(loader, state) if loader in LEAF_LOADERS else self._children(loader, state)
+        for child in children:
+            size += self._visit(child, depth + 1)
+        if node_id is not None:
+            self.open_ids.discard(node_id)
+            self.expanded[node_id] = size
+        return size
+
+    def _leaf(self, loader: str, state: dict[str, Any]) -> list[Any]:
+        if loader == "JsonNode":
+            content = state.get("content")
+            if not isinstance(content, str) or len(content) > MAX_JSON_CONTENT:
+                raise refuse("a JSON value in its schema is not a bounded string")
+            return []
+        if loader == "SliceNode":
+            content = state.get("content")
+            if not isinstance(content, dict) or not all(v is None or type(v) is int for v in content.values()):
+                raise refuse("a slice in its schema holds something other than integers")
+            return []
+        if loader == "DTypeNode":
+            return [state["content"]] if isinstance(state.get("content"), dict) else []
+        if loader == "NdArrayNode" and state.get("type") == "json":
+            content, shape = state.get("content"), state.get("shape")
+            if not isinstance(content, list) or shape is None:
+                raise refuse("an object array in its schema is malformed")
+            return [*content, shape]
+        if loader in ("NdArrayNode", "SparseMatrixNode"):
+            name = state.get("file")
+            if not isinstance(name, str) or name not in self.members:
+                raise refuse(f"an array refers to a missing archive member {name!r}")
+            if name in self.files_used:
+                raise refuse(f"archive member {name!r} is referenced by more than one array")
+            self.files_used.add(name)
+            size = _check_npy(self.archive, name, name) if loader == "NdArrayNode" else _check_npz(self.archive, name)
+            self.result.array_bytes += size
+            if self.result.array_bytes > MAX_UNCOMPRESSED_BYTES:
+                raise refuse(f"its arrays declare more than {MAX_UNCOMPRESSED_BYTES} bytes")
+        return []
+
+    def _children(self, loader: str, state: dict[str, Any]) -> list[Any]:
+        content = state.get("content")
+        if loader in ("TreeNode", "LossNode"):
+            reduce = state.get("__reduce__")
+            if not isinstance(reduce, dict) or "args" not in reduce:
+                raise refuse("a reduced object in its schema has no arguments")
+            return [reduce["args"], content]
+        if loader in ("DictNode", "DefaultDictNode"):
+            if not isinstance(content, dict):
+                raise refuse("a dict node in its schema has no content")
+            extra = [state[k] for k in ("key_types", "default_factory") if k in state]
+            return [*content.values(), *extra]
+        if loader in ("ListNode", "TupleNode", "SetNode"):
+            if not isinstance(content, list):
+                raise refuse(f"a {loader} in its schema has no item list")
+            return list(content)
+        if isinstance(content, dict) and "__loader__" in content:
+            return [content]
+        if isinstance(content, dict):
+            return list(content.values())
+        if content is not None:
+            raise refuse(f"a {loader} in its schema has malformed content")
+        return []
+
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
+class _ViewReader(io.RawIOBase):
+    """A seekable read-only file over a buffer (e.g. the loader's mmap) that never copies all of it."""
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        chunk = bytes(self._view[self._pos : end])
+        self._pos = max(self._pos, end)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def open_buffer(data: Buffer) -> BinaryIO:
+    """A seekable binary file over `data`; bytes are shared by BytesIO, other buffers read in place."""
+    if isinstance(data, bytes):
+        return io.BytesIO(data)
+    return io.BufferedReader(_ViewReader(data))
+
+
+def scan_archive(data: Buffer) -> ScanResult:
+    """Refuse anything but a bounded, plain skops tree; return the types its schema names."""
+    try:
+        archive = zipfile.ZipFile(open_buffer(data))
+    except zipfile.BadZipFile as exc:
+        raise ModelRefused(f"the converted model is not a skops archive: {exc}", 422) from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise refuse(f"it has {len(infos)} archive entries (limit {MAX_ZIP_ENTRIES})")
+        names = [info.filename for info in infos]
+        if len(names) != len(set(names)):
+            raise refuse("the archive holds two members with the same name")
+        if "schema.json" not in names:
+            raise ModelRefused("the converted model has no schema.json: not a skops archive", 422)
+        for member in infos:
+            _check_member_size(member, repr(member.filename))
+        if sum(member.file_size for member in infos) > MAX_UNCOMPRESSED_BYTES:
+            raise refuse(f"it expands to more than {MAX_UNCOMPRESSED_BYTES} bytes")
+        info = archive.getinfo("schema.json")
+        if info.file_size > MAX_SCHEMA_BYTES:
+            raise refuse(f"its schema is {info.file_size} bytes (limit {MAX_SCHEMA_BYTES})")
+        try:
+            schema = json.loads(archive.read("schema.json"))
+        except (ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
+            raise refuse(f"its schema.json is unreadable: {type(exc).__name__}: {exc}") from None
+        if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int):
+            raise refuse("its schema.json has no protocol version")
+        return _Scanner(archive).scan(schema)

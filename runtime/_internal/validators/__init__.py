@@ -1,0 +1,129 @@
+"""Structural validation of every object in a loaded model, one module per estimator family.
+
+The walk visits each object once (shared objects included), has no depth cut, and refuses a model
+with more than MAX_OBJECTS objects instead. Every estimator of an allowlisted family is checked by
+its family's validator; parts (trees, predictors, KD/Ball trees, partials, sparse matrices) are
+checked wherever they appear; anything else must be a plain value or a type the operator trusted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator
+from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+from sklearn.neighbors import BallTree, KDTree
+from sklearn.tree._tree import Tree
+from sklearn.utils.validation import _is_fitted
+
+from runtime._internal.allowlist import ALLOWLIST, FAMILY_OF, qualified_name
+from runtime._internal.prescan import refuse
+from runtime._internal.validators import (
+    common,
+    composite,
+    hist_gb,
+    linear,
+    mlp,
+    naive_bayes,
+    neighbors,
+    preprocessing,
+    svm,
+    text,
+    trees,
+)
+
+MAX_OBJECTS = 20_000_000
+FAMILIES: dict[str, Callable[[Any], None]] = {
+    "linear": linear.validate,
+    "svm": svm.validate,
+    "trees": trees.validate,
+    "hist_gb": hist_gb.validate,
+    "neighbors": neighbors.validate,
+    "naive_bayes": naive_bayes.validate,
+    "mlp": mlp.validate,
+    "preprocessing": preprocessing.validate,
+    "text": text.validate,
+    "composite": composite.validate,
+}
+_PLAIN = (type(None), bool, int, float, str, bytes, slice, np.dtype, np.bool_, np.number, np.str_, np.bytes_)
+_VALUE_TYPES = (int, float, str, bool)
+
+
+def _check_part(obj: Any) -> bool:
+    """Validate a known non-estimator part; False when `obj` is not one."""
+    if isinstance(obj, Tree):
+        trees.check_tree(obj)
+    elif isinstance(obj, TreePredictor):
+        hist_gb.check_predictor(obj, (1 << 31) - 1, None)
+    elif isinstance(obj, (KDTree, BallTree)):
+        neighbors.check_binary_tree(obj)
+    elif isinstance(obj, functools.partial):
+        preprocessing.check_partial(obj, obj)
+    elif sparse.issparse(obj):
+        common.check_sparse(obj, "a sparse matrix", obj)
+    else:
+        return False
+    return True
+
+
+def _n_jobs(est: Any) -> None:
+    jobs = getattr(est, "n_jobs", None)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or not -common.MAX_N_JOBS <= jobs <= common.MAX_N_JOBS):
+        raise common.fail(est, f"n_jobs = {jobs!r} is outside [-{common.MAX_N_JOBS}, {common.MAX_N_JOBS}]")
+
+
+def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
+    """Validate every object reachable from `model`; return how many objects were visited."""
+    if not isinstance(model, BaseEstimator):
+        raise refuse(f"it is a {type(model).__name__}, not a scikit-learn estimator")
+    seen: set[int] = set()
+    stack: list[Any] = [model]
+    keep: list[Any] = []  # keeps visited objects alive so their ids stay unique during the walk
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        keep.append(obj)
+        if len(seen) > MAX_OBJECTS:
+            raise refuse(f"it holds more than {MAX_OBJECTS} objects")
+        if isinstance(obj, np.dtype) or (isinstance(obj, _PLAIN) and type(obj).__module__ in ("builtins", "numpy")):
+            continue
+        if type(obj) is np.ndarray:
+            if obj.dtype.hasobject:
+                stack.extend(obj.ravel().tolist())
+            continue
+        if type(obj) in (dict, list, tuple, set, frozenset):
+            if type(obj) is dict:
+                for key in obj:
+                    if not isinstance(key, (str, int, np.integer)):
+                        raise refuse(f"a dict key is a {type(key).__name__}")
+                stack.extend(obj.values())
+            else:
+                stack.extend(obj)
+            continue
+        if isinstance(obj, type):
+            if obj in _VALUE_TYPES or issubclass(obj, np.generic):
+                continue
+            raise refuse(f"it holds the class {qualified_name(obj)} as a value; only numeric types are accepted")
+        name = qualified_name(type(obj))
+        if name not in ALLOWLIST and name not in trusted:
+            raise refuse(
+                f"it holds a {name}, which is not in the allowlist; add it to "
+                "parameters.extra.sigstore.trusted_types only if you trust its code and data"
+            )
+        if _check_part(obj):
+            continue
+        if isinstance(obj, BaseEstimator):
+            _n_jobs(obj)
+            family = FAMILY_OF.get(name)
+            # scikit-learn refuses to predict with an unfitted estimator (parameter templates such
+            # as a forest's `estimator`); owners validate the fitted members they call directly.
+            if family is not None and (family == "composite" or _is_fitted(obj)):
+                FAMILIES[family](obj)
+        stack.extend(getattr(obj, "__dict__", {}).values())
+    return len(seen)

@@ -1,0 +1,30 @@
+"""Linear models (incl. SGD, ridge, linear SVM): coefficients agree with features, classes and intercepts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sklearn.base import is_classifier
+
+from runtime._internal.validators.common import array, classes, fail, matrix, optional_n_features
+
+
+def validate(est: Any) -> None:
+    features = optional_n_features(est)
+    coef = getattr(est, "coef_", None)
+    if coef is None:
+        raise fail(est, "coef_ is missing")
+    if getattr(coef, "ndim", 2) == 1:
+        coef = array(est, "coef_", shape=(features,), kinds="f")
+        rows = 1
+    else:
+        coef = matrix(est, "coef_", (None, features))
+        rows = coef.shape[0]
+    intercept = getattr(est, "intercept_", None)
+    if hasattr(intercept, "shape") and getattr(intercept, "ndim", 0) > 0:
+        array(est, "intercept_", shape=(rows if getattr(est.coef_, "ndim", 2) == 2 else 1,), kinds="f")
+    if is_classifier(est):
+        n_classes = classes(est)
+        expected = 1 if n_classes == 2 else n_classes
+        if rows != expected and not (n_classes == 2 and rows == 2):
+            raise fail(est, f"coef_ has {rows} rows for {n_classes} classes")
