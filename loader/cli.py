@@ -153,6 +153,21 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trust_show(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from loader._internal.trust import TrustConfigError, as_json, describe, render
+
+    try:
+        reports = [describe(name, path) for name, path in _trust_files(args.trust_config).items()]
+    except TrustConfigError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
+    now = dt.datetime.now(dt.timezone.utc)
+    print((as_json if args.json else render)(reports, now, args.warn_days))
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -210,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=1 << 30, help="largest model accepted back")
     p.add_argument("file", help="artefact path under the loader's models root")
     p.set_defaults(func=_load)
+
+    p = sub.add_parser("trust", help="inspect the configured trusted roots")
+    trust = p.add_subparsers(dest="trust_command", required=True)
+    p = trust.add_parser("show", help="list each root's CAs, logs and TSAs with their validity windows")
+    p.add_argument(
+        "--trust-config", action="append", default=[], metavar="[NAME=]FILE",
+        help="as for serve; 'production' (the pinned root) is listed unless replaced by production=FILE",
+    )
+    p.add_argument("--warn-days", type=int, default=30, help="flag what ends within this many days")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_trust_show)
 
     p = sub.add_parser("health", help="exit 0 when the loader answers SERVING")
     p.add_argument("--endpoint", required=True)
