@@ -79,6 +79,12 @@ def build(root: Path) -> None:
             "--bundle", f"{good}.sigstore.json",
             "--cert-identity", SIGNER_EMAIL, "--cert-oidc-issuer", state.issuer, str(good),
         )
+        # Like production's signing config, the local one lists a timestamp authority.
+        material = json.loads(Path(f"{good}.sigstore.json").read_text())["verificationMaterial"]
+        stamps = (material.get("timestampVerificationData") or {}).get("rfc3161Timestamps") or []
+        if state.tsa_key is not None and not stamps:
+            raise SystemExit("the bundle has no RFC 3161 timestamp although the authority runs a TSA")
+        print(f"signed and verified {good} ({len(stamps)} signed timestamp(s))")
     finally:
         server.shutdown()
         server.server_close()
