@@ -17,10 +17,12 @@ def build_request(
     return loader_pb2.VerifyAndLoadRequest(
         artefact=artefact,
         bundle=policy.bundle or "",
+        # SignerPolicy's fields are loader.v1.Signer's, one for one.
         signers=[loader_pb2.Signer(**signer.model_dump()) for signer in policy.signers],
         trust_root=policy.trust_root,
         model_name=model_name,
         trusted_types=policy.trusted_types,
+        ignore_paths=policy.ignore_paths,
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from mlserver.settings import ModelSettings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.errors import ModelRefused
@@ -13,18 +15,62 @@ from runtime.errors import ModelRefused
 POLICY_KEY = "sigstore"
 
 
+_CLAIMS = ("workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger")
+
+
+def _field_error(field: str, reason: str) -> PydanticCustomError:
+    """A signer error located at `field` (see `SigstorePolicy.from_model_settings`)."""
+    return PydanticCustomError("signer", "{reason}", {"field": field, "reason": reason})
+
+
 class SignerPolicy(BaseModel):
-    """One accepted signer. Identity and issuer match exactly, like `sigstore verify identity`."""
+    """One accepted signer (the fields of loader.v1.Signer), of one of three kinds:
+
+    Sigstore keyless (`identity` exact or `identity_regexp` full match, `issuer` exact, optional
+    GitHub claims), `key` or `certificate_authority` (names configured on the loader).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    identity: str = Field(min_length=1, description="certificate identity (email or URI SAN)")
-    issuer: str = Field(min_length=1, description="OIDC issuer URL")
+    identity: str = Field(default="", description="certificate identity (email or URI SAN), exact")
+    identity_regexp: str = Field(default="", description="certificate identity, full regular-expression match")
+    issuer: str = Field(default="", description="OIDC issuer URL, exact")
     workflow_repository: str = ""
     workflow_ref: str = ""
     workflow_sha: str = ""
     workflow_name: str = ""
     workflow_trigger: str = ""
+    key: str = Field(default="", description="name of a public key configured on the loader")
+    certificate_authority: str = Field(default="", description="name of a CA configured on the loader")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SignerPolicy:
+        keyless = [name for name in ("identity", "identity_regexp", "issuer", *_CLAIMS) if getattr(self, name)]
+        if self.key and self.certificate_authority:
+            raise _field_error("certificate_authority", "set either key or certificate_authority, not both")
+        if self.key or self.certificate_authority:
+            if keyless:
+                chosen = "key" if self.key else "certificate_authority"
+                raise _field_error(keyless[0], f"applies to Sigstore keyless signers only, not with {chosen}")
+            return self
+        if bool(self.identity) == bool(self.identity_regexp):
+            raise _field_error(
+                "identity", "give exactly one of identity (exact) or identity_regexp (full match), "
+                "or else key or certificate_authority",
+            )
+        if not self.issuer:
+            raise _field_error("issuer", "a keyless signer needs the OIDC issuer (matched exactly)")
+        if self.identity_regexp:
+            try:
+                re.compile(self.identity_regexp)
+            except re.error as exc:
+                raise _field_error("identity_regexp", f"not a valid regular expression: {exc}") from None
+        return self
+
+
+def _located(error: ErrorDetails) -> tuple[str, ...]:
+    ctx = error.get("ctx") or {}
+    return (str(ctx["field"]),) if "field" in ctx else ()
 
 
 class RuntimeSettings(BaseSettings):
@@ -50,13 +96,26 @@ class SigstorePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     signers: list[SignerPolicy] = Field(min_length=1)
-    bundle: str | None = Field(default=None, description="bundle path; default <artefact>.sigstore.json")
+    bundle: str | None = Field(
+        default=None, description="bundle path; default <artefact>.sigstore.json, .sigstore, then model.sig"
+    )
+    ignore_paths: list[str] = Field(
+        default_factory=list, description="paths of the model directory (relative to it) the signature excludes"
+    )
     trust_root: str = Field(default="", description="name of a trust root configured on the loader")
     trusted_types: list[str] = Field(
         default_factory=list, description="skops types to trust beyond skops' defaults"
     )
     sandbox: Literal["endpoint", "docker"] | None = None
     endpoint: str | None = None
+
+    @field_validator("ignore_paths")
+    @classmethod
+    def _relative(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path or path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"{path!r} must be a path relative to the model directory, without '..'")
+        return paths
 
     @classmethod
     def from_model_settings(cls, settings: ModelSettings) -> SigstorePolicy:
@@ -73,7 +132,8 @@ class SigstorePolicy(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             problems = "; ".join(
-                f"parameters.extra.{POLICY_KEY}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                f"parameters.extra.{POLICY_KEY}."
+                f"{'.'.join(str(p) for p in (*err['loc'], *_located(err)))}: {err['msg']}"
                 for err in exc.errors()
             )
             raise ModelRefused(

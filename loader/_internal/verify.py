@@ -1,82 +1,41 @@
-"""Offline Sigstore verification of an in-memory artefact against an identity policy."""
+"""Offline verification of an in-memory artefact (or a model directory) against a signer policy.
+
+Sigstore bundles (`sigstore sign`) and OpenSSF model-signing bundles (`model_signing sign`, with
+Sigstore keyless, a public key or a certificate chain) are verified here; the signer kinds and
+their sigstore-python policies live in policy.py, the model-signing formats in signed_manifest.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import sigstore
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
+from cryptography.exceptions import InvalidSignature
+from OpenSSL.crypto import X509StoreContextError
 from sigstore.errors import Error as SigstoreError
 from sigstore.hashes import Hashed
 from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
 from sigstore.verify import Verifier
-from sigstore.verify.policy import (
-    AllOf,
-    AnyOf,
-    GitHubWorkflowName,
-    GitHubWorkflowRef,
-    GitHubWorkflowRepository,
-    GitHubWorkflowSHA,
-    GitHubWorkflowTrigger,
-    Identity,
-    VerificationPolicy,
-)
+from sigstore.verify.policy import AnyOf
 from sigstore_models.common.v1 import HashAlgorithm
 
-from loader.errors import BadRequest, VerificationFailed
+from loader._internal import signed_manifest
+from loader._internal.keys import SigningKeys
+from loader._internal.policy import Method, Signer, certificate_facts, describe_certificate, holds
+from loader.errors import BadRequest, LoaderError, VerificationFailed
+
+__all__ = ["PRODUCTION", "Signer", "TrustConfigError", "TrustRoots", "Verified", "verify_artefact"]
 
 PRODUCTION = "production"
-_OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
-_OID_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
-
-
-@dataclass(frozen=True)
-class Signer:
-    """One accepted signer: exact certificate identity and OIDC issuer, plus optional claims."""
-
-    identity: str
-    issuer: str
-    workflow_repository: str = ""
-    workflow_ref: str = ""
-    workflow_sha: str = ""
-    workflow_name: str = ""
-    workflow_trigger: str = ""
-
-    def describe(self) -> str:
-        extra = [
-            f"{name}={value}"
-            for name, value in (
-                ("workflow_repository", self.workflow_repository),
-                ("workflow_ref", self.workflow_ref),
-                ("workflow_sha", self.workflow_sha),
-                ("workflow_name", self.workflow_name),
-                ("workflow_trigger", self.workflow_trigger),
-            )
-            if value
-        ]
-        return f"{self.identity} (issuer {self.issuer}{', ' if extra else ''}{', '.join(extra)})"
-
-    def policy(self) -> VerificationPolicy:
-        checks: list[VerificationPolicy] = [Identity(identity=self.identity, issuer=self.issuer)]
-        for cls, value in (
-            (GitHubWorkflowRepository, self.workflow_repository),
-            (GitHubWorkflowRef, self.workflow_ref),
-            (GitHubWorkflowSHA, self.workflow_sha),
-            (GitHubWorkflowName, self.workflow_name),
-            (GitHubWorkflowTrigger, self.workflow_trigger),
-        ):
-            if value:
-                checks.append(cls(value))
-        return AllOf(checks)
 
 
 @dataclass(frozen=True)
 class Verified:
-    """What a successful verification established about the artefact."""
+    """What a successful verification established (the fields of loader.v1.VerificationFacts)."""
 
     artefact_sha256: str
     bundle_sha256: str
@@ -86,6 +45,9 @@ class Verified:
     integrated_time: int
     bundle_media_type: str
     trust_root: str
+    signing_method: str = "sigstore"
+    model_file: str = ""
+    verified_files: tuple[str, ...] = ()
 
 
 class TrustConfigError(ValueError):
@@ -120,11 +82,13 @@ def production_root_file() -> Path:
 class TrustRoots:
     """Operator-chosen trusted roots by name; requests may only pick among these."""
 
-    def __init__(self, files: dict[str, Path], default: str) -> None:
+    def __init__(self, files: dict[str, Path], default: str, keys: SigningKeys | None = None) -> None:
         self._verifiers = {name: Verifier(trusted_root=_load_trusted_root(name, p)) for name, p in files.items()}
         if default not in self._verifiers:
             raise TrustConfigError(f"default trust root {default!r} is not one of {sorted(self._verifiers)}")
         self.default = default
+        # Public keys and CAs for model-signing bundles signed without Sigstore, also by name.
+        self.keys = keys or SigningKeys()
 
     @property
     def names(self) -> list[str]:
@@ -140,24 +104,16 @@ class TrustRoots:
             ) from None
 
 
-def _identity_of(cert: x509.Certificate) -> tuple[str, str]:
-    try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-        names = [str(n.value) for n in san]  # type: ignore[attr-defined]
-    except x509.ExtensionNotFound:
-        names = []
-    issuer = ""
-    for oid in (_OID_ISSUER_V1, _OID_ISSUER_V2):
-        try:
-            raw = cert.extensions.get_extension_for_oid(oid).value.value  # type: ignore[attr-defined]
-        except x509.ExtensionNotFound:
-            continue
-        # V1 holds raw UTF-8; V2 a DER UTF8String (tag, length, text).
-        if oid == _OID_ISSUER_V2:
-            raw = raw[2 + (raw[1] & 0x7F if raw[1] & 0x80 else 0) :]
-        issuer = raw.decode(errors="replace")
-        break
-    return ", ".join(names), issuer
+
+
+@dataclass(frozen=True)
+class _SignedBy:
+    method: Method
+    identity: str
+    issuer: str
+    trust: str
+    log_index: int = 0
+    integrated_time: int = 0
 
 
 def verify_artefact(
@@ -167,52 +123,94 @@ def verify_artefact(
     roots: TrustRoots,
     trust_root: str = "",
     digest: str | None = None,
+    *,
+    directory: Path | None = None,
+    model_file: str = "",
+    ignore_paths: tuple[str, ...] | list[str] = (),
+    max_bytes: int = 4 << 30,
 ) -> Verified:
     """Verify `artefact` (the exact bytes that will be deserialized) against its bundle.
 
-    Checks the certificate chain, SCT, transparency log inclusion and time, and the signature
-    over these bytes, then requires one of `signers` to match. Raises VerificationFailed naming
-    the failed check. `digest` is the artefact's sha256 (hex) if the caller already has it.
+    A Sigstore bundle must sign these bytes. A model-signing bundle must carry a manifest that
+    names these bytes, or, when it covers a directory, the whole of `directory` (holding the
+    artefact as `model_file`), minus `ignore_paths`. Then one of `signers` must match. Raises
+    VerificationFailed naming the failed check. `digest` is the artefact's sha256 (hex) if the
+    caller already has it.
     """
     if not signers:
-        raise BadRequest("no accepted signers in the policy; name at least one identity and issuer")
-    root_name, verifier = roots.verifier(trust_root)
+        raise BadRequest("no accepted signers in the policy; name at least one signer")
+    for index, signer in enumerate(signers):
+        signer.check(f"signers[{index}]")
     bundle_json = bytes(bundle_json)
+    shape = signed_manifest.bundle_shape(bundle_json)
+    digest = digest or hashlib.sha256(artefact).hexdigest()
+    bundle_sha256 = hashlib.sha256(bundle_json).hexdigest()
+    if not shape.model_signing:
+        return _verify_sigstore_bundle(artefact, bundle_json, signers, roots, trust_root, digest, shape.media_type)
+    signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
+    name = model_file or "artefact"
+    if signed_manifest.covers_one_file(signed):
+        signed_manifest.check_file(signed, artefact, name)
+        files = [model_file or signed_manifest.SINGLE_FILE]
+    elif directory is None:
+        covered = signed_manifest.signed_files(signed)
+        raise VerificationFailed(
+            f"the signature covers a model directory ({len(covered)} files: {', '.join(covered[:5])}"
+            f"{', ...' if len(covered) > 5 else ''}), but only one file was given: verify the directory"
+        )
+    else:
+        files = signed_manifest.check_directory(
+            signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes
+        )
+    return Verified(
+        artefact_sha256=digest,
+        bundle_sha256=bundle_sha256,
+        identity=by.identity,
+        issuer=by.issuer,
+        log_index=by.log_index,
+        integrated_time=by.integrated_time,
+        bundle_media_type=shape.media_type,
+        trust_root=by.trust,
+        signing_method=by.method,
+        model_file=model_file,
+        verified_files=tuple(files),
+    )
+
+
+def _verify_sigstore_bundle(
+    artefact: bytes | bytearray,
+    bundle_json: bytes,
+    signers: list[Signer],
+    roots: TrustRoots,
+    trust_root: str,
+    digest: str,
+    media_type: str,
+) -> Verified:
+    """`sigstore sign` (hashedrekord) or `sigstore attest` (in-toto statement) over one file."""
+    keyless = _only(signers, "sigstore", "a Sigstore keyless bundle")
+    root_name, verifier = roots.verifier(trust_root)
     try:
-        media_type = str(json.loads(bundle_json).get("mediaType", ""))
         bundle = Bundle.from_json(bundle_json)
     except (ValueError, SigstoreError, AttributeError) as exc:
         raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
-    policies = [signer.policy() for signer in signers]
-    digest = digest or hashlib.sha256(artefact).hexdigest()
+    policy = AnyOf([signer.policy() for signer in keyless])
     try:
         if bundle._dsse_envelope is None:
             # The digest of these exact bytes, computed once: sigstore would otherwise hash again.
             hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest))
-            verifier.verify_artifact(input_=hashed, bundle=bundle, policy=AnyOf(policies))
+            verifier.verify_artifact(input_=hashed, bundle=bundle, policy=policy)
         else:
-            payload_type, payload = verifier.verify_dsse(bundle, AnyOf(policies))
-            _require_statement_about(payload_type, payload, digest)
+            payload_type, payload = verifier.verify_dsse(bundle, policy)
+            _require_subject(payload_type, payload, digest)
     except SigstoreError as exc:
-        cert = bundle.signing_certificate
-        if any(_holds(policy, cert) for policy in policies):
-            raise VerificationFailed(
-                f"signature check failed against trust root {root_name!r}: "
-                f"{_first_line(exc)}{_hint(str(exc))}"
-            ) from None
-        actual_identity, actual_issuer = _identity_of(cert)
-        expected = "; ".join(signer.describe() for signer in signers)
-        raise VerificationFailed(
-            f"signer policy failed: the bundle is signed by {actual_identity!r} "
-            f"(issuer {actual_issuer!r}), which matches none of the accepted signers: {expected}"
-        ) from None
-    actual_identity, actual_issuer = _identity_of(bundle.signing_certificate)
+        raise _keyless_failure(exc, bundle.signing_certificate, keyless, root_name) from None
+    facts = certificate_facts(bundle.signing_certificate)
     entry = bundle.log_entry._inner
     return Verified(
         artefact_sha256=digest,
         bundle_sha256=hashlib.sha256(bundle_json).hexdigest(),
-        identity=actual_identity,
-        issuer=actual_issuer,
+        identity=facts["identity"],
+        issuer=facts["issuer"],
         log_index=int(entry.log_index or 0),
         integrated_time=int(entry.integrated_time or 0),
         bundle_media_type=media_type,
@@ -220,27 +218,139 @@ def verify_artefact(
     )
 
 
+_SIGNED_WITH = {
+    "sigstore": "a Sigstore keyless bundle",
+    "key": "a model-signing bundle signed with a public key",
+    "certificate": "a model-signing bundle signed with a certificate chain",
+}
+
+
+def _only(signers: list[Signer], method: Method, what: str) -> list[Signer]:
+    chosen = [signer for signer in signers if signer.method == method]
+    if not chosen:
+        accepted = "; ".join(signer.describe() for signer in signers)
+        raise VerificationFailed(f"the bundle is {what}, but the policy accepts only: {accepted}")
+    return chosen
+
+
+class _SignatureRejected(Exception):
+    """The signature stage failed (as opposed to the signed payload being unusable)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Staged(signed_manifest.signing.Verifier):
+    """Runs a model_signing verifier, marking failures of its signature stage."""
+
+    def __init__(self, inner: signed_manifest.signing.Verifier) -> None:
+        self._inner = inner
+
+    def _verify_signed_content(self, signature: signed_manifest.signing.Signature) -> tuple[str, bytes]:
+        try:
+            return self._inner._verify_signed_content(signature)
+        except (SigstoreError, ValueError, InvalidSignature, X509StoreContextError) as exc:
+            raise _SignatureRejected(exc) from exc
+
+
+def _verify_manifest_signature(
+    bundle_json: bytes, method: Method, signers: list[Signer], roots: TrustRoots, trust_root: str
+) -> tuple[signed_manifest.ms_manifest.Manifest, _SignedBy]:
+    """The signed manifest of a model-signing bundle, once a signer of the policy vouches for it."""
+    candidates = _only(signers, method, _SIGNED_WITH[method])
+    try:
+        signature = signed_manifest.read_signature(bundle_json, method)
+    except (ValueError, KeyError, TypeError, AttributeError, SigstoreError) as exc:
+        raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
+    if method == "sigstore":
+        root_name, verifier = roots.verifier(trust_root)
+        bundle = signature.bundle  # type: ignore[attr-defined]
+        keyless = signed_manifest.KeylessVerifier(verifier, AnyOf([signer.policy() for signer in candidates]))
+        try:
+            signed = _manifest(keyless, signature)
+        except _SignatureRejected as exc:
+            raise _keyless_failure(exc.cause, bundle.signing_certificate, candidates, root_name) from None
+        facts = certificate_facts(bundle.signing_certificate)
+        entry = bundle.log_entry._inner
+        by = _SignedBy(
+            "sigstore", facts["identity"], facts["issuer"], root_name,
+            int(entry.log_index or 0), int(entry.integrated_time or 0),
+        )
+        return signed, by
+    refusals = []
+    for signer in candidates:
+        inner = roots.keys.key(signer.key) if method == "key" else roots.keys.authority(signer.certificate_authority)
+        try:
+            signed = _manifest(inner, signature)
+        except _SignatureRejected as exc:
+            refusals.append(_trust_refusal(signer, exc.cause))
+            continue
+        return signed, _signed_by(signer, signature)
+    raise VerificationFailed("; ".join(refusals))
+
+
+def _manifest(
+    verifier: signed_manifest.signing.Verifier, signature: signed_manifest.signing.Signature
+) -> signed_manifest.ms_manifest.Manifest:
+    """`verifier.verify`, with an unusable payload reported as such."""
+    try:
+        return _Staged(verifier).verify(signature)
+    except _SignatureRejected:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise VerificationFailed(
+            f"the signed payload is not an OpenSSF model-signing manifest: {_first_line(exc)}"
+        ) from None
+
+
+def _trust_refusal(signer: Signer, cause: Exception) -> str:
+    detail = _first_line(cause) if str(cause).strip() else "the signature does not verify with it"
+    if signer.key:
+        return f"not signed by the key {signer.key!r}: signed by another key, or altered after signing ({detail})"
+    return (
+        f"the signing certificate does not chain to the CA {signer.certificate_authority!r}: signed under "
+        f"another CA, or not valid for signing ({detail})"
+    )
+
+
+def _signed_by(signer: Signer, signature: signed_manifest.signing.Signature) -> _SignedBy:
+    if signer.key:
+        return _SignedBy("key", f"public key {signer.key!r}", "", signer.key)
+    chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
+    leaf = x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
+    identity = certificate_facts(leaf)["identity"] or leaf.subject.rfc4514_string()
+    return _SignedBy("certificate", identity, leaf.issuer.rfc4514_string(), signer.certificate_authority)
+
+
+def _keyless_failure(
+    exc: BaseException, cert: x509.Certificate, signers: list[Signer], root_name: str
+) -> VerificationFailed:
+    """Tell a signature that does not verify from a signer the policy does not accept."""
+    if isinstance(exc, LoaderError):
+        return VerificationFailed(str(exc))
+    if any(holds(signer.policy(), cert) for signer in signers):
+        return VerificationFailed(
+            f"signature check failed against trust root {root_name!r}: {_first_line(exc)}{_hint(str(exc))}"
+        )
+    expected = "; ".join(signer.describe() for signer in signers)
+    return VerificationFailed(
+        f"signer policy failed: the bundle is signed by {describe_certificate(cert)}, "
+        f"which matches none of the accepted signers: {expected}"
+    )
+
+
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-MODEL_SIGNING_PREDICATE = "https://model_signing/signature/v1.0"
 
 
-def _require_statement_about(payload_type: str, payload: bytes, digest: str) -> None:
-    """A DSSE bundle counts only if its signed in-toto statement names these exact bytes.
-
-    Accepted: a subject whose sha256 is the artefact's (`sigstore attest`), or an OpenSSF
-    model-signing manifest whose single resource is this file, hashed with sha256.
-    """
+def _require_subject(payload_type: str, payload: bytes, digest: str) -> None:
+    """A `sigstore attest` statement counts only if one of its subjects is these exact bytes."""
     if payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise VerificationFailed(f"DSSE payload type {payload_type!r} is not an in-toto statement")
     try:
-        statement = json.loads(payload)
-        subjects = statement.get("subject") or []
+        subjects = json.loads(payload).get("subject") or []
         if any(s.get("digest", {}).get("sha256") == digest for s in subjects):
             return
-        if statement.get("predicateType") == MODEL_SIGNING_PREDICATE:
-            resources = statement.get("predicate", {}).get("resources") or []
-            if len(resources) == 1 and resources[0].get("algorithm") == "sha256" and resources[0].get("digest") == digest:
-                return
     except (ValueError, AttributeError, TypeError):
         raise VerificationFailed("the DSSE payload is not a well-formed in-toto statement") from None
     raise VerificationFailed(
@@ -249,18 +359,13 @@ def _require_statement_about(payload_type: str, payload: bytes, digest: str) -> 
     )
 
 
-def _holds(policy: VerificationPolicy, cert: x509.Certificate) -> bool:
-    try:
-        policy.verify(cert)
-    except SigstoreError:
-        return False
-    return True
-
-
+_ANOTHER_INSTANCE = "the bundle was not issued under this trust root (another Sigstore instance?)"
 _HINTS = {
     "digest mismatch": "the artefact's bytes are not the ones that were signed (modified or replaced)",
     "Signature is invalid": "the artefact's bytes are not the ones that were signed",
-    "certificate chain": "the bundle was not issued under this trust root (another Sigstore instance?)",
+    "certificate chain": _ANOTHER_INSTANCE,
+    "not enough sources of verified time": _ANOTHER_INSTANCE,
+    "keyring: invalid signature": _ANOTHER_INSTANCE,
 }
 
 

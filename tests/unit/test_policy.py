@@ -1,9 +1,24 @@
-import pytest
-from mlserver.settings import ModelParameters, ModelSettings
+"""The model-settings policy and the loader's signer kinds: one policy language everywhere."""
 
+import dataclasses
+import datetime
+import re
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+from mlserver.settings import ModelParameters, ModelSettings
+from sigstore.errors import VerificationError
+
+from loader._internal.policy import Signer, certificate_facts, describe_certificate
+from loader.errors import BadRequest
+from loader.proto.v1 import loader_pb2
+from runtime.client import build_request
 from runtime.errors import ModelRefused
 from runtime.model import SigstoreModel
-from runtime.settings import SigstorePolicy
+from runtime.settings import SignerPolicy, SigstorePolicy
 
 
 def _settings(extra: dict | None) -> ModelSettings:
@@ -39,3 +54,123 @@ def test_a_missing_policy_refuses_and_says_where_to_put_it() -> None:
 def test_an_invalid_policy_names_the_field(policy: dict, field: str) -> None:
     with pytest.raises(ModelRefused, match=field.replace(".", r"\.")):
         SigstorePolicy.from_model_settings(_settings({"sigstore": policy}))
+
+
+# --- signer kinds, the same in the runtime's policy, the gRPC contract and the loader ---
+
+ISSUER = "https://token.actions.githubusercontent.com"
+RELEASE = "https://github.com/acme/models/.github/workflows/release.yml@refs/tags/v1.4.2"
+
+
+def test_the_three_shapes_of_a_signer_have_the_same_fields() -> None:
+    """One conversion at each boundary: pydantic -> proto by name, proto -> dataclass by name."""
+    proto = [f.name for f in loader_pb2.Signer.DESCRIPTOR.fields]
+    assert sorted(proto) == sorted(SignerPolicy.model_fields) == sorted(f.name for f in dataclasses.fields(Signer))
+    facts = {f.name for f in loader_pb2.VerificationFacts.DESCRIPTOR.fields}
+    from loader._internal.verify import Verified
+
+    assert facts == {f.name for f in dataclasses.fields(Verified)}
+
+
+@pytest.mark.parametrize(
+    "signer",
+    [
+        {"identity_regexp": r"https://github\.com/acme/models/\.github/workflows/release\.yml@refs/tags/v.*", "issuer": ISSUER, "workflow_repository": "acme/models"},
+        {"key": "release-key"},
+        {"certificate_authority": "acme-ca"},
+    ],
+)
+def test_every_signer_kind_parses_and_reaches_the_request_unchanged(signer: dict) -> None:
+    policy = SigstorePolicy.from_model_settings(_settings({"sigstore": {"signers": [signer], "ignore_paths": ["README.md"]}}))
+    request = build_request(policy, "m/model.joblib", "m")
+    sent = {k: v for k, v in dataclasses.asdict(Signer(**{f.name: getattr(request.signers[0], f.name) for f in dataclasses.fields(Signer)})).items() if v}
+    assert sent == signer
+    assert list(request.ignore_paths) == ["README.md"]
+    Signer(**sent).check()
+
+
+@pytest.mark.parametrize(
+    ("signer", "field"),
+    [
+        ({"identity": "a", "identity_regexp": "a.*", "issuer": "https://i"}, "signers.0.identity"),
+        ({"identity_regexp": "(", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        ({"identity_regexp": "a.*"}, "signers.0.issuer"),
+        ({"key": "k", "issuer": "https://i"}, "signers.0.issuer"),
+        ({"key": "k", "certificate_authority": "c"}, "signers.0.certificate_authority"),
+        ({"certificate_authority": "c", "workflow_ref": "refs/heads/main"}, "signers.0.workflow_ref"),
+        ({"key": "k", "public_key_pem": "..."}, "signers.0.public_key_pem"),
+    ],
+)
+def test_an_inconsistent_signer_is_refused_naming_the_field(signer: dict, field: str) -> None:
+    with pytest.raises(ModelRefused, match=re.escape(f"sigstore.{field}")) as exc:
+        SigstorePolicy.from_model_settings(_settings({"sigstore": {"signers": [signer]}}))
+    assert exc.value.status_code == 400
+    # The loader refuses the same signer on its own (gRPC clients other than the runtime).
+    if "public_key_pem" not in signer:
+        with pytest.raises(BadRequest):
+            Signer(**signer).check()
+
+
+@pytest.mark.parametrize("path", ["/etc", "../x", "a/../../b", ""])
+def test_ignore_paths_stay_inside_the_model_directory(path: str) -> None:
+    with pytest.raises(ModelRefused, match=r"sigstore\.ignore_paths"):
+        SigstorePolicy.from_model_settings(
+            _settings({"sigstore": {"signers": [{"key": "k"}], "ignore_paths": [path]}})
+        )
+
+
+def _certificate(san: x509.GeneralName, extensions: dict[str, bytes]) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(minutes=10))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=True)
+    )
+    for oid, value in extensions.items():
+        builder = builder.add_extension(x509.UnrecognizedExtension(ObjectIdentifier(oid), value), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def release_cert() -> x509.Certificate:
+    return _certificate(
+        x509.UniformResourceIdentifier(RELEASE),
+        {"1.3.6.1.4.1.57264.1.1": ISSUER.encode(), "1.3.6.1.4.1.57264.1.5": b"acme/models", "1.3.6.1.4.1.57264.1.6": b"refs/tags/v1.4.2"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "issuer", "repository", "holds"),
+    [
+        (r"https://github\.com/acme/models/\.github/workflows/release\.yml@refs/tags/v.*", ISSUER, "", True),
+        (r"https://github\.com/acme/models/\.github/workflows/release\.yml@refs/tags/v.*", ISSUER, "acme/models", True),
+        (r"https://github\.com/acme/models/\.github/workflows/release\.yml@refs/tags/v.*", ISSUER, "acme/other", False),
+        (r"https://github\.com/acme/other/.*", ISSUER, "", False),
+        (r"release\.yml@refs/tags/v1\.4\.2", ISSUER, "", False),  # a full match, not a search
+        (r"https://github\.com/acme/models/.*", "https://accounts.google.com", "", False),
+    ],
+)
+def test_identity_regexp_is_a_sigstore_policy_with_a_full_match_and_an_exact_issuer(
+    release_cert: x509.Certificate, pattern: str, issuer: str, repository: str, holds: bool
+) -> None:
+    policy = Signer(identity_regexp=pattern, issuer=issuer, workflow_repository=repository).policy()
+    if holds:
+        policy.verify(release_cert)
+    else:
+        with pytest.raises(VerificationError):
+            policy.verify(release_cert)
+
+
+def test_certificate_facts_name_identity_issuer_and_claims(release_cert: x509.Certificate) -> None:
+    facts = certificate_facts(release_cert)
+    assert facts == {"identity": RELEASE, "issuer": ISSUER, "workflow_repository": "acme/models", "workflow_ref": "refs/tags/v1.4.2"}
+    assert "workflow_ref='refs/tags/v1.4.2'" in describe_certificate(release_cert)
+
+
+def test_the_v2_issuer_extension_is_decoded_as_der(release_cert: x509.Certificate) -> None:
+    long_issuer = "https://" + "i" * 200  # a DER long-form length
+    der = b"\x0c\x81" + bytes([len(long_issuer)]) + long_issuer.encode()
+    cert = _certificate(x509.RFC822Name("a@example.com"), {"1.3.6.1.4.1.57264.1.8": der})
+    assert certificate_facts(cert) == {"identity": "a@example.com", "issuer": long_issuer}

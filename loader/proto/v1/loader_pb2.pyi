@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Signer(_message.Message):
-    __slots__ = ("identity", "issuer", "workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger")
+    __slots__ = ("identity", "issuer", "workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger", "identity_regexp", "key", "certificate_authority")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_REPOSITORY_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,9 @@ class Signer(_message.Message):
     WORKFLOW_SHA_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_REGEXP_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_AUTHORITY_FIELD_NUMBER: _ClassVar[int]
     identity: str
     issuer: str
     workflow_repository: str
@@ -22,26 +25,33 @@ class Signer(_message.Message):
     workflow_sha: str
     workflow_name: str
     workflow_trigger: str
-    def __init__(self, identity: _Optional[str] = ..., issuer: _Optional[str] = ..., workflow_repository: _Optional[str] = ..., workflow_ref: _Optional[str] = ..., workflow_sha: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_trigger: _Optional[str] = ...) -> None: ...
+    identity_regexp: str
+    key: str
+    certificate_authority: str
+    def __init__(self, identity: _Optional[str] = ..., issuer: _Optional[str] = ..., workflow_repository: _Optional[str] = ..., workflow_ref: _Optional[str] = ..., workflow_sha: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_trigger: _Optional[str] = ..., identity_regexp: _Optional[str] = ..., key: _Optional[str] = ..., certificate_authority: _Optional[str] = ...) -> None: ...
 
 class VerifyAndLoadRequest(_message.Message):
-    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types")
+    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd")
     ARTEFACT_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGNERS_FIELD_NUMBER: _ClassVar[int]
     TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     TRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_PATHS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FD_FIELD_NUMBER: _ClassVar[int]
     artefact: str
     bundle: str
     signers: _containers.RepeatedCompositeFieldContainer[Signer]
     trust_root: str
     model_name: str
     trusted_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    ignore_paths: _containers.RepeatedScalarFieldContainer[str]
+    accept_fd: bool
+    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ...) -> None: ...
 
 class VerificationFacts(_message.Message):
-    __slots__ = ("artefact_sha256", "bundle_sha256", "identity", "issuer", "log_index", "integrated_time", "bundle_media_type", "trust_root")
+    __slots__ = ("artefact_sha256", "bundle_sha256", "identity", "issuer", "log_index", "integrated_time", "bundle_media_type", "trust_root", "signing_method", "model_file", "verified_files")
     ARTEFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +60,9 @@ class VerificationFacts(_message.Message):
     INTEGRATED_TIME_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FILES_FIELD_NUMBER: _ClassVar[int]
     artefact_sha256: str
     bundle_sha256: str
     identity: str
@@ -58,7 +71,10 @@ class VerificationFacts(_message.Message):
     integrated_time: int
     bundle_media_type: str
     trust_root: str
-    def __init__(self, artefact_sha256: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., identity: _Optional[str] = ..., issuer: _Optional[str] = ..., log_index: _Optional[int] = ..., integrated_time: _Optional[int] = ..., bundle_media_type: _Optional[str] = ..., trust_root: _Optional[str] = ...) -> None: ...
+    signing_method: str
+    model_file: str
+    verified_files: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, artefact_sha256: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., identity: _Optional[str] = ..., issuer: _Optional[str] = ..., log_index: _Optional[int] = ..., integrated_time: _Optional[int] = ..., bundle_media_type: _Optional[str] = ..., trust_root: _Optional[str] = ..., signing_method: _Optional[str] = ..., model_file: _Optional[str] = ..., verified_files: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StageTiming(_message.Message):
     __slots__ = ("stage", "seconds")
@@ -69,7 +85,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("facts", "timings", "untrusted_types", "format", "size", "model_sha256", "cached")
+    __slots__ = ("facts", "timings", "untrusted_types", "format", "size", "model_sha256", "cached", "fd_handle", "fd_handle_ttl_seconds")
     FACTS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     UNTRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +93,8 @@ class LoadedModel(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    FD_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    FD_HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     facts: VerificationFacts
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     untrusted_types: _containers.RepeatedScalarFieldContainer[str]
@@ -84,7 +102,9 @@ class LoadedModel(_message.Message):
     size: int
     model_sha256: str
     cached: bool
-    def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    fd_handle: str
+    fd_handle_ttl_seconds: float
+    def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., fd_handle: _Optional[str] = ..., fd_handle_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class VerifyAndLoadResponse(_message.Message):
     __slots__ = ("header", "chunk")

@@ -47,7 +47,8 @@ class LoaderServicer:
     def VerifyAndLoad(self, request, context):
         """Verify the artefact's Sigstore bundle against the policy and, only if that holds,
         unpickle it in a confined child and return it converted to skops.
-        The first response message carries `header`; the model bytes follow in `chunk`s.
+        The first response message carries `header`; the model bytes follow in `chunk`s, unless
+        the header hands them over as a file descriptor (`fd_handle`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,81 @@
+"""Public keys and certificate authorities the operator trusts, by name (like trust roots).
+
+A model's policy may only pick one of these by name: an artefact folder never brings its own
+trust. Each entry becomes a model_signing verifier once, at start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from model_signing._signing import sign_certificate, sign_ec_key, signing
+
+from loader.errors import BadRequest
+
+_CURVES = ("secp256r1", "secp384r1")
+
+
+class KeyConfigError(ValueError):
+    """A configured key or CA file is missing or unusable."""
+
+
+def _read(kind: str, name: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyConfigError(f"{kind} {name!r}: {path} does not exist") from None
+    except OSError as exc:
+        raise KeyConfigError(f"{kind} {name!r}: cannot read {path}: {exc.strerror}") from None
+
+
+def _key_verifier(name: str, path: Path) -> signing.Verifier:
+    try:
+        key = serialization.load_pem_public_key(_read("public key", name, path))
+    except ValueError:
+        raise KeyConfigError(f"public key {name!r}: {path} is not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
+        raise KeyConfigError(f"public key {name!r}: {path} is not an EC P-256 or P-384 public key")
+    return sign_ec_key.Verifier(path)
+
+
+def _authority_verifier(name: str, path: Path) -> signing.Verifier:
+    try:
+        certificates = x509.load_pem_x509_certificates(_read("certificate authority", name, path))
+    except ValueError:
+        raise KeyConfigError(f"certificate authority {name!r}: {path} holds no PEM certificate") from None
+    if not certificates:
+        raise KeyConfigError(f"certificate authority {name!r}: {path} holds no PEM certificate")
+    return sign_certificate.Verifier([path])
+
+
+class SigningKeys:
+    """Named model_signing verifiers for the `key` and `certificate_authority` signer kinds."""
+
+    def __init__(self, keys: dict[str, Path] | None = None, authorities: dict[str, Path] | None = None) -> None:
+        self._keys = {name: _key_verifier(name, path) for name, path in (keys or {}).items()}
+        self._authorities = {name: _authority_verifier(name, path) for name, path in (authorities or {}).items()}
+
+    @property
+    def key_names(self) -> list[str]:
+        return sorted(self._keys)
+
+    @property
+    def authority_names(self) -> list[str]:
+        return sorted(self._authorities)
+
+    def key(self, name: str) -> signing.Verifier:
+        try:
+            return self._keys[name]
+        except KeyError:
+            raise BadRequest(f"unknown public key {name!r}; this loader is configured with {self.key_names}") from None
+
+    def authority(self, name: str) -> signing.Verifier:
+        try:
+            return self._authorities[name]
+        except KeyError:
+            raise BadRequest(
+                f"unknown certificate authority {name!r}; this loader is configured with {self.authority_names}"
+            ) from None

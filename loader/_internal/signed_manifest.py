@@ -1,0 +1,285 @@
+"""OpenSSF model-signing bundles: read them with the `model_signing` library, and compare the
+signed manifest with what lies on disk.
+
+The library verifies by path (it opens and hashes files itself). Here the model file is hashed
+from the one buffer that is then unpickled, and every other file of the directory is streamed
+once through the manifest's own hash engine; the resulting manifest is compared with the signed
+one, and each difference is named.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
+
+from model_signing import manifest as ms_manifest
+from model_signing._hashing import hashing as ms_hashing
+from model_signing._hashing import memory
+from model_signing._signing import sign_sigstore, sign_sigstore_pb, signing
+from sigstore.models import Bundle
+from sigstore.verify import Verifier
+from sigstore.verify.policy import VerificationPolicy
+
+from loader._internal.policy import Method
+from loader.errors import BadRequest, LimitExceeded, NotFound, VerificationFailed
+
+PREDICATES = ("https://model_signing/signature/v1.0", "https://model_signing/Digests/v0.1")
+SINGLE_FILE = "."  # the name model_signing gives the only resource of a one-file model
+_ENGINES: dict[str, Callable[[], ms_hashing.StreamingHashEngine]] = {"sha256": memory.SHA256, "blake2": memory.BLAKE2, "blake2b": memory.BLAKE2, "blake3": memory.BLAKE3}
+_CHUNK = 1 << 20
+MAX_FILES = 100_000
+
+
+@dataclass(frozen=True)
+class BundleShape:
+    """What a bundle is, read before verification only to pick how to verify it."""
+
+    method: Method
+    model_signing: bool
+    media_type: str
+
+
+def bundle_shape(bundle_json: bytes) -> BundleShape:
+    """Classify a bundle by its verification material and payload; raise if it is not JSON."""
+    try:
+        document = json.loads(bundle_json)
+        material = document.get("verificationMaterial") or {}
+        envelope = document.get("dsseEnvelope")
+        media_type = str(document.get("mediaType", ""))
+    except (ValueError, AttributeError) as exc:
+        raise VerificationFailed(f"bundle is malformed: {str(exc).splitlines()[0]}") from None
+    if "publicKey" in material:
+        method: Method = "key"
+    elif "x509CertificateChain" in material and not material.get("tlogEntries"):
+        method = "certificate"
+    else:
+        method = "sigstore"
+    predicate = ""
+    if isinstance(envelope, dict):
+        try:
+            predicate = str(json.loads(base64.b64decode(envelope.get("payload", ""))).get("predicateType", ""))
+        except (ValueError, AttributeError):
+            predicate = ""
+    return BundleShape(method, method != "sigstore" or predicate in PREDICATES, media_type)
+
+
+class _InMemory:
+    """What `Signature.read` needs of a path, over bytes already read (read once)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._text = data.decode("utf-8")
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self._text
+
+
+def read_signature(bundle_json: bytes, method: Method) -> signing.Signature:
+    """The bundle as the model_signing signature type its verifiers expect."""
+    if method == "sigstore":
+        return sign_sigstore.Signature(Bundle.from_json(bundle_json))
+    return sign_sigstore_pb.Signature.read(cast(Path, _InMemory(bundle_json)))
+
+
+class KeylessVerifier(signing.Verifier):
+    """model_signing's verifier interface over the loader's own sigstore-python verifier and
+    policy (pinned trusted root, identity patterns, GitHub claims)."""
+
+    def __init__(self, verifier: Verifier, policy: VerificationPolicy) -> None:
+        self._verifier = verifier
+        self._policy = policy
+
+    def _verify_signed_content(self, signature: signing.Signature) -> tuple[str, bytes]:
+        bundle = cast(sign_sigstore.Signature, signature).bundle
+        return self._verifier.verify_dsse(bundle=bundle, policy=self._policy)
+
+
+def _engine(hash_type: str) -> ms_hashing.StreamingHashEngine:
+    try:
+        return _ENGINES[hash_type]()
+    except KeyError:
+        raise VerificationFailed(f"the signed manifest uses an unsupported hash {hash_type!r}") from None
+
+
+def _digests(read: Iterator[bytes | memoryview], size: int, params: dict[str, Any]) -> list[tuple[int, int, ms_hashing.Digest]]:
+    """Digests of one file: whole (method `files`) or per shard (method `shards`)."""
+    shard = int(params["shard_size"]) if params.get("method") == "shards" else 0
+    ends = (list(range(shard, size, shard)) + [size]) if shard else [size]
+    out = []
+    start = 0
+    pending = memoryview(b"")
+    for end in ends:
+        engine = _engine(str(params["hash_type"]))
+        want = end - start
+        while want > 0:
+            if not len(pending):
+                pending = memoryview(next(read, b""))
+                if not len(pending):
+                    raise LimitExceeded("a file shrank while it was hashed; refused")
+            piece = pending[:want]
+            engine.update(piece)  # type: ignore[arg-type]
+            pending, want = pending[len(piece) :], want - len(piece)
+        out.append((start, end, engine.compute()))
+        start = end
+    return out
+
+
+def _chunks_of(buffer: bytes | bytearray) -> Iterator[memoryview]:
+    view = memoryview(buffer)
+    for offset in range(0, len(view), _CHUNK):
+        yield view[offset : offset + _CHUNK]
+
+
+def _hash_file(path: Path, name: str, budget: int, params: dict[str, Any]) -> tuple[int, list[ms_manifest.ManifestItem]]:
+    """Stream one regular file (never following a link) through the manifest's hash engine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BadRequest(f"cannot open {path}: {exc.strerror}") from None
+    with open(fd, "rb", buffering=0) as raw:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise VerificationFailed(f"{path} is not a regular file")
+        if info.st_size > budget:
+            raise LimitExceeded(f"the model directory is larger than the artefact size limit (at {path})")
+        chunks = iter(lambda: raw.read(_CHUNK), b"")
+        return info.st_size, _items(name, chunks, info.st_size, params)
+
+
+def _ignored(relative: PurePosixPath, ignore: list[PurePosixPath]) -> bool:
+    return any(relative == p or p in relative.parents for p in ignore)
+
+
+def _walk(directory: Path, ignore: list[PurePosixPath]) -> list[PurePosixPath]:
+    """Every regular file under `directory` that is not ignored; symlinks and specials refused."""
+    found: list[PurePosixPath] = []
+    pending = [PurePosixPath()]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(directory / folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise BadRequest(f"cannot list {directory / folder}: {exc.strerror}") from None
+        for entry in entries:
+            relative = folder / entry.name
+            if _ignored(relative, ignore):
+                continue
+            if entry.is_symlink():
+                raise VerificationFailed(
+                    f"{relative} in the model directory {directory} is a symbolic link; links are refused "
+                    "(a signed directory holds only regular files)"
+                )
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(relative)
+            elif entry.is_file(follow_symlinks=False):
+                found.append(relative)
+            else:
+                raise VerificationFailed(f"{relative} in the model directory {directory} is not a regular file")
+            if len(found) > MAX_FILES:
+                raise LimitExceeded(f"the model directory {directory} holds more than {MAX_FILES} files")
+    return sorted(found)
+
+
+def _resources(signed: ms_manifest.Manifest) -> dict[str, ms_hashing.Digest]:
+    return {rd.identifier: rd.digest for rd in signed.resource_descriptors()}
+
+
+def _file_of(identifier: str, params: dict[str, Any]) -> str:
+    return identifier.rsplit(":", 2)[0] if params.get("method") == "shards" else identifier
+
+
+def signed_files(signed: ms_manifest.Manifest) -> list[str]:
+    params = signed.serialization_type
+    return sorted({_file_of(identifier, params) for identifier in _resources(signed)})
+
+
+def covers_one_file(signed: ms_manifest.Manifest) -> bool:
+    return signed_files(signed) == [SINGLE_FILE]
+
+
+def _items(name: str, data: Iterator[bytes | memoryview], size: int, params: dict[str, Any]) -> list[ms_manifest.ManifestItem]:
+    kind = ms_manifest.SerializationType.from_args(params)
+    if params.get("method") == "shards":
+        return [kind.new_item(f"{name}:{start}:{end}", digest) for start, end, digest in _digests(data, size, params)]
+    return [kind.new_item(name, digest) for _, _, digest in _digests(data, size, params)]
+
+
+def _compare(signed: ms_manifest.Manifest, actual: ms_manifest.Manifest, where: str) -> None:
+    if actual == signed:
+        return
+    expected, found = _resources(signed), _resources(actual)
+    params = signed.serialization_type
+    changed = sorted({_file_of(i, params) for i in set(expected) & set(found) if expected[i] != found[i]})
+    missing = sorted({_file_of(i, params) for i in set(expected) - set(found)} - set(changed))
+    added = sorted({_file_of(i, params) for i in set(found) - set(expected)} - set(changed) - set(missing))
+    problems = []
+    if changed:
+        problems.append(f"changed since signing: {', '.join(changed)}")
+    if missing:
+        problems.append(f"signed but missing: {', '.join(missing)}")
+    if added:
+        problems.append(
+            f"not covered by the signature: {', '.join(added)} (remove them, or list them in ignore_paths "
+            "if the signer excluded them)"
+        )
+    raise VerificationFailed(
+        f"the model directory {where} does not match its signed manifest ({len(signed_files(signed))} files): "
+        + "; ".join(problems)
+    )
+
+
+def check_file(signed: ms_manifest.Manifest, data: bytes | bytearray, name: str) -> None:
+    """A one-file manifest must hold exactly these bytes."""
+    params = signed.serialization_type
+    actual = ms_manifest.Manifest(signed.model_name, _items(SINGLE_FILE, _chunks_of(data), len(data), params), ms_manifest.SerializationType.from_args(params))
+    if actual != signed:
+        raise VerificationFailed(
+            f"the signed model-signing manifest does not name this artefact ({name}): it attests to other "
+            "bytes (modified or replaced)"
+        )
+
+
+def check_directory(
+    signed: ms_manifest.Manifest,
+    directory: Path,
+    model_file: PurePosixPath,
+    model_bytes: bytes | bytearray,
+    ignore_paths: list[str],
+    max_bytes: int,
+) -> list[str]:
+    """Hash every file of `directory` (the model file from `model_bytes`) and require the signed
+    manifest exactly; return the files verified. `ignore_paths` are relative to `directory`."""
+    params = signed.serialization_type
+    ignore = [PurePosixPath(p) for p in list(params.get("ignore_paths") or []) + ignore_paths]
+    for path in ignore:
+        if path.is_absolute() or ".." in path.parts:
+            raise BadRequest(f"ignore path {str(path)!r} must be relative to the model directory, without '..'")
+    if _ignored(model_file, ignore):
+        raise VerificationFailed(f"{model_file} is excluded from the signature (ignore_paths); it cannot be loaded")
+    files = _walk(directory, ignore)
+    if model_file not in files:
+        raise NotFound(f"the model file {model_file} is not in the model directory {directory}")
+    budget = max_bytes
+    items: list[ms_manifest.ManifestItem] = []
+    for relative in files:
+        if relative == model_file:
+            size, hashed = len(model_bytes), _items(str(relative), _chunks_of(model_bytes), len(model_bytes), params)
+        else:
+            size, hashed = _hash_file(directory / relative, str(relative), budget, params)
+        budget -= size
+        if budget < 0:
+            raise LimitExceeded(f"the model directory {directory} is larger than {max_bytes} bytes")
+        items += hashed
+    actual = ms_manifest.Manifest(directory.name, items, ms_manifest.SerializationType.from_args(params))
+    if str(model_file) not in signed_files(signed):
+        raise VerificationFailed(
+            f"the signature covers the directory {directory} ({', '.join(signed_files(signed))}) but not "
+            f"the model file {model_file}"
+        )
+    _compare(signed, actual, str(directory))
+    return [str(f) for f in files]
