@@ -35,6 +35,7 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
     from loader._internal.process import set_non_dumpable
     from loader._internal.sandbox import Sandbox, SandboxLimits
@@ -52,8 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
     files = _trust_files(args.trust_config)
     default = args.default_trust or (list(files)[1] if len(files) == 2 else PRODUCTION)
     try:
-        roots = TrustRoots(files, default)
-    except TrustConfigError as exc:
+        keys = SigningKeys(_named_files(args.public_key), _named_files(args.certificate_authority))
+        roots = TrustRoots(files, default, keys)
+    except (TrustConfigError, KeyConfigError, ValueError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
     sandbox = Sandbox(
@@ -91,36 +93,105 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signer_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cert-identity", required=True, help="expected certificate identity (SAN)")
-    parser.add_argument("--cert-oidc-issuer", required=True, help="expected OIDC issuer")
+def _named_files(specs: list[str]) -> dict[str, Path]:
+    """`NAME=FILE` options (repeatable) as a mapping; a name may be given once."""
+    named: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{spec!r}: expected NAME=FILE")
+        if name in named:
+            raise ValueError(f"{name!r} is given twice")
+        named[name] = Path(path)
+    return named
+
+
+_CLAIM_FLAGS = ("repository", "ref", "sha", "name", "trigger")
+
+
+def _policy_args(parser: argparse.ArgumentParser, keys_by_name: bool) -> None:
+    """Every signer field of the policy, with the `sigstore verify identity` flag names."""
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--cert-identity", default="", help="expected certificate identity (SAN), exact")
+    who.add_argument("--cert-identity-regexp", default="", help="expected certificate identity, full regexp match")
+    parser.add_argument("--cert-oidc-issuer", default="", help="expected OIDC issuer, exact")
+    for claim in _CLAIM_FLAGS:
+        parser.add_argument(f"--workflow-{claim}", default="", help=f"GitHub Actions claim workflow_{claim}, exact")
+    if keys_by_name:
+        parser.add_argument("--key", default="", metavar="NAME", help="a public key configured on the loader")
+        parser.add_argument(
+            "--certificate-authority", "--certificate-chain", dest="certificate_authority", default="",
+            metavar="NAME", help="a CA configured on the loader (model-signing `sign certificate`)",
+        )
+    else:
+        parser.add_argument("--key", type=Path, help="PEM public key (model-signing `sign key`)")
+        parser.add_argument(
+            "--certificate-chain", type=Path, help="PEM CA bundle the signing certificate must chain to"
+        )
+    parser.add_argument(
+        "--ignore-path", action="append", default=[], metavar="P",
+        help="a path of the model directory (relative to it) the signature excludes; repeatable",
+    )
+
+
+def _signer_fields(args: argparse.Namespace, key: str = "", authority: str = "") -> dict[str, str]:
+    """The policy flags as Signer fields (the same names in loader.v1.Signer)."""
+    if key or authority:
+        return {"key": key, "certificate_authority": authority}
+    fields = {
+        "identity": args.cert_identity,
+        "identity_regexp": args.cert_identity_regexp,
+        "issuer": args.cert_oidc_issuer,
+    }
+    fields.update({f"workflow_{claim}": getattr(args, f"workflow_{claim}") for claim in _CLAIM_FLAGS})
+    return fields
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import read_once
     from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact
+    from loader.bundles import describe_candidates, find_bundle, model_file_in
     from loader.errors import LoaderError
 
     files = _trust_files([args.trust_config] if args.trust_config else [])
+    key_name = args.key.name if args.key else ""
+    ca_name = args.certificate_chain.name if args.certificate_chain else ""
     try:
-        roots = TrustRoots(files, "custom" if args.trust_config else "production")
-    except TrustConfigError as exc:
+        keys = SigningKeys({key_name: args.key} if args.key else {}, {ca_name: args.certificate_chain} if ca_name else {})
+        roots = TrustRoots(files, "custom" if args.trust_config else "production", keys)
+        signer = Signer(**_signer_fields(args, key_name, ca_name))
+        signer.check("policy")
+    except (TrustConfigError, KeyConfigError, LoaderError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
-    bundle_path = args.bundle or Path(f"{args.file}.sigstore.json")
+    target: Path = args.file
+    model = model_file_in(target) if target.is_dir() else target
+    bundle = args.bundle or find_bundle(target)
+    if model is None or bundle is None:
+        missing = f"a bundle ({describe_candidates(target)})" if model else "a model file (model.joblib, model.pickle, model.pkl)"
+        print(f"FAIL: {target}: found no {missing}", file=sys.stderr)
+        return 1
     try:
         verified = verify_artefact(
-            read_once(args.file, "artefact", 1 << 40),
-            read_once(bundle_path, "bundle", 1 << 20),
-            [Signer(args.cert_identity, args.cert_oidc_issuer)],
+            read_once(model, "artefact", 1 << 40),
+            read_once(bundle, "bundle", 1 << 20),
+            [signer],
             roots,
+            directory=model.parent,
+            model_file=model.name,
+            ignore_paths=args.ignore_path,
+            max_bytes=1 << 40,
         )
     except LoaderError as exc:
-        print(f"FAIL: {args.file}: {exc}", file=sys.stderr)
+        print(f"FAIL: {target}: {exc}", file=sys.stderr)
         return 1
+    covered = f"; {len(verified.verified_files)} files verified" if len(verified.verified_files) > 1 else ""
+    where = f", log index {verified.log_index}" if verified.signing_method == "sigstore" else ""
     print(
-        f"OK: {args.file} sha256:{verified.artefact_sha256} signed by {verified.identity} "
-        f"({verified.issuer}), log index {verified.log_index}"
+        f"OK: {target} sha256:{verified.artefact_sha256} signed by {verified.identity}"
+        + (f" ({verified.issuer})" if verified.issuer else "")
+        + f"{where}{covered}"
     )
     return 0
 
@@ -133,9 +204,11 @@ def _load(args: argparse.Namespace) -> int:
     request = loader_pb2.VerifyAndLoadRequest(
         artefact=args.file,
         bundle=args.bundle or "",
-        signers=[loader_pb2.Signer(identity=args.cert_identity, issuer=args.cert_oidc_issuer)],
+        signers=[loader_pb2.Signer(**_signer_fields(args, args.key, args.certificate_authority))],
         trust_root=args.trust_root or "",
         model_name=args.file,
+        trusted_types=args.trusted_type,
+        ignore_paths=args.ignore_path,
     )
     try:
         fetched = asyncio.run(verify_and_load(args.endpoint, request, args.timeout, args.max_bytes))
@@ -198,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a trusted root or ClientTrustConfig file; repeatable. 'production' is always present",
     )
     p.add_argument("--default-trust", help="trust root used when a request names none")
+    p.add_argument(
+        "--public-key", action="append", default=[], metavar="NAME=FILE",
+        help="an EC P-256/P-384 PEM public key that policies may name (`key`); repeatable",
+    )
+    p.add_argument(
+        "--certificate-authority", action="append", default=[], metavar="NAME=FILE",
+        help="a PEM CA bundle that policies may name (`certificate_authority`); repeatable",
+    )
     p.add_argument("--max-concurrent-loads", type=int, default=2)
     p.add_argument("--child-memory-mb", type=int, default=1024)
     p.add_argument("--child-cpu-seconds", type=int, default=30)
@@ -207,23 +288,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on 127.0.0.1 (0: off)")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("verify", help="verify a file's bundle offline (no unpickling)")
-    p.add_argument("--bundle", type=Path)
-    _signer_args(p)
+    p = sub.add_parser("verify", help="verify a file or model directory offline (no unpickling)")
+    p.add_argument("--bundle", type=Path, help="default: <file>.sigstore.json, <file>.sigstore, model.sig")
+    _policy_args(p, keys_by_name=False)
     p.add_argument("--trust-config", help="trusted root or ClientTrustConfig (default: production)")
     p.add_argument("--offline", action="store_true", help="accepted for sigstore CLI parity; always offline")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="a model file or a model directory")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("load", help="call VerifyAndLoad on a running loader and save the skops model")
     p.add_argument("--endpoint", required=True, help="e.g. unix:///run/loader/loader.sock")
     p.add_argument("--bundle")
-    _signer_args(p)
+    _policy_args(p, keys_by_name=True)
+    p.add_argument(
+        "--trusted-type", action="append", default=[], metavar="T",
+        help="a skops type to trust beyond skops' defaults; repeatable",
+    )
     p.add_argument("--trust-root", help="name of a trust root configured on the loader")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-bytes", type=int, default=1 << 30, help="largest model accepted back")
-    p.add_argument("file", help="artefact path under the loader's models root")
+    p.add_argument("file", help="model file or model directory, under the loader's models root")
     p.set_defaults(func=_load)
 
     p = sub.add_parser("trust", help="inspect the configured trusted roots")

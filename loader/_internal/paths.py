@@ -7,9 +7,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from loader._internal.memfd import SealedFile, copy_from
+from loader.bundles import WELL_KNOWN_MODEL_FILES, describe_candidates, find_bundle, model_file_in
 from loader.errors import BadRequest, LimitExceeded, NotFound
-
-BUNDLE_SUFFIXES = (".sigstore.json", ".sigstore")
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,30 @@ class ModelsRoot:
         return real
 
     def bundle_for(self, artefact: Path, requested: str) -> Path:
-        """The bundle path: the requested one, else `<artefact>.sigstore.json`, else `.sigstore`."""
+        """The bundle path: the requested one, else the default next to the artefact
+        (`<file>.sigstore.json`, `<file>.sigstore`, then the directory's `model.sig`)."""
         if requested:
             return self.resolve(requested, "bundle")
-        for suffix in BUNDLE_SUFFIXES:
-            candidate = artefact.with_name(artefact.name + suffix)
-            if candidate.exists():
-                return self.resolve(str(candidate), "bundle")
-        raise NotFound(
-            f"no Sigstore bundle next to {artefact.name}: expected {artefact.name}.sigstore.json "
-            f"(written by `sigstore sign`) or {artefact.name}.sigstore"
-        )
+        found = find_bundle(artefact)
+        if found is None:
+            raise NotFound(
+                f"no bundle for {artefact.name}: expected {describe_candidates(artefact)} "
+                "(written by `sigstore sign` or `model_signing sign`)"
+            )
+        return self.resolve(str(found), "bundle")
+
+    def model_file(self, artefact: Path) -> Path:
+        """The file to load: the artefact itself, or a model directory's well-known model file."""
+        if not artefact.is_dir():
+            return artefact
+        found = model_file_in(artefact)
+        if found is None:
+            raise NotFound(f"the model directory {artefact} holds none of {list(WELL_KNOWN_MODEL_FILES)}")
+        return found
 
 
-def read_once(path: Path, what: str, max_bytes: int) -> bytearray:
-    """Read a regular file in one go (no symlink at the last component), within a size cap."""
+def _open_regular(path: Path, what: str, max_bytes: int) -> tuple[int, os.stat_result]:
+    """Open a regular file (no symlink at the last component) within a size cap."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -64,6 +73,27 @@ def read_once(path: Path, what: str, max_bytes: int) -> bytearray:
             raise BadRequest(f"{what} {path} is not a regular file")
         if info.st_size > max_bytes:
             raise LimitExceeded(f"{what} {path} is {info.st_size} bytes; the limit is {max_bytes}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_sealed(path: Path, what: str, max_bytes: int) -> SealedFile:
+    """Read a file once, straight into the sealed memfd that is hashed, verified and unpickled."""
+    fd, info = _open_regular(path, what, max_bytes)
+    try:
+        return copy_from(fd, info.st_size, what)
+    except ValueError as exc:
+        raise BadRequest(f"{what} {path} changed while it was read ({exc}); refused") from None
+    finally:
+        os.close(fd)
+
+
+def read_once(path: Path, what: str, max_bytes: int) -> bytearray:
+    """Read a regular file in one go (no symlink at the last component), within a size cap."""
+    fd, info = _open_regular(path, what, max_bytes)
+    try:
         # Read into one preallocated buffer (one copy); one spare byte detects a file that grew.
         buffer = bytearray(info.st_size + 1)
         view = memoryview(buffer)

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.service import LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
-from loader.errors import BadRequest, LoaderError
+from loader.errors import LoaderError
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
@@ -39,12 +39,10 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
-    signers = []
-    for s in request.signers:
-        if not s.identity or not s.issuer:
-            raise BadRequest("every signer needs both an identity and an OIDC issuer")
-        # Signer's fields are the proto message's, one for one.
-        signers.append(Signer(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Signer)}))
+    # Signer's fields are the proto message's, one for one.
+    signers = [Signer(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Signer)}) for s in request.signers]
+    for index, signer in enumerate(signers):
+        signer.check(f"signers[{index}]")
     return LoadRequest(
         artefact=request.artefact,
         bundle=request.bundle,
@@ -52,6 +50,7 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
         trust_root=request.trust_root,
         model_name=request.model_name,
         trusted_types=tuple(request.trusted_types),
+        ignore_paths=tuple(request.ignore_paths),
     )
 
 

@@ -53,3 +53,29 @@ def test_read_once_enforces_the_size_cap_and_refuses_symlinks(root: ModelsRoot, 
         read_once(root.path / "m" / "link", "artefact", 100)
     with pytest.raises(NotFound):
         read_once(root.path / "m" / "missing", "artefact", 100)
+
+
+def test_a_model_directory_is_signed_by_its_model_sig_and_loaded_through_its_model_file(root: ModelsRoot) -> None:
+    folder = root.path / "m"
+    with pytest.raises(NotFound, match="model.sig"):
+        root.bundle_for(folder, "")
+    (folder / "model.sig").write_text("{}")
+    assert root.bundle_for(folder, "") == folder / "model.sig"
+    # A file of a signed directory: its own bundle first, else the directory's model.sig.
+    assert root.bundle_for(folder / "model.joblib", "") == folder / "model.sig"
+    (folder / "model.joblib.sigstore.json").write_text("{}")
+    assert root.bundle_for(folder / "model.joblib", "").name == "model.joblib.sigstore.json"
+
+
+def test_the_model_file_of_a_directory_follows_mlservers_well_known_names(root: ModelsRoot) -> None:
+    folder = root.path / "m"
+    assert root.model_file(folder / "model.joblib") == folder / "model.joblib"
+    (folder / "model.pkl").write_bytes(b"y")
+    assert root.model_file(folder) == folder / "model.joblib"
+    (folder / "model.joblib").unlink()
+    (folder / "model.pickle").write_bytes(b"z")
+    assert root.model_file(folder) == folder / "model.pickle"
+    empty = root.path / "empty"
+    empty.mkdir()
+    with pytest.raises(NotFound, match="model.joblib"):
+        root.model_file(empty)
