@@ -99,3 +99,42 @@ def test_server_reflection_lists_the_services(loader: LoaderProcess) -> None:
     with grpc.insecure_channel(loader.endpoint) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"loader.v1.Loader", "grpc.health.v1.Health"} <= services
+
+
+def test_verify_finds_a_sigstore_1x_bundle_and_a_directory_model_sig(authority: Authority, tmp_path: Path) -> None:
+    """One bundle rule for the CLI and the service: `<file>.sigstore` (sigstore 1.x) is found too."""
+    artefact = tmp_path / "model.joblib"
+    artefact.write_bytes(b"model")
+    bundle = authority.sign_file(artefact)
+    bundle.rename(tmp_path / "model.joblib.sigstore")
+    common = ["verify", "--trust-config", str(authority.trust_config), "--cert-oidc-issuer", authority.issuer]
+    found = _loader_cli(*common, "--cert-identity", SIGNER, str(artefact))
+    assert found.returncode == 0, found.stderr
+    missing = _loader_cli(*common, "--cert-identity", SIGNER, str(tmp_path / "other.joblib"))
+    assert missing.returncode == 1 and "other.joblib.sigstore.json" in missing.stderr and "model.sig" in missing.stderr
+
+
+def test_verify_and_load_take_a_model_directory_with_identity_patterns(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
+    model = models_root / "cli-directory"
+    model.mkdir()
+    (model / "model.joblib").write_bytes(digits_svm_bytes)
+    (model / "labels.json").write_text("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]")
+    signed = subprocess.run(
+        [str(Path(PYTHON).with_name("model_signing")), "sign", "sigstore", "--trust_config", str(authority.trust_config),
+         "--identity_token", authority.token(), "--signature", str(model / "model.sig"), str(model)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert signed.returncode == 0, signed.stderr
+    pattern = ["--cert-identity-regexp", r"model-pipeline@example\.(com|org)", "--cert-oidc-issuer", authority.issuer]
+    ok = _loader_cli("verify", "--trust-config", str(authority.trust_config), *pattern, str(model))
+    assert ok.returncode == 0, ok.stderr
+    assert "2 files verified" in ok.stdout
+    (model / "notes.txt").write_text("added after signing")
+    added = _loader_cli("verify", "--trust-config", str(authority.trust_config), *pattern, str(model))
+    assert added.returncode == 1 and "not covered by the signature: notes.txt" in added.stderr
+    out = tmp_path / "model.skops"
+    loaded = _loader_cli("load", "--endpoint", loader.endpoint, *pattern, "--ignore-path", "notes.txt", "--trusted-type", "numpy.dtype", "--out", str(out), "cli-directory")
+    assert loaded.returncode == 0, loaded.stderr
+    assert skops.io.loads(out.read_bytes(), trusted=[]).__class__.__name__ == "SVC"
+    prefix = _loader_cli("load", "--endpoint", loader.endpoint, "--cert-identity-regexp", "model-pipeline", "--cert-oidc-issuer", authority.issuer, "--ignore-path", "notes.txt", "--out", str(out), "cli-directory")
+    assert prefix.returncode == 1 and "PERMISSION_DENIED" in prefix.stderr and "model-pipeline@example.com" in prefix.stderr
