@@ -227,6 +227,8 @@ def _compare(signed: ms_manifest.Manifest, actual: ms_manifest.Manifest, where: 
             f"not covered by the signature: {', '.join(added)} (remove them, or list them in ignore_paths "
             "if the signer excluded them)"
         )
+    if missing and len({_file_of(i, params) for i in found}) == 1:
+        problems.append("the signature covers a whole model directory: give that directory, not one file")
     raise VerificationFailed(
         f"the model directory {where} does not match its signed manifest ({len(signed_files(signed))} files): "
         + "; ".join(problems)
