@@ -66,7 +66,7 @@ def bundle_shape(bundle_json: bytes) -> BundleShape:
             predicate = str(json.loads(base64.b64decode(envelope.get("payload", ""))).get("predicateType", ""))
         except (ValueError, AttributeError):
             predicate = ""
-    return BundleShape(method, method != "sigstore" or predicate in PREDICATES, media_type)
+    return BundleShape(method, predicate in PREDICATES, media_type)
 
 
 class _InMemory:
