@@ -77,6 +77,10 @@ def _serve(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr="127.0.0.1")
+    from loader._internal.confine import landlock_status
+
+    # Says whether children get filesystem confinement (kernels without Landlock do not).
+    print(landlock_status(), file=sys.stderr, flush=True)
     server = build_server(service, args.socket)
     server.start()
     print(

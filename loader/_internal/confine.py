@@ -1,20 +1,31 @@
-"""Confinement of the child: rlimits, filesystem restriction, then the syscall filter.
+"""Confinement of the child: rlimits, then Landlock, then a default-deny seccomp filter.
 
-`confine` is called by the child after it has set up its descriptors and before it touches the
-artefact. Every step fails closed: an exception here means the child refuses to run.
+`confine` runs in the child after it has set up its descriptors and before it touches the
+artefact. From then on the child can compute, read and write the descriptors it holds, and read
+the interpreter's own files; nothing else. Every step fails closed (an exception means the child
+refuses to run), except that a kernel without Landlock leaves the filesystem step out, which
+`landlock_status` reports so the loader can say so at start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
+import sys
+import sysconfig
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyseccomp as seccomp
 
+from loader._internal import syscalls
+
 _CLONE_THREAD = 0x00010000
-_O_WRONLY, _O_RDWR, _O_CREAT = 0o1, 0o2, 0o100
+# open/openat flags that ask for more than reading (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC; O_TMPFILE
+# needs write access too).
+_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000
 
 
 @dataclass(frozen=True)
@@ -25,24 +36,6 @@ class ChildLimits:
     cpu_seconds: int = 30
     max_open_files: int = 64
     max_result_bytes: int = 1 << 30
-
-
-# Syscalls a deserialized model never needs. Denied with EPERM so the payload sees an error
-# and the child reports it, rather than dying without a word.
-_DENIED = (
-    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
-    "execve", "execveat", "fork", "vfork",
-    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_getfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "userfaultfd", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
-    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
-    "creat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
-    "rmdir", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
-    "chown", "fchown", "lchown", "fchownat", "truncate", "ftruncate", "mknod", "mknodat",
-    "memfd_create", "utimensat", "utimes", "futimesat", "setxattr", "fsetxattr", "lsetxattr",
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "personality", "setrlimit", "prlimit64", "setpriority", "sched_setaffinity",
-)
 
 
 def apply_limits(limits: ChildLimits) -> None:
@@ -61,29 +54,136 @@ def apply_limits(limits: ChildLimits) -> None:
         resource.setrlimit(res, value if isinstance(value, tuple) else (value, value))
 
 
-def restrict_filesystem() -> str:
-    """Restrict what the child can open (Landlock); returns a one-line status."""
-    return "landlock: not implemented"
+# --- Landlock (include/uapi/linux/landlock.h); the syscall numbers are the same on every arch.
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_FS_EXECUTE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 2, 1 << 3
+# Every filesystem right each ABI knows: ABI 1 has bits 0-12, 2 adds REFER, 3 TRUNCATE,
+# 5 IOCTL_DEV. Handling a right that no rule grants denies it everywhere.
+_FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
+_FS_RIGHTS_LATEST = (1 << 16) - 1
+_NET_TCP = (1 << 0) | (1 << 1)  # bind and connect (ABI 4)
+_SCOPE_ALL = (1 << 0) | (1 << 1)  # abstract Unix sockets and signals outside the domain (ABI 6)
+# Never granted, whatever a mapped library or package path says.
+_NEVER_READABLE = ("/etc", "/proc", "/sys", "/dev", "/run", "/tmp", "/models")
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(number: int, *args: object) -> int:
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; raises OSError when Landlock is missing or disabled."""
+    return _syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+
+
+def landlock_status() -> str:
+    """One line for the log and health details: whether children get Landlock, and why not."""
+    try:
+        return f"landlock: ABI {landlock_abi()} enforced"
+    except OSError as exc:
+        return f"landlock: unavailable ({exc.strerror}); children run with rlimits and seccomp only"
+
+
+def readable_paths() -> list[str]:
+    """What a child may read: the interpreter's library directories, the directories of the
+    shared libraries it has mapped, and the directories of the packages it has imported."""
+    wanted = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and ".so" in os.path.basename(fields[5]):
+                wanted.add(os.path.dirname(fields[5].rstrip("\n")))
+    for module in list(sys.modules.values()):
+        for path in getattr(module, "__path__", None) or ():
+            if isinstance(path, str) and os.path.isabs(path):
+                wanted.add(path)
+    real = {os.path.realpath(path) for path in wanted if os.path.isdir(path)}
+    real = {path for path in real if path != "/" and not path.startswith(_NEVER_READABLE)}
+    # A directory inside another one adds nothing.
+    return sorted(p for p in real if not any(p.startswith(q + "/") for q in real))
+
+
+def restrict_filesystem(paths: Iterable[str] | None = None) -> str:
+    """Landlock the calling process: read-only access to `paths` (default `readable_paths()`),
+    nothing else; no TCP bind/connect, no signals or abstract sockets outside the process.
+    Returns the one-line status; raises if Landlock is present but cannot be applied."""
+    try:
+        abi = landlock_abi()
+    except OSError:
+        return landlock_status()
+    attr = _RulesetAttr(_FS_RIGHTS.get(abi, _FS_RIGHTS_LATEST), _NET_TCP if abi >= 4 else 0, _SCOPE_ALL if abi >= 6 else 0)
+    size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+    ruleset = _syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    try:
+        for path in readable_paths() if paths is None else paths:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = _PathBeneathAttr(_FS_READ_FILE | _FS_READ_DIR | _FS_EXECUTE, fd)
+                _syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        _syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+    return f"landlock: ABI {abi} enforced"
+
+
+def syscall_filter(default: object, allowed: Iterable[str]) -> seccomp.SyscallFilter:
+    """The child's filter with `default` for every syscall not in `allowed` or ruled on below.
+    (scripts/record-syscalls.py builds it with a logging default to record what is needed.)"""
+    me = os.getpid()
+    f = seccomp.SyscallFilter(defaction=default)
+    for name in allowed:
+        f.add_rule(seccomp.ALLOW, name)
+    for name in syscalls.KILL:
+        try:
+            f.add_rule(seccomp.KILL_PROCESS, name)
+        except (RuntimeError, ValueError, OSError):
+            pass  # unknown to this libseccomp: the default already denies it
+    # glibc falls back from these to older calls on ENOSYS (clone3 -> clone, openat2 -> openat).
+    for name in syscalls.ENOSYS:
+        f.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
+    # Threads only: a clone without CLONE_THREAD (a new process) gets the default.
+    f.add_rule(seccomp.ALLOW, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, _CLONE_THREAD))
+    # Read-only opens; Landlock decides which paths.
+    f.add_rule(seccomp.ALLOW, "open", seccomp.Arg(1, seccomp.MASKED_EQ, _WRITE_FLAGS, 0))
+    f.add_rule(seccomp.ALLOW, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, _WRITE_FLAGS, 0))
+    # Signals only to itself: the loader and its siblings are out of reach.
+    for name in ("kill", "tgkill"):
+        f.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, me))
+    # Reading its own limits; setting any (a root loader could raise them) gets the default.
+    f.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(0, seccomp.EQ, 0), seccomp.Arg(2, seccomp.EQ, 0))
+    for request in syscalls.IOCTLS:
+        f.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.EQ, request))
+    return f
 
 
 def install_syscall_filter() -> None:
-    """Load the child's seccomp filter; from here on only the allowed syscalls succeed."""
-    me = os.getpid()
-    deny = seccomp.ERRNO(errno.EPERM)
-    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-    for name in _DENIED:
-        f.add_rule(deny, name)
-    # glibc falls back from clone3 to clone on ENOSYS; clone is allowed for threads only.
-    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "openat2")
-    f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
-    for flag in (_O_WRONLY, _O_RDWR, _O_CREAT):
-        f.add_rule(deny, "open", seccomp.Arg(1, seccomp.MASKED_EQ, flag, flag))
-        f.add_rule(deny, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, flag, flag))
-    # Signals only to itself: the loader and its siblings are out of reach.
-    for name in ("kill", "tkill", "tgkill"):
-        f.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, me))
-    f.load()
+    """Load the child's default-deny seccomp filter: the recorded syscalls and the runtime's
+    harmless ones (loader/_internal/syscalls.py) succeed, dangerous families kill the child, everything else fails with EPERM."""
+    syscall_filter(seccomp.ERRNO(errno.EPERM), syscalls.ALLOWED + syscalls.RUNTIME).load()
 
 
 def confine(limits: ChildLimits) -> None:
