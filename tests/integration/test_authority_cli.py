@@ -202,3 +202,39 @@ def test_model_signing_signs_and_verifies_a_directory_model(authority: Authority
     assert verify("bob@example.com").returncode != 0
     (model / "config.json").write_text('{"tampered": true}')
     assert verify("alice@example.com").returncode != 0
+
+
+def test_init_options_shape_the_trust_config(tmp_path: Path) -> None:
+    def init(name: str, *flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "authority", "init", str(tmp_path / name), *flags], capture_output=True, text=True, timeout=60)
+
+    def config(name: str) -> dict:
+        return json.loads((tmp_path / name / "trust_config.json").read_text())
+
+    assert "Rekor v1, with a timestamp authority" in init("default").stdout
+    default = config("default")
+    assert len(default["trustedRoot"]["timestampAuthorities"]) == 1 and len(default["signingConfig"]["tsaUrls"]) == 1
+    assert "Rekor v2, no timestamp authority" in init("v2-bare", "--rekor-version", "2", "--no-timestamps").stdout
+    bare = config("v2-bare")
+    assert bare["trustedRoot"]["timestampAuthorities"] == [] and bare["signingConfig"]["tsaUrls"] == []
+    assert [t["publicKey"]["keyDetails"] for t in bare["trustedRoot"]["tlogs"]] == ["PKIX_ECDSA_P256_SHA_256", "PKIX_ED25519"]
+    refused = init("v3", "--rekor-version", "3")
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr
+
+
+def test_without_a_tsa_the_bundle_relies_on_the_set(tmp_path: Path) -> None:
+    from tests.support import start_authority
+
+    bare = start_authority(tmp_path / "ca", timestamps=False)
+    try:
+        artefact = tmp_path / "model.joblib"
+        artefact.write_bytes(b"model")
+        bundle = artefact.with_name("model.joblib.sigstore.json")
+        bundle.write_bytes(bare.sign_bytes(artefact.read_bytes(), "alice@example.com"))
+        material = json.loads(bundle.read_text())["verificationMaterial"]
+        assert not (material.get("timestampVerificationData") or {}).get("rfc3161Timestamps")
+        assert material["tlogEntries"][0]["inclusionPromise"]["signedEntryTimestamp"]
+        done = _verify(bare, artefact, bundle, "alice@example.com", bare.issuer)
+        assert done.returncode == 0, done.stderr
+    finally:
+        bare.server.shutdown()
