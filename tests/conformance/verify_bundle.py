@@ -12,12 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from loader._internal.verify import PRODUCTION, Signer, TrustRoots, production_root_file, verify_artefact
+from loader._internal.verify import PRODUCTION, Signer, TrustConfigError, TrustRoots, production_root_file, verify_artefact
 from loader.errors import LoaderError
 
 
-def verify(argv: list[str]) -> tuple[bool, str]:
-    """Run one verification as the protocol describes; return (verified, reason)."""
+def verify(argv: list[str], strict: bool = False) -> tuple[bool, str]:
+    """Run one verification as the protocol describes; return (verified, reason).
+
+    A refusal is a LoaderError (or a TrustConfigError for a malformed trusted root). With `strict`
+    (the tests), any other exception propagates: it is a crash, not a verdict.
+    """
     parser = argparse.ArgumentParser(prog="verify-bundle")
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--certificate-identity")
@@ -39,10 +43,12 @@ def verify(argv: list[str]) -> tuple[bool, str]:
             [Signer(args.certificate_identity, args.certificate_oidc_issuer)],
             roots,
         )
-    except LoaderError as exc:
-        return False, str(exc)
-    except Exception as exc:  # noqa: BLE001 - a conformance client reports, never crashes
+    except (LoaderError, TrustConfigError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a conformance client reports, never crashes
+        if strict:
+            raise
+        return False, f"unexpected {type(exc).__name__}: {exc}"
     return True, f"signed by {verified.identity}"
 
 

@@ -28,21 +28,80 @@ KNOWN_DIVERGENCES = {
     "managed-key-and-trusted-root": "key-based bundles are out of scope: the loader verifies keyless identities only",
     "trust-root-tsa-validity-end-inclusive": "sigstore-python 4.5 treats a TSA's validity end as exclusive",
 }
-# Where the case's README says why it must fail, the reason we give must say so too.
-REASONS = {
-    "message-digest-mismatch_fail": "digest mismatch",
-    "signature-mismatch_fail": "Signature is invalid",
-    "bundle-from-wrong-instance_fail": "certificate chain",
-    "checkpoint-wrong-roothash_fail": "root hash",
-    "inclusion-proof-corrupted-hash_fail": "invalid root hash",
-    "invalid-checkpoint-signature_fail": "checkpoint",
-    "invalid-ct-key_fail": "SCT",
-    "set-invalid-signature_fail": "SET",
-    "dsse-invalid-sig_fail": "DSSE: invalid signature",
-    "bundle-malformed-json_fail": "bundle is malformed",
-    "bundle-empty-certificate-chain_fail": "certificate chain",
-    "integrated-time-in-future_fail": "not valid at",
-    "wrong-hashedrekord-entry_fail": "inconsistent",
+# Every `_fail` case, with the error type and the phrase that names its cause. The phrases are
+# sigstore-python's own first message line (the loader passes it through) unless the loader
+# refuses earlier itself. Cases refused for a reason other than their own are in OTHER_REASONS.
+VF = "VerificationFailed"
+CHAIN = "failed to build timestamp certificate chain: validation failed: candidates exhausted: signature does not match"
+INCONSISTENT = "transparency log entry is inconsistent with other materials"
+NO_VERIFIED_TIME = "not enough sources of verified time"
+NOT_VALID_AT = "cert is not valid at validation time"
+REASONS: dict[str, tuple[str, str]] = {
+    "bundle-empty-certificate-chain_fail": (VF, "expected non-empty certificate chain in bundle"),
+    "bundle-from-wrong-instance_fail": (VF, CHAIN),
+    "bundle-invalid-base64-signature_fail": (VF, "bundle is malformed: failed to load bundle"),
+    "bundle-malformed-json_fail": (VF, "bundle is malformed: Unterminated string"),
+    "bundle-negative-log-index_fail": (VF, "bundle is malformed: failed to load bundle"),
+    "bundle-unknown-version_fail": (VF, "bundle is malformed: failed to load bundle"),
+    "checkpoint-bad-keyhint_fail": (VF, "invalid log entry: checkpoint: Signature not found for log ID"),
+    "checkpoint-wrong-roothash_fail": (VF, "Inclusion proof contains invalid root hash signature"),
+    "dsse-invalid-sig_fail": (VF, "DSSE: invalid signature"),
+    "dsse-mismatch-envelope_fail": (VF, "log entry payload hash does not match bundle"),
+    "dsse-mismatch-sig_fail": (VF, "log entry signatures do not match bundle"),
+    "inclusion-proof-corrupted-hash_fail": (VF, "inclusion proof contains invalid root hash"),
+    # The entry's public key was modified: the modified body no longer hashes to the logged leaf.
+    "incorrect-public-key_fail": (VF, "inclusion proof contains invalid root hash"),
+    "integrated-time-in-future_fail": (VF, NOT_VALID_AT),
+    "intoto-missing-inclusion-proof_fail": (VF, "bundle is malformed: failed to load bundle"),
+    "invalid-checkpoint-signature_fail": (VF, "invalid log entry: checkpoint: invalid signature"),
+    "invalid-ct-key_fail": (VF, "failed to verify SCT on signing certificate"),
+    "message-digest-mismatch_fail": (VF, "Bundle message digest mismatch"),
+    "rekor2-checkpoint-missing-log-signature_fail": (VF, "malformed Note: must contain at least one signature"),
+    "rekor2-checkpoint-missing-origin_fail": (VF, "malformed LogCheckpoint: too few items in header"),
+    "rekor2-checkpoint-missing-root-hash_fail": (VF, "malformed LogCheckpoint: too few items in header"),
+    "rekor2-checkpoint-missing-size_fail": (VF, "malformed LogCheckpoint: too few items in header"),
+    "rekor2-checkpoint-no-matching-signature_fail": (VF, "invalid log entry: checkpoint: invalid signature"),
+    "rekor2-dsse-invalid-sig_fail": (VF, "DSSE: invalid signature"),
+    "rekor2-dsse-mismatch-envelope_fail": (VF, INCONSISTENT),
+    "rekor2-dsse-mismatch-sig_fail": (VF, INCONSISTENT),
+    "rekor2-no-inclusion-proof_fail": (VF, "bundle is malformed: failed to load bundle"),
+    "rekor2-no-timestamp_fail": (VF, "bundle must contain an inclusion promise or signed timestamp(s)"),
+    # The TSA stamp does not verify (outside validity, other payload, untrusted TSA): no verified time.
+    "rekor2-timestamp-outside-trust-root-tsa-validity_fail": (VF, NO_VERIFIED_TIME),
+    "rekor2-timestamp-outside-tsa-cert-validity_fail": (VF, NO_VERIFIED_TIME),
+    "rekor2-timestamp-payload-mismatch_fail": (VF, NO_VERIFIED_TIME),
+    "rekor2-timestamp-untrusted-tsa-without-embedded-cert_fail": (VF, NO_VERIFIED_TIME),
+    "rekor2-timestamp-with-incorrect-time_fail": (VF, NOT_VALID_AT),
+    "set-invalid-signature_fail": (VF, "invalid log entry: SET: invalid inclusion promise"),
+    "signature-mismatch_fail": (VF, "Signature is invalid for input"),
+    "trust-root-tlog-missing-validity-start_fail": ("TrustConfigError", "is not a Sigstore trusted root or client trust config (1 validation error for TrustedRoot)"),
+    "wrong-hashedrekord-artifact_fail": (VF, INCONSISTENT),
+    "wrong-hashedrekord-cert-and-sig_fail": (VF, INCONSISTENT),
+    "wrong-hashedrekord-entry_fail": (VF, INCONSISTENT),
+    "wrong-material_fail": (VF, "Bundle message digest mismatch"),
+}
+# "failed to load bundle" is all the loader's first line says for a schema error; sigstore's own
+# message names the field, which must be the one the case is about.
+MALFORMED_FIELD = {
+    "bundle-invalid-base64-signature_fail": "messageSignature.signature",
+    "bundle-negative-log-index_fail": "Value exceeds uint64 domain: -1",
+    "bundle-unknown-version_fail": "version=99.9",
+    "intoto-missing-inclusion-proof_fail": "tlogEntries.0.inclusionProof",
+    "rekor2-no-inclusion-proof_fail": "tlogEntries.0.inclusionProof",
+}
+# Refused, but not for the reason the case is about: they do not count towards the score of
+# cases refused for their own reason. Each is asserted, so the table cannot go stale.
+INTOTO = "Integrated time only supported for dsse/hashedrekord 0.0.1 types"
+OTHER_REASONS: dict[str, tuple[str, str, str]] = {
+    "bundle-with-root-cert_fail": (VF, "entry must contain inclusion proof, with checkpoint", "the bundle's entry has no checkpoint, which sigstore-python checks before the chain"),
+    "intoto-expired-certificate_fail": (VF, INTOTO, "sigstore-python 4.5 rejects Rekor intoto entries"),
+    "intoto-log-entry-mismatch_fail": (VF, INTOTO, "sigstore-python 4.5 rejects Rekor intoto entries"),
+    "intoto-set-outside-signing-cert-validity_fail": (VF, INTOTO, "sigstore-python 4.5 rejects Rekor intoto entries"),
+    "intoto-tsa-timestamp-outside-cert-validity_fail": (VF, INTOTO, "sigstore-python 4.5 rejects Rekor intoto entries"),
+    "invalid-inclusion-proof_fail": (VF, "entry must contain inclusion proof, with checkpoint", "the old proof has no checkpoint, refused before its hashes are checked"),
+    "managed-key-no-key_fail": (VF, "expected certificate in bundle", "key-based bundles are out of scope"),
+    "managed-key-wrong-key_fail": ("key-based", "key-based bundles are not supported", "key-based bundles are out of scope"),
+    "rekor2-timestamp-untrusted-tsa-with-embedded-cert_fail": (VF, "Invalid Timestamp Response", "sigstore-python cannot parse the stamp's embedded certificate before trusting the TSA"),
 }
 
 
@@ -80,16 +139,40 @@ def test_the_corpus_is_there() -> None:
     assert len(_cases()) >= 66
 
 
+def _sigstore_bundle_error(case: str) -> str:
+    from sigstore.models import Bundle
+
+    try:
+        Bundle.from_json((CORPUS / case / "bundle.sigstore.json").read_bytes())
+    except Exception as exc:  # noqa: BLE001 - the message is what is compared
+        return str(exc)
+    return ""
+
+
 @pytest.mark.parametrize("case", _cases())
 def test_conformance_case(case: str) -> None:
+    """The verdict for every case; for every `_fail` case, its cause (an unexpected exception fails)."""
     expected = not case.endswith("_fail")
-    verified, reason = verify(_argv(case))
+    verified, reason = verify(_argv(case), strict=True)
     if case in KNOWN_DIVERGENCES:
         assert verified != expected, f"{case} now agrees with the corpus: drop it from KNOWN_DIVERGENCES"
         return
     assert verified == expected, reason
-    if case in REASONS:
-        assert REASONS[case] in reason
+    if expected:
+        return
+    assert (case in REASONS) != (case in OTHER_REASONS), f"{case}: name its cause in REASONS or OTHER_REASONS"
+    kind, phrase = REASONS[case] if case in REASONS else OTHER_REASONS[case][:2]
+    assert reason.startswith(f"{kind}: ") or kind == "key-based", reason
+    assert phrase in reason, reason
+    if case in MALFORMED_FIELD:
+        assert MALFORMED_FIELD[case] in _sigstore_bundle_error(case)
+
+
+def test_the_score_counts_only_refusals_for_their_own_reason() -> None:
+    _require_corpus()
+    failing = [c for c in _cases() if c.endswith("_fail")]
+    assert sorted(failing) == sorted([*REASONS, *OTHER_REASONS])
+    print(f"_fail cases refused for their own reason: {len(REASONS)} of {len(failing)}")
 
 
 @pytest.mark.parametrize(("case", "code"), [("happy-path-v0.3", 0), ("message-digest-mismatch_fail", 1)])
