@@ -12,7 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from loader._internal.verify import PRODUCTION, Signer, TrustConfigError, TrustRoots, production_root_file, verify_artefact
+from loader._internal.verify import (
+    PRODUCTION,
+    Signer,
+    TrustConfigError,
+    TrustRoots,
+    production_root_file,
+    verify_artefact,
+)
 from loader.errors import LoaderError
 
 
