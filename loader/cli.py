@@ -64,9 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
             cpu_seconds=args.child_cpu_seconds,
             wall_seconds=args.child_wall_seconds,
             max_result_bytes=args.max_result_mb << 20,
-        )
+        ),
+        pool_size=args.child_pool,
     )
-    sandbox.warm_up()  # fork server and its imports before any gRPC thread exists
+    sandbox.warm_up()  # fork server, its imports and the child pool before any gRPC thread
     service = LoaderService(
         ModelsRoot(args.models_root),
         roots,
@@ -288,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child-cpu-seconds", type=int, default=30)
     p.add_argument("--child-wall-seconds", type=float, default=60.0)
     p.add_argument("--max-result-mb", type=int, default=1024)
+    p.add_argument(
+        "--child-pool", type=int, default=2,
+        help="confined children kept forked and waiting (each serves one artefact; 0: fork per load)",
+    )
     p.add_argument("--cache-mb", type=int, default=1024)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on 127.0.0.1 (0: off)")
     p.set_defaults(func=_serve)

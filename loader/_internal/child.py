@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from multiprocessing import reduction
@@ -32,15 +33,21 @@ class PassedFd:
         return PassedFd(dup.detach())
 
 
-def _convert(artefact: PassedFd, result: PassedFd) -> tuple[int, list[str], dict[str, float]]:
+# The child's only message from the parent: one byte plus two descriptors over `control`.
+_HANDOFF_FDS = 2
+# Sent on `status` once the child is confined and about to wait for its artefact.
+READY = b'{"ready": true}'
+
+
+def _convert(artefact_fd: int, result_fd: int) -> tuple[int, list[str], dict[str, float]]:
     # Already imported by the fork server (preload), so these cost nothing here.
     import joblib
     import sklearn.base
     import skops.io
 
     started = time.perf_counter()
-    with os.fdopen(artefact.fd, "rb") as source:
-        source.seek(0)  # the parent's writes left the shared offset at the end
+    with os.fdopen(artefact_fd, "rb") as source:
+        source.seek(0)  # the offset is shared with the loader, which filled the memfd
         model = joblib.load(source)
     unpickled = time.perf_counter()
     if not isinstance(model, sklearn.base.BaseEstimator):
@@ -48,18 +55,35 @@ def _convert(artefact: PassedFd, result: PassedFd) -> tuple[int, list[str], dict
             f"the artefact holds a {type(model).__module__}.{type(model).__qualname__}, "
             "not a scikit-learn estimator"
         )
-    sink = os.fdopen(result.fd, "w+b")
-    skops.io.dump(model, sink)
-    sink.flush()
-    size = sink.tell()
-    sink.seek(0)
-    untrusted = skops.io.get_untrusted_types(data=sink.read())
+    with os.fdopen(result_fd, "w+b") as sink:
+        skops.io.dump(model, sink)
+        sink.flush()
+        size = sink.tell()
+        converted = time.perf_counter()
+        sink.seek(0)
+        # Read back from the file (no in-memory copy of the archive); the runtime decides.
+        untrusted = skops.io.get_untrusted_types(file=sink)  # type: ignore[arg-type]
     done = time.perf_counter()
-    return size, untrusted, {"unpickle": unpickled - started, "convert": done - unpickled}
+    return size, untrusted, {"unpickle": unpickled - started, "convert": converted - unpickled, "types": done - converted}
 
 
-def run(artefact: PassedFd, result: PassedFd, status: Connection, output: Connection, limits: ChildLimits) -> None:
-    """Child entry point: confine, unpickle the sealed artefact, write skops to `result`, exit."""
+def _receive(control: socket.socket) -> tuple[int, int] | None:
+    """Wait for the artefact and the result memfd; None if the parent closed the connection."""
+    _, fds, _, _ = socket.recv_fds(control, 1, _HANDOFF_FDS)
+    if len(fds) != _HANDOFF_FDS:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds[0], fds[1]
+
+
+def run(control: PassedFd, status: Connection, output: Connection, limits: ChildLimits) -> None:
+    """Child entry point: confine, wait for one artefact, write its skops form, exit.
+
+    The child is confined before it is given anything: a pre-forked child waits, already under
+    its limits and syscall filter, in `recvmsg` on `control` for the artefact's sealed memfd and
+    the memfd to write the result into. It serves exactly one artefact.
+    """
     try:
         # Whatever the payload prints goes to a pipe the parent reads with a cap.
         os.dup2(output.fileno(), 1)
@@ -68,12 +92,20 @@ def run(artefact: PassedFd, result: PassedFd, status: Connection, output: Connec
         # Relative sys.path entries ('' is the working directory) would resolve against "/".
         sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
         os.environ.clear()
+        channel = socket.socket(fileno=control.fd)  # probes the socket now, before the filter
         confine(limits)
     except Exception as exc:  # noqa: BLE001 - report any confinement failure, never run unconfined
         status.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())
         os._exit(3)
+    status.send_bytes(READY)
     try:
-        size, untrusted, timings = _convert(artefact, result)
+        received = _receive(channel)
+    except OSError:
+        received = None
+    if received is None:
+        os._exit(0)  # the pool was shut down before this child was used
+    try:
+        size, untrusted, timings = _convert(*received)
     except MemoryError:
         status.send_bytes(json.dumps({"ok": False, "limit": "memory"}).encode())
         os._exit(4)

@@ -1,25 +1,56 @@
-"""Run the confined child for one verified artefact and collect its skops bytes.
+"""Run a confined child for one verified artefact and collect its skops form in a sealed memfd.
 
 Children are forked from a multiprocessing fork server that preloads scikit-learn and skops
-and never sees untrusted bytes until they are handed to a child. The parent (this process)
-reads only length-capped byte messages from the child: nothing it sends is unpickled here.
+and never sees untrusted bytes. A small pool of children is kept forked ahead of time, each
+already under its limits and syscall filter and waiting for a descriptor; each serves exactly
+one artefact and exits, and the pool refills in the background. The parent (this process)
+reads only length-capped byte messages from a child: nothing it sends is unpickled here.
 """
 
 from __future__ import annotations
 
-import fcntl
+import collections
 import json
 import multiprocessing
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
 
-from loader._internal.child import ChildLimits, PassedFd, run
+from loader._internal.child import READY, ChildLimits, PassedFd, run
+from loader._internal.memfd import SealedFile, new_memfd, seal
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 _PRELOAD = ["loader._internal.preload"]
+_START_SECONDS = 60  # the first child waits for the fork server's imports
+
+# Formats people hand over instead of a pickle, by their first bytes. A pickle (protocol 2+)
+# starts with 0x80; joblib's compressed files with zlib, gzip, bz2, xz, lzma or lz4 magic.
+_NOT_PICKLES = (
+    (b"PK\x03\x04", "a zip archive (a wheel, a .skops file, a PyTorch .pt or a NumPy .npz)"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"\x7fELF", "an ELF executable or shared library"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (e.g. a Keras .h5)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"GGUF", "a GGUF model"),
+    (b"\x08\x01\x12", "an ONNX (protobuf) model"),
+    (b"{", "a JSON document"),
+)
+
+
+def not_a_pickle(head: bytes) -> str | None:
+    """What the file is if its first bytes show it is certainly not a pickle or joblib file."""
+    for magic, what in _NOT_PICKLES:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 10 and head[8:10] == b'{"':
+        return "a safetensors file"
+    return None
 
 
 @dataclass(frozen=True)
@@ -32,133 +63,31 @@ class SandboxLimits(ChildLimits):
 
 @dataclass(frozen=True)
 class Converted:
-    """The model as skops bytes, with what the child reported about it."""
+    """The model as a sealed memfd of skops bytes, with what the child reported about it."""
 
-    skops_bytes: bytes
+    model: SealedFile
     untrusted_types: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     output: str = ""
 
+    @property
+    def size(self) -> int:
+        return self.model.size
 
-class Sandbox:
-    """Forks a confined child per artefact from a preloaded fork server."""
-
-    def __init__(self, limits: SandboxLimits | None = None) -> None:
-        self.limits = limits or SandboxLimits()
-        # BLAS thread pools are started at import in the fork server; a child cannot add threads.
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(name, "1")
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(_PRELOAD)
-
-    def warm_up(self) -> None:
-        """Start the fork server now (imports take seconds) rather than on the first load."""
-        self.convert_nothing()
-
-    def convert_nothing(self) -> None:
-        proc = self._ctx.Process(target=_noop, daemon=True)
-        proc.start()
-        proc.join()
-
-    def convert(self, artefact: bytes | bytearray) -> Converted:
-        """Unpickle `artefact` in a fresh confined child; return the skops conversion."""
-        limits = self.limits
-        source = _sealed_memfd("verified-artefact", artefact)
-        sink = os.memfd_create("skops-result", os.MFD_CLOEXEC)
-        status_r, status_w = self._ctx.Pipe(duplex=False)
-        output_r, output_w = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(
-            target=run,
-            args=(PassedFd(source), PassedFd(sink), status_w, output_w, limits),
-            daemon=True,
-            name="confined-unpickle",
-        )
-        started = time.perf_counter()
-        try:
-            proc.start()
-        finally:
-            os.close(source)
-        status_w.close()
-        output_w.close()
-        output = _CappedReader(output_r, limits.max_output_bytes)
-        try:
-            header = self._receive(status_r, proc, started)
-            if header is None:
-                raise self._died(proc, output)
-            try:
-                meta = json.loads(header)
-            except ValueError:
-                raise UnpicklingFailed("the confined child sent a malformed result header") from None
-            if not meta.get("ok"):
-                if meta.get("limit") == "memory":
-                    raise LimitExceeded(
-                        f"unpickling exceeded the memory limit of {limits.memory_bytes} bytes"
-                    )
-                raise UnpicklingFailed(f"unpickling the verified artefact failed: {meta.get('error')}")
-            # The child is done with the result once it is gone; read it only then.
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                raise UnpicklingFailed("the confined child did not exit after reporting its result")
-            data = _read_result(sink, limits.max_result_bytes)
-            untrusted = meta.get("untrusted_types", [])
-            if not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted):
-                raise UnpicklingFailed("the confined child reported malformed type information")
-            timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
-            timings["child_total"] = time.perf_counter() - started
-            return Converted(data, untrusted, timings, output.text())
-        finally:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-            proc.close()
-            status_r.close()
-            output.close()
-            os.close(sink)
-
-    def _receive(self, conn, proc, started: float) -> bytes | None:  # type: ignore[no-untyped-def]
-        remaining = self.limits.wall_seconds - (time.perf_counter() - started)
-        if remaining <= 0 or not conn.poll(remaining):
-            if proc.is_alive():
-                proc.kill()
-                raise LimitExceeded(
-                    f"unpickling took longer than the wall-time limit of {self.limits.wall_seconds:g} s; "
-                    "the child was killed"
-                )
-            return None
-        try:
-            return conn.recv_bytes(1 << 20)
-        except EOFError:
-            return None
-        except OSError:
-            proc.kill()
-            raise UnpicklingFailed("the confined child sent an oversized status message") from None
-
-    def _died(self, proc, output: _CappedReader) -> Exception:  # type: ignore[no-untyped-def]
-        proc.join(5)
-        code = proc.exitcode
-        tail = output.text()[-500:]
-        detail = f"; it printed: {tail!r}" if tail else ""
-        if code is not None and code < 0:
-            sig = signal.Signals(-code).name
-            if sig == "SIGXFSZ":
-                return LimitExceeded(f"the converted model exceeds {self.limits.max_result_bytes} bytes{detail}")
-            if sig == "SIGXCPU":
-                return LimitExceeded(
-                    f"unpickling exceeded the CPU-time limit of {self.limits.cpu_seconds} s ({sig}){detail}"
-                )
-            return UnpicklingFailed(f"the confined child was killed by {sig} while unpickling{detail}")
-        return UnpicklingFailed(f"the confined child exited ({code}) without a result{detail}")
+    @property
+    def skops_bytes(self) -> bytes:
+        """A copy of the skops bytes (for small models and tests; the service passes `model`)."""
+        return self.model.read()
 
 
 class _CappedReader:
     """Drains a pipe on a thread, keeping only the first `cap` bytes."""
 
-    def __init__(self, conn, cap: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, conn: Connection, cap: int) -> None:
         self._conn = conn
         self._cap = cap
         self._kept = bytearray()
-        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="child-output")
         self._thread.start()
 
     def _drain(self) -> None:
@@ -182,29 +111,217 @@ class _CappedReader:
         self._conn.close()
 
 
-def _sealed_memfd(name: str, data: bytes | bytearray) -> int:
-    """An in-memory file holding `data` that nobody can change any more."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-    return fd
+@dataclass
+class _Child:
+    """A forked, confined child waiting in recvmsg on `control`."""
+
+    proc: Any  # multiprocessing's forkserver Process
+    control: socket.socket
+    status: Connection
+    output: _CappedReader
+
+    def discard(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.proc.close()
+        self.control.close()
+        self.status.close()
+        self.output.close()
 
 
-def _read_result(fd: int, max_bytes: int) -> bytes:
-    size = os.fstat(fd).st_size
-    if size > max_bytes:
-        raise LimitExceeded(f"the converted model is {size} bytes; the limit is {max_bytes}")
-    chunks, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, min(size - offset, 64 << 20), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
+class Sandbox:
+    """Hands each artefact to a fresh pre-forked confined child; never reuses one."""
 
+    def __init__(self, limits: SandboxLimits | None = None, pool_size: int = 2) -> None:
+        self.limits = limits or SandboxLimits()
+        self.pool_size = max(0, pool_size)
+        # BLAS thread pools are started at import in the fork server; a child cannot add threads.
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(_PRELOAD)
+        self._ready: collections.deque[_Child] = collections.deque()
+        self._cond = threading.Condition()
+        self._spawn_lock = threading.Lock()
+        self._closed = False
+        self._refiller: threading.Thread | None = None
 
-def _noop() -> None:
-    pass
+    def warm_up(self) -> None:
+        """Start the fork server (imports take seconds) and fill the pool before the first load."""
+        self._ensure_refiller()
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._ready) >= self.pool_size or self._closed, timeout=120)
+
+    def close(self) -> None:
+        """Stop refilling and end the waiting children."""
+        with self._cond:
+            self._closed = True
+            waiting = list(self._ready)
+            self._ready.clear()
+            self._cond.notify_all()
+        for child in waiting:
+            child.discard()
+
+    def _ensure_refiller(self) -> None:
+        with self._cond:
+            if self._refiller is None and self.pool_size:
+                self._refiller = threading.Thread(target=self._refill, daemon=True, name="child-pool")
+                self._refiller.start()
+
+    def _refill(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or len(self._ready) < self.pool_size)
+                if self._closed:
+                    return
+            try:
+                child = self._spawn()
+            except Exception as exc:  # noqa: BLE001 - a load then spawns its own child and reports it
+                print(f"loader: could not pre-fork a confined child: {exc}", file=sys.stderr, flush=True)
+                time.sleep(1)
+                continue
+            with self._cond:
+                if self._closed:
+                    child.discard()
+                    return
+                self._ready.append(child)
+                self._cond.notify_all()
+
+    def _spawn(self) -> _Child:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        status_r, status_w = self._ctx.Pipe(duplex=False)
+        output_r, output_w = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=run,
+            args=(PassedFd(theirs.fileno()), status_w, output_w, self.limits),
+            daemon=True,
+            name="confined-unpickle",
+        )
+        try:
+            with self._spawn_lock:  # one fork-server request at a time
+                proc.start()
+        finally:
+            theirs.close()
+            status_w.close()
+            output_w.close()
+        child = _Child(proc, ours, status_r, _CappedReader(output_r, self.limits.max_output_bytes))
+        # Only a child that reports itself confined joins the pool or gets an artefact.
+        try:
+            if not status_r.poll(_START_SECONDS):
+                raise UnpicklingFailed(f"the confined child did not start within {_START_SECONDS} s")
+            message = status_r.recv_bytes(1 << 16)
+            if message != READY:
+                raise self._early_failure(message)
+        except (EOFError, OSError):
+            error = self._died(child)
+            child.discard()
+            raise error from None
+        except BaseException:
+            child.discard()
+            raise
+        return child
+
+    def _take(self) -> _Child:
+        self._ensure_refiller()
+        with self._cond:
+            child = self._ready.popleft() if self._ready else None
+            self._cond.notify_all()
+        return child if child is not None else self._spawn()
+
+    def convert(self, artefact: SealedFile) -> Converted:
+        """Unpickle the sealed `artefact` in a fresh confined child; return the skops conversion."""
+        what = not_a_pickle(artefact.head(16))
+        if what is not None:
+            raise UnpicklingFailed(
+                f"the artefact is {what}, not a pickle: a pickle or joblib file (joblib.dump) was expected"
+            )
+        limits = self.limits
+        child = self._take()
+        sink = new_memfd("skops-result")
+        started = time.perf_counter()
+        try:
+            try:
+                socket.send_fds(child.control, [b"a"], [artefact.fd, sink])
+            except OSError:
+                raise self._died(child) from None
+            child.control.close()
+            header = self._receive(child, started)
+            if header is None:
+                raise self._died(child)
+            meta = self._parse(header)
+            # The child is done with the result once it is gone; seal it only then.
+            child.proc.join(5)
+            if child.proc.is_alive():
+                raise UnpicklingFailed("the confined child did not exit after reporting its result")
+            size = os.fstat(sink).st_size
+            if size > limits.max_result_bytes:
+                raise LimitExceeded(f"the converted model is {size} bytes; the limit is {limits.max_result_bytes}")
+            model = seal(sink)
+            sink = -1
+            untrusted = meta.get("untrusted_types", [])
+            if not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted):
+                raise UnpicklingFailed("the confined child reported malformed type information")
+            timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
+            timings["child_total"] = time.perf_counter() - started
+            return Converted(model, untrusted, timings, child.output.text())
+        finally:
+            child.discard()
+            if sink >= 0:
+                os.close(sink)
+
+    def _parse(self, header: bytes) -> dict[str, Any]:
+        try:
+            meta = json.loads(header)
+        except ValueError:
+            raise UnpicklingFailed("the confined child sent a malformed result header") from None
+        if not isinstance(meta, dict):
+            raise UnpicklingFailed("the confined child sent a malformed result header")
+        if not meta.get("ok"):
+            if meta.get("limit") == "memory":
+                raise LimitExceeded(f"unpickling exceeded the memory limit of {self.limits.memory_bytes} bytes")
+            raise UnpicklingFailed(f"unpickling the verified artefact failed: {meta.get('error')}")
+        return meta
+
+    @staticmethod
+    def _early_failure(message: bytes) -> Exception:
+        try:
+            meta = json.loads(message)
+            error = meta.get("error") if isinstance(meta, dict) else None
+        except ValueError:
+            error = None
+        return UnpicklingFailed(f"the sandbox refused to run: {error or 'the child sent a malformed message'}")
+
+    def _receive(self, child: _Child, started: float) -> bytes | None:
+        remaining = self.limits.wall_seconds - (time.perf_counter() - started)
+        if remaining <= 0 or not child.status.poll(remaining):
+            if child.proc.is_alive():
+                child.proc.kill()
+                raise LimitExceeded(
+                    f"unpickling took longer than the wall-time limit of {self.limits.wall_seconds:g} s; "
+                    "the child was killed"
+                )
+            return None
+        try:
+            return child.status.recv_bytes(1 << 20)
+        except EOFError:
+            return None
+        except OSError:
+            child.proc.kill()
+            raise UnpicklingFailed("the confined child sent an oversized status message") from None
+
+    def _died(self, child: _Child) -> Exception:
+        child.proc.join(5)
+        code = child.proc.exitcode
+        tail = child.output.text()[-500:]
+        detail = f"; it printed: {tail!r}" if tail else ""
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name
+            if sig == "SIGXFSZ":
+                return LimitExceeded(f"the converted model exceeds {self.limits.max_result_bytes} bytes{detail}")
+            if sig == "SIGXCPU":
+                return LimitExceeded(
+                    f"unpickling exceeded the CPU-time limit of {self.limits.cpu_seconds} s ({sig}){detail}"
+                )
+            return UnpicklingFailed(f"the confined child was killed by {sig} while unpickling{detail}")
+        return UnpicklingFailed(f"the confined child exited ({code}) without a result{detail}")

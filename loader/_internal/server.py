@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -12,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from loader._internal.handoff import Handoff
 from loader._internal.service import LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
 from loader.errors import LoaderError
@@ -22,8 +24,9 @@ MAX_SOCKET_PATH = 107
 
 
 class LoaderServicer(loader_pb2_grpc.LoaderServicer):
-    def __init__(self, service: LoaderService) -> None:
+    def __init__(self, service: LoaderService, handoff: Handoff | None = None) -> None:
         self._service = service
+        self._handoff = handoff
 
     def VerifyAndLoad(  # noqa: N802 - gRPC method name
         self, request: loader_pb2.VerifyAndLoadRequest, context: grpc.ServicerContext
@@ -32,10 +35,17 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             result = self._service.load(_to_load_request(request))
         except LoaderError as exc:
             context.abort(exc.code, str(exc))
-        yield loader_pb2.VerifyAndLoadResponse(header=_header(result))
-        data = memoryview(result.converted.skops_bytes)
-        for offset in range(0, len(data), CHUNK_BYTES):
-            yield loader_pb2.VerifyAndLoadResponse(chunk=bytes(data[offset : offset + CHUNK_BYTES]))
+        header = _header(result)
+        if request.accept_fd and self._handoff is not None:
+            # The client claims the sealed memfd on the side channel: nothing more to send here.
+            header.fd_handle = self._handoff.offer(result.converted.model)
+            header.fd_handle_ttl_seconds = self._handoff.ttl_seconds
+            yield loader_pb2.VerifyAndLoadResponse(header=header)
+            return
+        yield loader_pb2.VerifyAndLoadResponse(header=header)
+        with result.converted.model.mapped(populate=False) as data:
+            for offset in range(0, len(data), CHUNK_BYTES):
+                yield loader_pb2.VerifyAndLoadResponse(chunk=bytes(data[offset : offset + CHUNK_BYTES]))
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
@@ -61,7 +71,7 @@ def _header(result: LoadResult) -> loader_pb2.LoadedModel:
         timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in result.timings.items()],
         untrusted_types=result.converted.untrusted_types,
         format="skops",
-        size=len(result.converted.skops_bytes),
+        size=result.converted.size,
         model_sha256=result.model_sha256,
         cached=result.cached,
     )
@@ -78,7 +88,14 @@ def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader-rpc"),
         options=[("grpc.max_receive_message_length", 1 << 20)],
     )
-    loader_pb2_grpc.add_LoaderServicer_to_server(LoaderServicer(service), server)
+    handoff = None
+    fd_socket = Handoff.path_for(socket_path)
+    if len(str(fd_socket)) <= MAX_SOCKET_PATH:
+        handoff = Handoff(fd_socket)
+        handoff.start()
+    else:
+        print(f"loader: {fd_socket} is too long for a socket; models are streamed", file=sys.stderr)
+    loader_pb2_grpc.add_LoaderServicer_to_server(LoaderServicer(service, handoff), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = loader_pb2.DESCRIPTOR.services_by_name["Loader"].full_name

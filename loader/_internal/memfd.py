@@ -1,0 +1,92 @@
+"""Sealed in-memory files: the artefact and the converted model live in these, never in copies.
+
+A memfd is filled once, then sealed (no write, grow or shrink by anyone, the loader included),
+so the bytes that were hashed are the bytes a child reads and the bytes a client maps.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import weakref
+
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+class SealedFile:
+    """A sealed memfd and its size; the descriptor is closed when the object goes away."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def mapped(self, populate: bool = True) -> mmap.mmap | memoryview:
+        """A read-only view of the contents (an mmap; an empty memoryview for an empty file).
+
+        `populate` maps every page at once (faster for a full pass, such as hashing)."""
+        if self.size == 0:
+            return memoryview(b"")
+        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
+        return mmap.mmap(self.fd, self.size, flags, mmap.PROT_READ)
+
+    def head(self, n: int) -> bytes:
+        """The first `n` bytes, without mapping the file."""
+        return os.pread(self.fd, n, 0)
+
+    def read(self) -> bytes:
+        """The whole contents as bytes (a copy: for small files and tests)."""
+        with self.mapped() as view:
+            return bytes(view)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def sha256_of(sealed: SealedFile) -> str:
+    """Hex SHA-256 of the contents, hashed straight from the mapping (no copy)."""
+    with sealed.mapped() as view:
+        return hashlib.sha256(view).hexdigest()
+
+
+def new_memfd(name: str) -> int:
+    """A fresh, unsealed memfd that can be sealed later."""
+    return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def seal(fd: int) -> SealedFile:
+    """Seal `fd` for good and wrap it; fails (EBUSY) while anyone still maps it writable."""
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    return SealedFile(fd, os.fstat(fd).st_size)
+
+
+def is_sealed(fd: int) -> bool:
+    """True if nobody can change the file's contents or size any more."""
+    needed = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & needed == needed
+    except OSError:
+        return False
+
+
+def copy_from(source: int, size: int, name: str) -> SealedFile:
+    """Copy exactly `size` bytes of `source` into a sealed memfd (in the kernel, one pass).
+
+    Raises ValueError if `source` turns out shorter or longer than `size` while it is copied.
+    """
+    fd = new_memfd(name)
+    try:
+        copied = 0
+        while copied < size:
+            n = os.sendfile(fd, source, copied, size - copied)
+            if n == 0:
+                raise ValueError(f"it shrank to {copied} bytes while it was read")
+            copied += n
+        if os.pread(source, 1, size):
+            raise ValueError("it grew while it was read")
+        return seal(fd)
+    except BaseException:
+        os.close(fd)
+        raise

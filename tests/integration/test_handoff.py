@@ -1,0 +1,229 @@
+"""The converted model reaches the client as a sealed memfd (SCM_RIGHTS), not through gRPC;
+children are pre-forked, confined before they get anything, and never reused."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import io
+import os
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import pytest
+from sklearn import datasets
+
+from loader._internal.handoff import Handoff
+from loader._internal.memfd import SealedFile, new_memfd, seal
+from loader._internal.sandbox import Sandbox, SandboxLimits
+from loader.client import FetchedModel, LoaderCallError, fd_socket_for, receive_fd, verify_and_load
+from loader.errors import UnpicklingFailed
+from loader.proto.v1 import loader_pb2
+from runtime.safe_load import load_model
+from tests.support import SIGNER, Authority, LoaderProcess, call, put, start_loader, stop_process
+
+DIGITS = datasets.load_digits()
+X = DIGITS.images.reshape((len(DIGITS.images), -1))
+
+
+@pytest.fixture(scope="module")
+def handoff_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
+    # A short socket path: the side channel `<socket>.fd` must fit in 107 bytes too.
+    work = Path(os.path.realpath(tmp_path_factory.mktemp("h")))
+    proc = start_loader(work, models_root, {"local": authority.trust_config}, "--child-pool=2")
+    yield proc
+    stop_process(proc.process)
+
+
+def _request(artefact: str, authority: Authority) -> loader_pb2.VerifyAndLoadRequest:
+    return loader_pb2.VerifyAndLoadRequest(
+        artefact=artefact, signers=[loader_pb2.Signer(identity=SIGNER, issuer=authority.issuer)], model_name=artefact
+    )
+
+
+def _fetch(loader: LoaderProcess, artefact: str, authority: Authority) -> FetchedModel:
+    return asyncio.run(verify_and_load(loader.endpoint, _request(artefact, authority), 60, 1 << 30))
+
+
+def test_a_unix_client_receives_a_sealed_memfd_and_nothing_is_streamed(handoff_loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    assert fd_socket_for(handoff_loader.endpoint) == Path(str(handoff_loader.socket) + ".fd")
+    assert fd_socket_for(handoff_loader.endpoint).is_socket()  # type: ignore[union-attr]
+    artefact = put(models_root, "handoff-good", digits_svm_bytes, authority)
+    fetched = _fetch(handoff_loader, artefact, authority)
+    assert fetched.header.fd_handle, "the loader streamed although the client can take a descriptor"
+    data = bytes(fetched.data)
+    assert len(data) == fetched.header.size and hashlib.sha256(data).hexdigest() == fetched.header.model_sha256
+    with fetched.open() as file:
+        assert file.read() == data
+    model = load_model(data, [])
+    assert (model.predict(X) == joblib.load(io.BytesIO(digits_svm_bytes)).predict(X)).all()
+    # The same bytes come streamed to a client that does not ask for a descriptor.
+    header, streamed = call(handoff_loader, artefact, authority)
+    assert not header.fd_handle and streamed == data
+
+
+def test_the_passed_memfd_cannot_be_changed_by_anyone(handoff_loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    artefact = put(models_root, "handoff-sealed", digits_svm_bytes, authority)
+    fetched = _fetch(handoff_loader, artefact, authority)
+    with fetched.open() as file:
+        fd = file.fileno()
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+        writable = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError):
+                os.pwrite(writable, b"x", 0)
+            with pytest.raises(PermissionError):
+                os.ftruncate(writable, 1)
+        finally:
+            os.close(writable)
+
+
+def test_a_handle_is_single_use_and_unguessable(handoff_loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    artefact = put(models_root, "handoff-once", digits_svm_bytes, authority)
+    request = _request(artefact, authority)
+    request.accept_fd = True
+    import grpc
+
+    from loader.proto.v1 import loader_pb2_grpc
+
+    with grpc.insecure_channel(handoff_loader.endpoint) as channel:
+        replies = list(loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(request, timeout=60))
+    assert len(replies) == 1, "model bytes were streamed as well as offered"
+    handle = replies[0].header.fd_handle
+    side = fd_socket_for(handoff_loader.endpoint)
+    assert side is not None
+    fd = receive_fd(side, handle, 5)
+    try:
+        assert os.fstat(fd).st_size == replies[0].header.size
+    finally:
+        os.close(fd)
+    for attempt in (handle, "0" * len(handle)):
+        with pytest.raises(LoaderCallError, match="unknown, used or expired handle"):
+            receive_fd(side, attempt, 5)
+
+
+def test_an_unclaimed_handle_expires(tmp_path: Path) -> None:
+    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd", ttl_seconds=0.2)
+    handoff.start()
+    try:
+        fd = new_memfd("t")
+        os.write(fd, b"model")
+        handle = handoff.offer(seal(fd))
+        time.sleep(0.4)
+        with pytest.raises(LoaderCallError, match="expired"):
+            receive_fd(handoff.path, handle, 5)
+    finally:
+        handoff.stop()
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_the_client_refuses_an_unsealed_or_altered_memfd(tmp_path: Path, sealed: bool) -> None:
+    """A loader that passed a changeable file, or other bytes than its header names, is refused."""
+    from loader.client import _check_passed_fd
+
+    fd = new_memfd("t")
+    os.write(fd, b"the model")
+    header = loader_pb2.LoadedModel(size=9, model_sha256=hashlib.sha256(b"the model").hexdigest())
+    if not sealed:
+        with pytest.raises(LoaderCallError, match="not sealed"):
+            _check_passed_fd(fd, header)
+        os.close(fd)
+        return
+    file = seal(fd)
+    _check_passed_fd(file.fd, header)  # control: the right bytes pass
+    header.model_sha256 = hashlib.sha256(b"other bytes").hexdigest()
+    with pytest.raises(LoaderCallError, match="do not match"):
+        _check_passed_fd(file.fd, header)
+
+
+def test_tcp_endpoints_have_no_side_channel() -> None:
+    assert fd_socket_for("127.0.0.1:50051") is None
+    assert fd_socket_for("dns:///loader:50051") is None
+    assert fd_socket_for("unix:///run/loader/loader.sock") == Path("/run/loader/loader.sock.fd")
+
+
+def test_a_too_long_socket_path_falls_back_to_streaming(tmp_path: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
+    """`<socket>.fd` must fit a Unix socket path; when it cannot, the client gets a stream."""
+    base = Path(os.path.realpath(tmp_path))
+    deep = base / ("d" * max(1, 104 - len(str(base)) - len("/loader.sock")))
+    deep.mkdir()
+    sock = deep / "loader.sock"
+    assert len(str(sock)) <= 107 < len(str(sock) + ".fd")
+    models = base / "models"
+    artefact = put(models, "long", digits_svm_bytes, authority)
+    proc = start_loader(base, models, {"local": authority.trust_config}, "--child-pool=0", sock=sock)
+    try:
+        fetched = _fetch(proc, artefact, authority)
+    finally:
+        stop_process(proc.process)
+    assert not fetched.header.fd_handle and len(fetched.data) == fetched.header.size
+
+
+# The pool ------------------------------------------------------------------------------------
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Sandbox]:
+    sandbox = Sandbox(SandboxLimits(memory_bytes=512 << 20, wall_seconds=20), pool_size=2)
+    sandbox.warm_up()
+    yield sandbox
+    sandbox.close()
+
+
+def _sealed(data: bytes) -> SealedFile:
+    fd = new_memfd("artefact")
+    os.write(fd, data)
+    return seal(fd)
+
+
+def _waiting(sandbox: Sandbox) -> list[int]:
+    return [child.proc.pid for child in list(sandbox._ready)]
+
+
+def test_waiting_children_are_already_confined(pool: Sandbox) -> None:
+    waiting = _waiting(pool)
+    assert len(waiting) == 2
+    for pid in waiting:
+        status = _status(pid)
+        assert status["Seccomp"].strip() == "2", "a waiting child has no seccomp filter yet"
+        assert status["NoNewPrivs"].strip() == "1"
+        deadline = time.monotonic() + 5
+        while not status["State"].startswith("S") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status = _status(pid)
+        assert status["State"].startswith("S"), "a waiting child should sleep in recvmsg"
+
+
+def test_each_child_serves_one_artefact_and_the_pool_refills(pool: Sandbox, digits_svm_bytes: bytes) -> None:
+    before = set(_waiting(pool))
+    used: set[int] = set()
+    for _ in range(3):
+        ready = set(_waiting(pool))
+        converted = pool.convert(_sealed(digits_svm_bytes))
+        assert converted.size > 0 and converted.timings["child_total"] > 0
+        gone = {pid for pid in ready if not Path(f"/proc/{pid}").exists()}
+        used |= gone
+        deadline = time.monotonic() + 30
+        while len(pool._ready) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    after = set(_waiting(pool))
+    assert len(used) >= 3, "a child served more than one artefact"
+    assert not (after & used) and after != before
+
+
+def test_a_file_that_is_not_a_pickle_is_named(pool: Sandbox) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("data.pkl", b"\x80\x04N.")
+    with pytest.raises(UnpicklingFailed, match="zip archive .* pickle or joblib file .* was expected"):
+        pool.convert(_sealed(archive.getvalue()))
