@@ -11,6 +11,7 @@ from mlserver.utils import get_model_uri
 from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import WELLKNOWN_MODEL_FILENAMES
 
+from loader.bundles import bundle_candidates, find_bundle
 from runtime.client import FetchedModel, build_request, verify_and_load
 from runtime.docker_sandbox import EphemeralLoader
 from runtime.errors import ModelRefused
@@ -86,16 +87,18 @@ class SigstoreModel(SKLearnModel):
             return await verify_and_load(
                 policy.endpoint or env.endpoint, request, env.timeout_seconds, env.max_model_bytes
             )
-        bundle = Path(policy.bundle) if policy.bundle else artefact.with_name(artefact.name + ".sigstore.json")
-        if not bundle.is_absolute():
-            bundle = artefact.parent / bundle
-        if not bundle.is_file():
-            raise ModelRefused(f"model {self.name!r}: no Sigstore bundle at {bundle}", 404)
+        if policy.bundle:
+            bundle: Path | None = Path(policy.bundle) if Path(policy.bundle).is_absolute() else artefact.parent / policy.bundle
+        else:
+            bundle = find_bundle(artefact)  # the loader's own rule: .sigstore.json, then .sigstore
+        if bundle is None or not bundle.is_file():
+            expected = bundle or " or ".join(str(p) for p in bundle_candidates(artefact))
+            raise ModelRefused(f"model {self.name!r}: no Sigstore bundle at {expected}", 404)
         sandbox = EphemeralLoader(env, artefact, bundle)
         try:
-            endpoint = sandbox.start()
+            endpoint = await sandbox.start()
             await sandbox.wait_ready()
-            request = build_request(policy.model_copy(update={"bundle": None}), sandbox.artefact_name, self.name)
+            request = build_request(policy.model_copy(update={"bundle": sandbox.bundle_name}), sandbox.artefact_name, self.name)
             return await verify_and_load(endpoint, request, env.timeout_seconds, env.max_model_bytes)
         finally:
-            sandbox.stop()
+            await sandbox.stop()
