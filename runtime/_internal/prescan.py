@@ -38,6 +38,13 @@ ALLOWED_LOADERS = LEAF_LOADERS | {
     "TreeNode", "LossNode", "RandomStateNode", "RandomGeneratorNode", "DefaultDictNode",
     "PartialNode", "FunctionNode",
 }
+# Cython types whose __setstate__ indexes its state tuple without bounds checks (a short tuple
+# crashes skops' construct, before any validator runs): their exact arity.
+STATE_ARITY = {
+    "sklearn.neighbors._kd_tree.KDTree": 13,
+    "sklearn.neighbors._ball_tree.BallTree": 13,
+    **{f"sklearn.metrics._dist_metrics.{m}Distance64": 3 for m in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")},
+}
 # HistGradientBoosting with categorical features keeps partial(check_array, ...) in a
 # FunctionTransformer; no other function is ever accepted (validators check its arguments).
 FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
@@ -176,6 +183,11 @@ class _Scanner:
         if loader == "FunctionNode" and f"{module}.{name}" not in FUNCTIONS:
             raise refuse(f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} may appear")
         self._count(1)
+        arity = STATE_ARITY.get(f"{module}.{name}")
+        if arity is not None:
+            content = state.get("content")
+            if loader != "ObjectNode" or not isinstance(content, dict) or content.get("__loader__") != "TupleNode" or not isinstance(content.get("content"), list) or len(content["content"]) != arity:
+                raise refuse(f"the state of {module}.{name} is not a tuple of {arity} items")
         if node_id is not None:
             self.open_ids.add(node_id)
         size = 1

@@ -35,6 +35,7 @@ from runtime._internal.validators import (
     text,
     trees,
 )
+from runtime.errors import ModelRefused
 
 MAX_OBJECTS = 20_000_000
 FAMILIES: dict[str, Callable[[Any], None]] = {
@@ -68,6 +69,16 @@ def _check_part(obj: Any) -> bool:
     else:
         return False
     return True
+
+
+def _run(check: Callable[[Any], Any], obj: Any) -> Any:
+    """A validator that trips over a malformed object (missing attribute, odd type) refuses it."""
+    try:
+        return check(obj)
+    except ModelRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any surprise in hostile data is a refusal
+        raise common.fail(obj, f"malformed ({type(exc).__name__}: {exc})") from None
 
 
 def _n_jobs(est: Any) -> None:
@@ -116,7 +127,7 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
                 f"it holds a {name}, which is not in the allowlist; add it to "
                 "parameters.extra.sigstore.trusted_types only if you trust its code and data"
             )
-        if _check_part(obj):
+        if _run(_check_part, obj):
             continue
         if isinstance(obj, BaseEstimator):
             _n_jobs(obj)
@@ -124,6 +135,6 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
             # scikit-learn refuses to predict with an unfitted estimator (parameter templates such
             # as a forest's `estimator`); owners validate the fitted members they call directly.
             if family is not None and (family == "composite" or _is_fitted(obj)):
-                FAMILIES[family](obj)
+                _run(FAMILIES[family], obj)
         stack.extend(getattr(obj, "__dict__", {}).values())
     return len(seen)

@@ -53,6 +53,18 @@ def check_binary_tree(tree: Any, samples: np.ndarray | None = None) -> None:
     metric = state[11]
     if not type(metric).__name__.endswith("Distance64"):
         raise fail(tree, f"distance metric {type(metric).__name__} is not accepted")
+    check_metric(metric, width)
+
+
+def check_metric(metric: Any, width: int) -> None:
+    """p >= 1, and weights (if any) cover exactly the features the distance loops over."""
+    p, vec, mat = metric.__getstate__()[:3]
+    if not (isinstance(p, float) and np.isfinite(p) and p >= 1):
+        raise fail(metric, f"p = {p!r} must be a finite number >= 1")
+    vec = array(metric, "vec", np.asarray(vec), ndim=1, kinds="f")
+    if len(vec) not in (0, width):
+        raise fail(metric, f"{len(vec)} weights for {width} features")
+    array(metric, "mat", np.asarray(mat), ndim=2, kinds="f")
 
 
 def validate(est: Any) -> None:

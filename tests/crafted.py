@@ -1,0 +1,272 @@
+"""Crafted skops archives for every attack category of issue 17, built from honest dumps.
+
+Each builder returns skops bytes that a hostile loader child could hand to the server, using only
+types skops trusts by default (or named to look like them). `CASES` maps a category to its builder,
+the refusal the server must give, and the call that would hurt the process if the archive loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import skops.io
+from scipy import sparse
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+
+X = np.random.default_rng(0).normal(size=(60, 4))
+Y = (X[:, 0] > 0).astype(int)
+
+
+def rewrite(data: bytes, edit: Callable[[dict[str, Any]], None], members: dict[str, bytes] | None = None) -> bytes:
+    """The archive with its schema edited in place and members added or replaced."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    schema = json.loads(source.read("schema.json"))
+    edit(schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            if name != "schema.json" and name not in (members or {}):
+                target.writestr(name, source.read(name))
+        for name, content in (members or {}).items():
+            target.writestr(name, content)
+        target.writestr("schema.json", json.dumps(schema))
+    return out.getvalue()
+
+
+def attrs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The attribute dict of the estimator at the root of a schema."""
+    return schema["content"]["content"]
+
+
+def json_node(value: Any, node_id: int) -> dict[str, Any]:
+    return {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+            "content": json.dumps(value), "is_json": True, "__id__": node_id}
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _tree_with_state(edit: Callable[[dict[str, Any]], None]) -> DecisionTreeClassifier:
+    model = DecisionTreeClassifier(random_state=0).fit(X, Y)
+    state = model.tree_.__getstate__()
+    state["nodes"] = state["nodes"].copy()
+    edit(state)
+    model.tree_.__setstate__(state)
+    return model
+
+
+# -- crash the serving process at predict ---------------------------------------------------------
+
+def tree_nodes_beyond_node_count() -> bytes:
+    """node_count says 1 (a leaf) but the node array keeps wild children in the other nodes."""
+    model = DecisionTreeClassifier(random_state=0).fit(X, Y)
+    nodes = model.tree_.__getstate__()["nodes"].copy()
+    nodes["left_child"][1:] = 10**9
+    nodes["right_child"][1:] = 10**9
+
+    def edit(schema: dict[str, Any]) -> None:
+        tree_state = attrs(schema)["tree_"]["content"]["content"]
+        tree_state["node_count"] = json_node(1, 990001)
+
+    data = skops.io.dumps(model)
+    name = _member_of(data, lambda s: attrs(s)["tree_"]["content"]["content"]["nodes"])
+    return rewrite(data, edit, {name: _npy(nodes)})
+
+
+def tree_without_n_features() -> bytes:
+    """No n_features_in_ (so predict checks no width) and a split on feature 2**31-1."""
+    def edit(state: dict[str, Any]) -> None:
+        state["nodes"]["feature"][0] = 2**31 - 1
+    model = _tree_with_state(edit)
+    del model.n_features_in_
+    return skops.io.dumps(model)
+
+
+def tree_below_walk_depth() -> bytes:
+    """A bad tree nested 80 lists deep, where a depth-limited walk never looks."""
+    def edit(state: dict[str, Any]) -> None:
+        state["nodes"]["left_child"][0] = 10**6
+    bad = _tree_with_state(edit)
+    holder: Any = bad
+    for _ in range(80):
+        holder = [holder]
+    model = StandardScaler().fit(X)
+    model.hidden_ = holder
+    return skops.io.dumps(model)
+
+
+def hist_gb_bitset_index() -> bytes:
+    """A categorical split whose bitset index is far past the bitset array."""
+    x = X.copy()
+    x[:, 3] = np.arange(len(x)) % 3
+    model = HistGradientBoostingClassifier(max_iter=2, categorical_features=[3], random_state=0).fit(x, Y)
+    nodes = model._predictors[0][0].nodes
+    inner = np.flatnonzero(nodes["is_leaf"] == 0)[0]
+    nodes["is_categorical"][inner] = 1
+    nodes["bitset_idx"][inner] = 2**31
+    return skops.io.dumps(model)
+
+
+def _svc() -> SVC:
+    return SVC().fit(X, Y)
+
+
+def svc_support_longer() -> bytes:
+    model = _svc()
+    model.support_ = np.concatenate([model.support_, np.arange(1000, dtype=np.int32)])
+    return skops.io.dumps(model)
+
+
+def svc_many_classes() -> bytes:
+    model = _svc()
+    model._n_support = np.ones(5000, dtype=np.int32)
+    return skops.io.dumps(model)
+
+
+def svc_empty_dual() -> bytes:
+    model = _svc()
+    model._dual_coef_ = np.empty((0, 0))
+    return skops.io.dumps(model)
+
+
+def sparse_generic_spmatrix() -> bytes:
+    """A sparse coef_ declared as scipy's generic spmatrix type, indices out of range."""
+    model = LogisticRegression().fit(X, Y)
+    model.coef_ = sparse.csr_matrix((np.ones(1), np.array([10**7]), np.array([0, 1])), shape=(1, 4))
+
+    def edit(schema: dict[str, Any]) -> None:
+        attrs(schema)["coef_"].update({"__class__": "spmatrix", "__module__": "scipy.sparse._matrix"})
+
+    return rewrite(skops.io.dumps(model), edit)
+
+
+def sparse_bad_indices() -> bytes:
+    """The same attack under the honest csr_matrix name: the full format check must catch it."""
+    model = LogisticRegression().fit(X, Y)
+    model.coef_ = sparse.csr_matrix((np.ones(1), np.array([10**7]), np.array([0, 1])), shape=(1, 4))
+    return skops.io.dumps(model)
+
+
+def knn_narrow_fit_x() -> bytes:
+    model = KNeighborsClassifier(algorithm="brute").fit(X, Y)
+    model._fit_X = np.ascontiguousarray(model._fit_X[:, :1])
+    return skops.io.dumps(model)
+
+
+# -- hang or exhaust ------------------------------------------------------------------------------
+
+def audit_bomb(levels: int = 40) -> bytes:
+    """Each level lists the previous one twice by id: skops' recursive type audit doubles per level."""
+    def edit(schema: dict[str, Any]) -> None:
+        base = 880000
+        node: dict[str, Any] = json_node(0, base)
+        for level in range(1, levels + 1):
+            stub = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                    "content": [], "__id__": base + level - 1}
+            first = node
+            node = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                    "content": [first, stub], "__id__": base + level}
+        attrs(schema)["bomb_"] = node
+    return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit)
+
+
+def member_referenced_many_times(copies: int = 300) -> bytes:
+    """One 1 MiB member named by hundreds of distinct arrays (memory grows per reference)."""
+    member = "big.npy"
+
+    def edit(schema: dict[str, Any]) -> None:
+        items = [{"__class__": "ndarray", "__module__": "numpy", "__loader__": "NdArrayNode",
+                  "type": "numpy", "file": member, "__id__": 770000 + i} for i in range(copies)]
+        attrs(schema)["copies_"] = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                                    "content": items, "__id__": 769999}
+    return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit, {member: _npy(np.zeros(1 << 17))})
+
+
+def nested_npz_bomb(megabytes: int = 64) -> bytes:
+    """A sparse member whose inner npz deflates a small payload into a large declared array."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", compression=zipfile.ZIP_DEFLATED) as npz:
+        npz.writestr("data.npy", _npy(np.zeros(megabytes << 17)))
+        npz.writestr("indices.npy", _npy(np.zeros(1, dtype=np.int32)))
+        npz.writestr("indptr.npy", _npy(np.array([0, 1], dtype=np.int32)))
+        npz.writestr("format.npy", _npy(np.array(b"csr")))
+        npz.writestr("shape.npy", _npy(np.array([1, 4])))
+    model = LogisticRegression().fit(X, Y)
+    model.coef_ = sparse.csr_matrix(model.coef_)
+    data = skops.io.dumps(model)
+    name = _member_of(data, lambda s: attrs(s)["coef_"])
+    return rewrite(data, lambda s: None, {name: inner.getvalue()})
+
+
+def nested_pipelines(depth: int = 14) -> bytes:
+    model: Any = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y)
+    for _ in range(depth - 1):
+        model = Pipeline([("inner", model)])
+    return skops.io.dumps(model)
+
+
+def knn_huge_neighbors() -> bytes:
+    model = KNeighborsClassifier(algorithm="brute").fit(X, Y)
+    model.n_neighbors = 10**9
+    return skops.io.dumps(model)
+
+
+# -- read the server's files ----------------------------------------------------------------------
+
+def vectorizer_reads_files() -> bytes:
+    """CountVectorizer(input="filename"): each request string is opened as a path at predict."""
+    texts = ["alpha beta", "beta gamma", "gamma alpha"] * 20
+    model = make_pipeline(CountVectorizer(), LogisticRegression()).fit(texts, Y)
+    # Fitted on content; at predict each request string is opened as a file name.
+    model.steps[0][1].input = "filename"
+    return skops.io.dumps(model)
+
+
+def _member_of(data: bytes, pick: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
+    schema = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("schema.json"))
+    return str(pick(schema)["file"])
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], bytes]
+    refusal: str  # regex the 422 message must match
+    harm: str  # what the archive does when loaded by skops alone (tests/integration/test_fuzz.py)
+    unchecked: str = ""  # the fuzz worker's outcome without these checks, where a test shows it
+    input: str = "X"  # the request batch (tests/fuzz_cases.py INPUTS) sent to predict
+
+
+CASES: dict[str, Case] = {
+    "tree_nodes_beyond_node_count": Case(tree_nodes_beyond_node_count, "node_count 1, capacity", "SIGSEGV at predict", "signal"),
+    "tree_without_n_features": Case(tree_without_n_features, "n_features_in_ is missing", "SIGSEGV at predict", "signal"),
+    "tree_below_walk_depth": Case(tree_below_walk_depth, "out-of-range left child", "hidden from a depth-limited walk"),
+    "hist_gb_bitset_index": Case(hist_gb_bitset_index, "names categorical bitset", "SIGSEGV at predict", "signal"),
+    "svc_support_longer": Case(svc_support_longer, "support_ has shape", "SIGSEGV at predict", "signal"),
+    "svc_many_classes": Case(svc_many_classes, "_n_support .* disagrees", "libsvm class counts that disagree with the model"),
+    "svc_empty_dual": Case(svc_empty_dual, "_dual_coef_ has", "SIGSEGV at predict", "signal"),
+    "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "SIGSEGV at predict", "signal"),
+    "sparse_bad_indices": Case(sparse_bad_indices, "malformed sparse matrix", "SIGSEGV at predict", "signal"),
+    "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads"),
+    "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
+    "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),
+    "nested_npz_bomb": Case(nested_npz_bomb, "zip bomb", "gigabytes inflated before any check"),
+    "nested_pipelines": Case(nested_pipelines, "composites nest deeper than", "minutes of CPU", "timeout"),
+    "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples"),
+    "vectorizer_reads_files": Case(vectorizer_reads_files, "input = 'filename' is not one of", "reads server files at predict", "ok", "PATHS"),
+}

@@ -1,0 +1,143 @@
+"""Runs fuzz samples: one forked, resource-limited child per sample that loads it and predicts.
+
+`python -m tests.fuzz_worker [--unchecked] [--wall S]` reads `SAMPLE_PATH INPUT_KEY` lines on stdin and
+answers one JSON line per sample: outcome (ok, refused, predict-error, load-error, memory,
+signal, timeout) and detail. --unchecked loads with skops alone (what the server did before
+issue 17), to show that crafted archives really hurt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import skops.io  # noqa: E402
+
+from runtime.errors import ModelRefused  # noqa: E402
+from runtime.safe_load import load_model  # noqa: E402
+from tests.fuzz_cases import INPUTS  # noqa: E402
+
+MEMORY_HEADROOM = 1 << 30
+CPU_SECONDS = 10
+WALL_SECONDS = 20.0
+METHODS = ("predict", "predict_proba", "decision_function", "transform")
+CODES = {0: "ok", 10: "refused", 11: "predict-error", 12: "memory", 13: "load-error"}
+
+
+def _virtual_size() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(path: str, key: str, unchecked: bool, report: int) -> int:
+    limit = _virtual_size() + MEMORY_HEADROOM
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    warnings.simplefilter("ignore")
+    with open(path, "rb") as sample:
+        data = sample.read()
+    try:
+        if unchecked:
+            model = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
+        else:
+            model = load_model(data, [])
+    except ModelRefused as exc:
+        os.write(report, str(exc)[:400].encode())
+        return 10
+    except MemoryError:
+        return 12
+    except Exception as exc:  # noqa: BLE001 - any other load failure is a finding of its own
+        os.write(report, f"{type(exc).__name__}: {exc}"[:400].encode())
+        return 10 if unchecked else 13
+    x = INPUTS[key]
+    failed = ""
+    for method in METHODS:
+        try:
+            if hasattr(model, method):
+                getattr(model, method)(x)
+        except MemoryError:
+            return 12
+        except Exception as exc:  # noqa: BLE001 - a Python error at predict is a harmless 4xx/5xx
+            failed = f"{method}: {type(exc).__name__}: {exc}"[:400]
+    os.write(report, failed.encode())
+    return 11 if failed else 0
+
+
+def run_one(path: str, key: str, unchecked: bool, wall: float = WALL_SECONDS) -> dict[str, str]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        code = 13
+        try:
+            code = _child(path, key, unchecked, write)
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + wall
+    status = None
+    while status is None:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = raw
+        elif time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+            return {"outcome": "timeout", "detail": f"over {wall:g} s"}
+        else:
+            time.sleep(0.002)
+    with os.fdopen(read, "rb") as pipe:
+        detail = pipe.read().decode(errors="replace")
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        outcome = "timeout" if sig in (signal.SIGXCPU, signal.SIGKILL) else "signal"
+        return {"outcome": outcome, "detail": signal.Signals(sig).name}
+    return {"outcome": CODES.get(os.WEXITSTATUS(status), "load-error"), "detail": detail}
+
+
+def main() -> None:
+    unchecked = "--unchecked" in sys.argv
+    wall = float(sys.argv[sys.argv.index("--wall") + 1]) if "--wall" in sys.argv else WALL_SECONDS
+    for line in sys.stdin:
+        path, key = line.split()
+        print(json.dumps(run_one(path, key, unchecked, wall)), flush=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_samples(samples: Iterable[tuple[bytes, str]], unchecked: bool = False, wall: float = WALL_SECONDS) -> Iterator[dict[str, str]]:
+    """Feed (skops bytes, input key) samples to one worker process; yield its verdict per sample."""
+    args = [sys.executable, "-m", "tests.fuzz_worker", "--wall", str(wall)] + (["--unchecked"] if unchecked else [])
+    with tempfile.TemporaryDirectory() as scratch, subprocess.Popen(
+        args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        path = Path(scratch) / "sample.skops"
+        for data, key in samples:
+            path.write_bytes(data)
+            worker.stdin.write(f"{path} {key}\n")
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+            if not line:
+                raise RuntimeError("the fuzz worker died")
+            yield json.loads(line)
+        worker.stdin.close()
+
+
+if __name__ == "__main__":
+    main()

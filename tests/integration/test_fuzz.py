@@ -1,0 +1,57 @@
+"""Crafted and mutated archives, each loaded and used in a forked child under memory and CPU limits.
+
+The crafted archives (tests/crafted.py) are first shown to hurt a process that loads them with skops
+alone, so the refusals below are refusals of real attacks. The mutation fuzzer (tests/fuzz_cases.py)
+runs a bounded, seeded number of samples here; scripts/fuzz.py runs many more.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from tests.crafted import CASES
+from tests.fuzz_cases import honest_models, mutate
+from tests.fuzz_worker import run_samples
+
+CI_SAMPLES = 200
+HARMFUL = {"signal", "timeout", "memory", "load-error"}
+
+
+def test_crafted_archives_hurt_a_process_that_loads_them_with_skops_alone() -> None:
+    shown = {name: case for name, case in sorted(CASES.items()) if case.unchecked}
+    results = run_samples(((case.build(), case.input) for case in shown.values()), unchecked=True, wall=5)
+    outcomes = {name: result["outcome"] for name, result in zip(shown, results, strict=True)}
+    assert outcomes == {name: case.unchecked for name, case in shown.items()}
+
+
+def test_crafted_archives_are_refused_in_a_limited_child() -> None:
+    results = run_samples(((case.build(), case.input) for case in CASES.values()), wall=20)
+    outcomes = {name: result["outcome"] for name, result in zip(CASES, results, strict=True)}
+    assert outcomes == dict.fromkeys(CASES, "refused")
+
+
+def test_honest_models_of_every_family_load_and_predict_in_a_limited_child() -> None:
+    honest = honest_models()
+    results = list(run_samples((model.data, model.input) for model in honest))
+    failed = {model.name: r for model, r in zip(honest, results, strict=True) if r["outcome"] != "ok"}
+    assert not failed
+
+
+@pytest.mark.parametrize("seed", [17])
+def test_mutated_dumps_never_crash_hang_or_exhaust_the_loading_process(seed: int) -> None:
+    rng = random.Random(seed)
+    honest = honest_models()
+    samples = []
+    for i in range(CI_SAMPLES):
+        model = honest[i % len(honest)]
+        data, what = mutate(model.data, rng)
+        samples.append((model.name, what, data, model.input))
+    results = list(run_samples((data, key) for _, _, data, key in samples))
+    findings = [(name, what, r) for (name, what, _, _), r in zip(samples, results, strict=True) if r["outcome"] in HARMFUL]
+    counts = Counter(r["outcome"] for r in results)
+    assert not findings, f"{counts}: {findings[:5]}"
+    # The fuzzer must reach past the pre-scan: some samples load and predict.
+    assert counts["ok"] + counts["predict-error"] > CI_SAMPLES // 10, counts

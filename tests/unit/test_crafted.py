@@ -1,0 +1,23 @@
+"""Every attack category of issue 17 is refused at load, with its reason (archives: tests/crafted.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runtime.errors import ModelRefused
+from runtime.safe_load import load_model
+from tests.crafted import CASES
+
+
+@pytest.mark.parametrize("category", sorted(CASES))
+def test_each_crafted_category_is_refused_with_its_reason(category: str) -> None:
+    case = CASES[category]
+    data = case.build()
+    started = time.monotonic()
+    with pytest.raises(ModelRefused, match=case.refusal) as refused:
+        load_model(data, [])
+    assert refused.value.status_code == 422
+    # Refusal is cheap: the archive is never expanded (generous bound, not a benchmark).
+    assert time.monotonic() - started < 20
