@@ -85,3 +85,49 @@ def test_a_crafted_boosted_tree_is_refused() -> None:
 def test_a_non_estimator_is_refused() -> None:
     with pytest.raises(ModelRefused, match="not a scikit-learn estimator"):
         load_model(skops.io.dumps({"a": 1}), [])
+
+
+def test_every_allowlisted_family_round_trips_without_a_false_refusal() -> None:
+    from tests.fuzz_cases import INPUTS, honest_models
+
+    for honest in honest_models():
+        original = skops.io.loads(honest.data, trusted=skops.io.get_untrusted_types(data=honest.data))
+        loaded = load_model(honest.data, [])
+        x = INPUTS[honest.input]
+        method = "predict" if hasattr(original, "predict") else "transform"
+        want, got = getattr(original, method)(x), getattr(loaded, method)(x)
+        want, got = (a.toarray() if hasattr(a, "toarray") else a for a in (want, got))
+        assert np.array_equal(np.asarray(want), np.asarray(got)), honest.name
+
+
+def test_the_walkthrough_and_benchmark_models_load(digits_svm_bytes: bytes) -> None:
+    import joblib
+
+    from bench.run import large_estimator
+
+    digits = joblib.load(io.BytesIO(digits_svm_bytes))
+    assert type(load_model(skops.io.dumps(digits), [])).__name__ == "SVC"
+    knn = large_estimator(1)
+    loaded = load_model(skops.io.dumps(knn), [])
+    assert (loaded.predict(knn._fit_X[:5]) == knn.predict(knn._fit_X[:5])).all()
+
+
+def test_a_type_outside_the_allowlist_loads_only_when_trusted_and_is_named_in_the_refusal() -> None:
+    from sklearn.ensemble import AdaBoostClassifier
+
+    data = skops.io.dumps(AdaBoostClassifier(n_estimators=2).fit(X, Y))
+    with pytest.raises(ModelRefused, match=r"sklearn.ensemble._weight_boosting.AdaBoostClassifier.*trusted_types"):
+        load_model(data, [])
+    loaded = load_model(data, ["sklearn.ensemble._weight_boosting.AdaBoostClassifier"])
+    assert loaded.predict(X).shape == (len(X),)
+
+
+def test_buffers_other_than_bytes_are_read_in_place() -> None:
+    import mmap
+
+    data = skops.io.dumps(SVC().fit(X, Y))
+    for buffer in (bytearray(data), memoryview(data)):
+        assert load_model(buffer, []).predict(X).shape == (len(X),)
+    with mmap.mmap(-1, len(data)) as mapped:
+        mapped.write(data)
+        assert load_model(mapped, []).predict(X).shape == (len(X),)

@@ -62,7 +62,8 @@ def check_metric(metric: Any, width: int) -> None:
     if not (isinstance(p, float) and np.isfinite(p) and p >= 1):
         raise fail(metric, f"p = {p!r} must be a finite number >= 1")
     vec = array(metric, "vec", np.asarray(vec), ndim=1, kinds="f")
-    if len(vec) not in (0, width):
+    # Only Minkowski reads its weights, one per feature, whenever it has any.
+    if type(metric).__name__.startswith("Minkowski") and len(vec) not in (0, width):
         raise fail(metric, f"{len(vec)} weights for {width} features")
     array(metric, "mat", np.asarray(mat), ndim=2, kinds="f")
 
