@@ -109,6 +109,8 @@ def _engine(hash_type: str) -> ms_hashing.StreamingHashEngine:
 def _digests(read: Iterator[bytes | memoryview], size: int, params: dict[str, Any]) -> list[tuple[int, int, ms_hashing.Digest]]:
     """Digests of one file: whole (method `files`) or per shard (method `shards`)."""
     shard = int(params["shard_size"]) if params.get("method") == "shards" else 0
+    if shard and size == 0:
+        return []  # model_signing records no shard for an empty file
     ends = (list(range(shard, size, shard)) + [size]) if shard else [size]
     out = []
     start = 0
@@ -124,7 +126,10 @@ def _digests(read: Iterator[bytes | memoryview], size: int, params: dict[str, An
             piece = pending[:want]
             engine.update(piece)  # type: ignore[arg-type]
             pending, want = pending[len(piece) :], want - len(piece)
-        out.append((start, end, engine.compute()))
+        digest = engine.compute()
+        if shard:  # model_signing names a shard's algorithm after the shard size
+            digest = ms_hashing.Digest(f"{digest.algorithm}-sharded-{shard}", digest.digest_value)
+        out.append((start, end, digest))
         start = end
     return out
 
@@ -202,6 +207,13 @@ def covers_one_file(signed: ms_manifest.Manifest) -> bool:
     return signed_files(signed) == [SINGLE_FILE]
 
 
+def _buffer_items(name: str, data: bytes | bytearray, sha256: str, params: dict[str, Any]) -> list[ms_manifest.ManifestItem]:
+    """Items of the in-memory model file; its sha256, already computed, is reused when it is one."""
+    if params.get("method") == "files" and params.get("hash_type") == "sha256" and sha256:
+        return [ms_manifest.SerializationType.from_args(params).new_item(name, ms_hashing.Digest("sha256", bytes.fromhex(sha256)))]
+    return _items(name, _chunks_of(data), len(data), params)
+
+
 def _items(name: str, data: Iterator[bytes | memoryview], size: int, params: dict[str, Any]) -> list[ms_manifest.ManifestItem]:
     kind = ms_manifest.SerializationType.from_args(params)
     if params.get("method") == "shards":
@@ -235,10 +247,11 @@ def _compare(signed: ms_manifest.Manifest, actual: ms_manifest.Manifest, where: 
     )
 
 
-def check_file(signed: ms_manifest.Manifest, data: bytes | bytearray, name: str) -> None:
-    """A one-file manifest must hold exactly these bytes."""
+def check_file(signed: ms_manifest.Manifest, data: bytes | bytearray, name: str, sha256: str = "") -> None:
+    """A one-file manifest must hold exactly these bytes (`sha256`: theirs, if known)."""
     params = signed.serialization_type
-    actual = ms_manifest.Manifest(signed.model_name, _items(SINGLE_FILE, _chunks_of(data), len(data), params), ms_manifest.SerializationType.from_args(params))
+    items = _buffer_items(SINGLE_FILE, data, sha256, params)
+    actual = ms_manifest.Manifest(signed.model_name, items, ms_manifest.SerializationType.from_args(params))
     if actual != signed:
         raise VerificationFailed(
             f"the signed model-signing manifest does not name this artefact ({name}): it attests to other "
@@ -253,9 +266,11 @@ def check_directory(
     model_bytes: bytes | bytearray,
     ignore_paths: list[str],
     max_bytes: int,
+    model_sha256: str = "",
 ) -> list[str]:
-    """Hash every file of `directory` (the model file from `model_bytes`) and require the signed
-    manifest exactly; return the files verified. `ignore_paths` are relative to `directory`."""
+    """Hash every file of `directory` (the model file from `model_bytes`, whose sha256 may be
+    given) and require the signed manifest exactly; return the files verified. `ignore_paths`
+    are relative to `directory`."""
     params = signed.serialization_type
     ignore = [PurePosixPath(p) for p in list(params.get("ignore_paths") or []) + ignore_paths]
     for path in ignore:
@@ -270,7 +285,7 @@ def check_directory(
     items: list[ms_manifest.ManifestItem] = []
     for relative in files:
         if relative == model_file:
-            size, hashed = len(model_bytes), _items(str(relative), _chunks_of(model_bytes), len(model_bytes), params)
+            size, hashed = len(model_bytes), _buffer_items(str(relative), model_bytes, model_sha256, params)
         else:
             size, hashed = _hash_file(directory / relative, str(relative), budget, params)
         budget -= size

@@ -150,7 +150,7 @@ def verify_artefact(
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
     name = model_file or "artefact"
     if signed_manifest.covers_one_file(signed):
-        signed_manifest.check_file(signed, artefact, name)
+        signed_manifest.check_file(signed, artefact, name, digest)
         files = [model_file or signed_manifest.SINGLE_FILE]
     elif directory is None:
         covered = signed_manifest.signed_files(signed)
@@ -160,7 +160,7 @@ def verify_artefact(
         )
     else:
         files = signed_manifest.check_directory(
-            signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes
+            signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest
         )
     return Verified(
         artefact_sha256=digest,

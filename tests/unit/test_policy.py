@@ -3,17 +3,19 @@
 import dataclasses
 import datetime
 import re
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from mlserver.settings import ModelParameters, ModelSettings
 from sigstore.errors import VerificationError
 
 from loader._internal.policy import Signer, certificate_facts, describe_certificate
-from loader.errors import BadRequest
+from loader._internal.verify import TrustRoots, Verified, production_root_file, verify_artefact
+from loader.errors import BadRequest, VerificationFailed
 from loader.proto.v1 import loader_pb2
 from runtime.client import build_request
 from runtime.errors import ModelRefused
@@ -67,8 +69,6 @@ def test_the_three_shapes_of_a_signer_have_the_same_fields() -> None:
     proto = [f.name for f in loader_pb2.Signer.DESCRIPTOR.fields]
     assert sorted(proto) == sorted(SignerPolicy.model_fields) == sorted(f.name for f in dataclasses.fields(Signer))
     facts = {f.name for f in loader_pb2.VerificationFacts.DESCRIPTOR.fields}
-    from loader._internal.verify import Verified
-
     assert facts == {f.name for f in dataclasses.fields(Verified)}
 
 
@@ -174,3 +174,60 @@ def test_the_v2_issuer_extension_is_decoded_as_der(release_cert: x509.Certificat
     der = b"\x0c\x81" + bytes([len(long_issuer)]) + long_issuer.encode()
     cert = _certificate(x509.RFC822Name("a@example.com"), {"1.3.6.1.4.1.57264.1.8": der})
     assert certificate_facts(cert) == {"identity": "a@example.com", "issuer": long_issuer}
+
+
+# --- model-signing manifests, compared in process with what lies in the directory ---
+
+
+@pytest.fixture(scope="module")
+def release_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrustRoots]:
+    from loader._internal.keys import SigningKeys
+
+    folder = tmp_path_factory.mktemp("keys")
+    key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "release.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "release.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    roots = TrustRoots({"production": production_root_file()}, "production", SigningKeys({"release": folder / "release.pub"}))
+    return folder / "release.key", roots
+
+
+@pytest.mark.parametrize(
+    "hashing",
+    [
+        {"hashing_algorithm": "sha256"},
+        {"hashing_algorithm": "blake2", "shard_size": 1000, "serialization": "shards"},
+        {"hashing_algorithm": "blake3"},
+    ],
+    ids=["sha256-files", "blake2-shards", "blake3-files"],
+)
+def test_a_directory_manifest_is_matched_file_by_file(tmp_path: Path, release_key: tuple[Path, TrustRoots], hashing: dict) -> None:
+    import model_signing
+
+    key, roots = release_key
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "model.joblib").write_bytes(bytes(range(256)) * 20)
+    (model / "sub" / "vocab.txt").write_text("a\nb\n")
+    (model / "empty").write_bytes(b"")
+    config = model_signing.hashing.Config()
+    if hashing.pop("serialization", "files") == "shards":
+        config = config.use_shard_serialization(**hashing)
+    else:
+        config = config.use_file_serialization(**hashing)
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=key).set_hashing_config(config).sign(model, tmp_path / "model.sig")
+    bundle = (tmp_path / "model.sig").read_bytes()
+
+    def verify() -> Verified:
+        data = (model / "model.joblib").read_bytes()
+        return verify_artefact(data, bundle, [Signer(key="release")], roots, directory=model, model_file="model.joblib")
+
+    assert sorted(verify().verified_files) == ["empty", "model.joblib", "sub/vocab.txt"]
+    (model / "sub" / "vocab.txt").write_text("a\nc\n")
+    with pytest.raises(VerificationFailed, match=r"changed since signing: sub/vocab\.txt"):
+        verify()
+    (model / "sub" / "vocab.txt").unlink()
+    with pytest.raises(VerificationFailed, match=r"signed but missing: sub/vocab\.txt"):
+        verify()
+    (model / "sub" / "vocab.txt").symlink_to(model / "empty")
+    with pytest.raises(VerificationFailed, match="symbolic link"):
+        verify()
