@@ -13,7 +13,8 @@ import pytest
 from mlserver.codecs import CodecError
 from mlserver.errors import InferenceError
 from mlserver.settings import ModelParameters, ModelSettings
-from mlserver.types import InferenceRequest, RequestInput, RequestOutput
+from mlserver.types import InferenceRequest, InferenceResponse, RequestInput, RequestOutput
+from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import (
     PREDICT_FN_KEY,
     PREDICT_OUTPUT,
@@ -50,9 +51,27 @@ def make_model(models_root: Path, authority: Authority, loader: LoaderProcess, r
         )
         model = SigstoreModel(settings)
         assert run(model.load())
+        # The same file served by MLServer's own runtime, to compare every response with.
+        plain = SKLearnModel(
+            ModelSettings(name=folder.name, implementation=SKLearnModel, parameters=ModelParameters(uri=settings.parameters.uri, version="v1.2.3", extra=extra or {}))
+        )
+        assert run(plain.load())
+        PLAIN[id(model)] = plain
         return model
 
     return make
+
+
+PLAIN: dict[int, SKLearnModel] = {}
+
+
+def predict_like_plain(model: SigstoreModel, request: InferenceRequest) -> InferenceResponse:
+    """Predict with SigstoreModel and with plain SKLearnModel on the same file: the outputs must match."""
+    ours = run(model.predict(request.model_copy(deep=True)))
+    theirs = run(PLAIN[id(model)].predict(request.model_copy(deep=True)))
+    assert [o.model_dump() for o in ours.outputs] == [o.model_dump() for o in theirs.outputs]
+    assert ours.parameters == theirs.parameters
+    return ours
 
 
 def _classifier() -> DummyClassifier:
@@ -131,7 +150,7 @@ def test_invalid_output_error(make_model) -> None:  # type: ignore[no-untyped-de
 def test_predict(make_model, outputs: list[str]) -> None:  # type: ignore[no-untyped-def]
     request = _request()
     request.outputs = [RequestOutput(name=o) for o in outputs]
-    response = run(make_model(_classifier()).predict(request))
+    response = predict_like_plain(make_model(_classifier()), request)
     expected = outputs or [PREDICT_OUTPUT]
     assert [o.name for o in response.outputs] == expected
     assert all(o.shape[0] == 3 for o in response.outputs)
@@ -141,7 +160,7 @@ def test_predict(make_model, outputs: list[str]) -> None:  # type: ignore[no-unt
 def test_pandas_predict(make_model, outputs: list[str]) -> None:  # type: ignore[no-untyped-def]
     request = _pandas_request()
     request.outputs = [RequestOutput(name=o) for o in outputs]
-    response = run(make_model(_pandas_pipeline()).predict(request))
+    response = predict_like_plain(make_model(_pandas_pipeline()), request)
     assert [o.name for o in response.outputs] == (outputs or [PREDICT_OUTPUT])
     assert response.outputs[0].shape[0] == 1
 
@@ -163,8 +182,45 @@ def test_no_predict_proba_for_regression_pipelines(make_model) -> None:  # type:
 def test_predict_fn_transform(make_model) -> None:  # type: ignore[no-untyped-def]
     x, y = _frame()
     model = make_model(_preprocessor().fit(x, y), extra={PREDICT_FN_KEY: PREDICT_TRANSFORM})
-    response = run(model.predict(_pandas_request()))
+    response = predict_like_plain(model, _pandas_request())
     assert response.outputs[0].name == PREDICT_TRANSFORM
+    # One row in; one column for "a" plus one per category of "op" out.
+    assert response.outputs[0].shape == [1, 3]
+
+
+def test_predict_fn_transform_output_shape(make_model) -> None:  # type: ignore[no-untyped-def]
+    model = make_model(StandardScaler().fit(np.random.rand(5, 1)), extra={PREDICT_FN_KEY: PREDICT_TRANSFORM})
+    response = predict_like_plain(model, _request())
+    assert response.outputs[0].name == PREDICT_TRANSFORM and response.outputs[0].shape == [3, 1]
+
+
+def _dataframe_regressor() -> Pipeline:
+    """A pipeline whose transform returns a DataFrame (scikit-learn's set_output API)."""
+    x, y = _frame()
+    dense = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["op"])])
+    return Pipeline([("preprocessor", dense)]).set_output(transform="pandas").fit(x, y)
+
+
+def test_dataframe_output_transform(make_model) -> None:  # type: ignore[no-untyped-def]
+    """MLServer encodes a DataFrame result column by column (PandasCodec): so does SigstoreModel."""
+    model = make_model(_dataframe_regressor(), extra={PREDICT_FN_KEY: PREDICT_TRANSFORM})
+    response = predict_like_plain(model, _pandas_request())
+    assert [o.name for o in response.outputs] == ["num__a", "cat__op_+", "cat__op_-"]
+    assert all(o.shape == [1, 1] for o in response.outputs)
+
+
+@pytest.mark.parametrize("outputs", [[], [PREDICT_OUTPUT]])
+def test_dataframe_output_predict(make_model, outputs: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """A pipeline predicting from a DataFrame input, with and without named outputs."""
+    request = _pandas_request()
+    request.outputs = [RequestOutput(name=o) for o in outputs]
+    response = predict_like_plain(make_model(_pandas_pipeline()), request)
+    assert response.outputs[0].name == PREDICT_OUTPUT
+
+
+# Custom estimator classes (your own modules) are not in skops' default trust or the runtime's
+# allowlist: list them in parameters.extra.sigstore.trusted_types, and only if you trust their
+# code (see docs/adversarial.md). Plain SKLearnModel would import and run them unasked.
 
 
 def test_python_beside_the_artefact_refuses_the_load(models_root: Path, authority: Authority, loader: LoaderProcess) -> None:
