@@ -6,6 +6,7 @@ trust. Each entry becomes a model_signing verifier once, at start.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from cryptography import x509
@@ -48,7 +49,20 @@ def _authority_verifier(name: str, path: Path) -> signing.Verifier:
         raise KeyConfigError(f"certificate authority {name!r}: {path} holds no PEM certificate") from None
     if not certificates:
         raise KeyConfigError(f"certificate authority {name!r}: {path} holds no PEM certificate")
-    return sign_certificate.Verifier([path])
+    return _OneAtATime(sign_certificate.Verifier([path]))
+
+
+class _OneAtATime(signing.Verifier):
+    """model_signing's certificate verifier sets the verification time on its shared X.509
+    store for each bundle; concurrent loads must not see each other's time."""
+
+    def __init__(self, inner: signing.Verifier) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def _verify_signed_content(self, signature: signing.Signature) -> tuple[str, bytes]:
+        with self._lock:
+            return self._inner._verify_signed_content(signature)
 
 
 class SigningKeys:
