@@ -109,7 +109,9 @@ TECHNIQUES: dict[str, Technique] = {
     "importlib-getattr-chain": Technique(lambda t: hostile.reported(hostile.import_chain_call(f"touch {t.canary}"), "import chain"), "canary", (SPAWN_FAILED, SIGSYS)),
     "reduce-subprocess": Technique(lambda t: hostile.run_python(f"import subprocess; subprocess.run(['touch', {t.canary!r}])"), "canary", (EPERM, SIGSYS)),
     "reduce-runpy": Technique(lambda t: hostile.run_python(f"import runpy, sys; sys.argv = ['zipfile', '-c', {t.canary!r}, '/etc/hostname']; runpy.run_module('zipfile', run_name='__main__', alter_sys=True)"), "canary", (EPERM, SIGSYS)),
-    "pip-install": Technique(lambda t: hostile.run_python(_pip(t)), "canary", (EPERM, SIGSYS)),
+    # Where the child's filesystem view leaves pip out (the control shows the image has it),
+    # importing it fails before pip can try anything.
+    "pip-install": Technique(lambda t: hostile.run_python(_pip(t)), "canary", (EPERM, SIGSYS, "No module named 'pip._internal'")),
     "object-array-nested-pickle": Technique(lambda t: hostile.object_array(f"touch {t.canary}"), "canary", (EPERM, SIGSYS)),
     "joblib-zlib": Technique(lambda t: hostile.compressed("zlib", f"touch {t.canary}"), "canary", (EPERM, SIGSYS)),
     "joblib-gzip": Technique(lambda t: hostile.compressed("gzip", f"touch {t.canary}"), "canary", (EPERM, SIGSYS)),
@@ -128,7 +130,7 @@ TECHNIQUES: dict[str, Technique] = {
     "ptrace-parent": Technique(lambda t: hostile.run_python("import ctypes, os\nr = ctypes.CDLL(None, use_errno=True).ptrace(0x4206, os.getppid(), 0, 0)\nif r == 0: " + _fire("r") + "\nraise OSError(ctypes.get_errno(), 'ptrace returned ' + str(r))"), "value", ("ptrace returned -1", SIGSYS)),
     "signal-parent": Technique(lambda t: hostile.run_python(f"import os, signal; os.kill(os.getppid(), signal.SIGCONT); {_fire('1')}"), "value", (EPERM, SIGSYS)),
     # Secrets: the environment of the parent and of the child itself.
-    "read-parent-environ": Technique(lambda t: hostile.run_python(f"data = open('/proc/' + str(__import__('os').getppid()) + '/environ').read(); {_fire('len(data)')}"), "value", ("PermissionError: [Errno 13] Permission denied", SIGSYS)),
+    "read-parent-environ": Technique(lambda t: hostile.run_python(f"ppid = open('/proc/self/status').read().split('PPid:')[1].split()[0]; data = open('/proc/' + ppid + '/environ').read(); {_fire('len(data)')}"), "value", ("PermissionError: [Errno 13] Permission denied", SIGSYS)),
     # Resource exhaustion: the sandbox's limits must stop these; unconfined they keep going.
     "memory-bomb": Technique(lambda t: hostile.run_python("x = []\nwhile True: x.append(bytearray(10**7))"), "memory", ("memory limit",)),
     "cpu-loop": Technique(lambda t: hostile.run_python("while True: pass"), "running", ("CPU-time limit",), control_seconds=5),

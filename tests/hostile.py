@@ -218,22 +218,16 @@ def hostile_skops(command: str) -> bytes:
 def forged_result(skops_bytes: bytes) -> bytes:
     """Writes its own bytes as the conversion result and reports success to the loader.
 
-    Finds the result memfd by its name in /proc/self/fd (or a PassedFd object) and the status
-    pipe among the live multiprocessing Connections.
+    The result memfd is the one regular file among the child's descriptors that takes a write
+    (the artefact's is sealed); the status pipe is among the live multiprocessing Connections.
     """
     return run_python(
-        "import gc, json, os\n"
+        "import gc, json, os, stat\n"
         "from multiprocessing.connection import Connection\n"
         f"data = {skops_bytes!r}\n"
-        "fds = [o.fd for o in gc.get_objects() if type(o).__name__ == 'PassedFd']\n"
-        "for name in os.listdir('/proc/self/fd'):\n"
+        "for fd in range(3, 256):\n"
         "    try:\n"
-        "        if 'skops-result' in os.readlink('/proc/self/fd/' + name): fds.append(int(name))\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "for fd in fds:\n"
-        "    try:\n"
-        "        os.pwrite(fd, data, 0)\n"  # the result memfd takes it; the sealed artefact does not
+        "        if stat.S_ISREG(os.fstat(fd).st_mode) and os.lseek(fd, 0, 0) == 0: os.write(fd, data)\n"
         "    except OSError:\n"
         "        pass\n"
         "for c in [o for o in gc.get_objects() if isinstance(o, Connection) and o.writable]:\n"

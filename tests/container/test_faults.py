@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from mlserver.errors import MLServerError
@@ -25,21 +26,50 @@ def test_loader_killed_mid_load_then_restarted(docker_client: docker.DockerClien
     with running_loader(docker_client, authority) as lc:
         monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(lc.models))
         slow = lc.model("slow", hostile.run_python("import time; time.sleep(3600)"), authority)
-        killer = threading.Timer(1.5, lambda: lc.container.kill())
+        landed: list[str] = []
+
+        def kill_mid_load() -> None:
+            # Kill only once the payload runs: a process of the container sleeps in nanosleep,
+            # which only the unpickling child does (the loader waits in poll/recvmsg/futex).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not landed:
+                landed.extend(_sleeping_in_container(lc))
+                time.sleep(0.1)
+            killed_at.append(time.monotonic())
+            lc.container.kill()
+
+        killed_at: list[float] = []
+        killer = threading.Thread(target=kill_mid_load)
         killer.start()
-        started = time.monotonic()
         with pytest.raises(ModelRefused) as exc:
             asyncio.run(slow.load())
-        elapsed = time.monotonic() - started
+        refused_at = time.monotonic()
         killer.join()
+        assert landed, "the kill did not land while the payload was being unpickled"
         assert exc.value.status_code == 503 and "UNAVAILABLE" in str(exc.value), str(exc.value)
-        assert elapsed < 15, f"the refusal took {elapsed:.1f} s"
+        assert refused_at - killed_at[0] < 15, f"the refusal came {refused_at - killed_at[0]:.1f} s after the kill"
+        # The loader never logged a verdict for it: the load was cut off mid-way.
+        logs = lc.container.logs(stdout=False, stderr=True).decode(errors="replace")
+        assert '"artefact": "slow/model.joblib"' not in logs, logs[-2000:]
         # Restart the same container: the same model object loads without restarting anything.
         (lc.socket_dir / "loader.sock").unlink(missing_ok=True)
         lc.container.start()
         wait_for_health(lc.endpoint, timeout=90)
         good = lc.model("good", digits_svm_bytes, authority)
         assert asyncio.run(good.load())
+
+
+def _sleeping_in_container(lc: LoaderContainer) -> list[str]:
+    """Host PIDs of the container's processes blocked in nanosleep (read from the host's /proc)."""
+    found = []
+    for row in lc.container.top(ps_args="-eo pid")["Processes"] or []:
+        try:
+            wchan = Path(f"/proc/{row[0]}/wchan").read_text()
+        except OSError:
+            continue
+        if "nanosleep" in wchan:
+            found.append(row[0])
+    return found
 
 
 def test_socket_removed_gives_a_clear_error(docker_client: docker.DockerClient, authority: Authority, digits_svm_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from sklearn import datasets
 
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from tests import hostile
-from tests.container.conftest import LoaderContainer
+from tests.container.conftest import ControlContainer, LoaderContainer
 from tests.support import SIGNER, Authority
 
 DIGITS = datasets.load_digits()
@@ -55,42 +55,26 @@ def test_the_sandbox_has_only_loopback_and_a_read_only_root(loader_container: Lo
     assert out.split() == ["10001", "0000000000000000"]
 
 
-@pytest.mark.parametrize(
-    ("name", "syscall"),
-    [("io_uring_setup", 425), ("userfaultfd", 323), ("bpf", 321), ("perf_event_open", 298), ("keyctl", 250), ("unshare", 272)],
-)
-def test_the_container_seccomp_profile_denies_kernel_surface(loader_container: LoaderContainer, name: str, syscall: int) -> None:
-    code, out = loader_container.exec_python(
-        f"import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall({syscall}, 0, 0, 0, 0, 0, 0); "
-        "print(r, os.strerror(ctypes.get_errno()))"
+# bpf needs CAP_BPF even with no profile at all, so it cannot fire for the loader's user: it is
+# proven in the host tier (the child as root) instead.
+KERNEL_SURFACE = sorted(set(hostile.SYSCALL_PROBES) - {"bpf"})
+
+
+def _probe(name: str) -> str:
+    return (
+        "import ctypes, os, struct; libc = ctypes.CDLL(None, use_errno=True); "
+        f"r = {hostile.SYSCALL_PROBES[name]}; print(r, os.strerror(ctypes.get_errno()) if r < 0 else 'ok')"
     )
-    assert code == 0
-    assert out.strip() == "-1 Operation not permitted", f"{name}: {out}"
 
 
-CONTAINED = {
-    "os-system": (hostile.os_system("env > /tmp/pwnd.txt; env > /run/loader/pwnd.txt"), "not a scikit-learn estimator"),
-    "write-socket-volume": (hostile.run_python("open('/run/loader/pwnd.txt', 'w')"), "Operation not permitted"),
-    "write-scratch": (hostile.run_python("open('/tmp/pwnd.txt', 'w')"), "Operation not permitted"),
-    "replace-socket": (hostile.run_python("import os; os.unlink('/run/loader/loader.sock')"), "Operation not permitted"),
-    "socket": (hostile.run_python("import socket; socket.socket(socket.AF_UNIX)"), "Operation not permitted"),
-    "io-uring-in-child": (hostile.run_python("import ctypes, os\nr = ctypes.CDLL(None, use_errno=True).syscall(425, 0, 0)\nraise OSError(ctypes.get_errno(), 'io_uring_setup ' + str(r))"), "io_uring_setup -1"),
-    "fork-bomb": (hostile.run_python("import os\nwhile True: os.fork()"), "Operation not permitted"),
-    "pip-install": (hostile.run_python("import subprocess; subprocess.run(['pip', 'install', 'requests'])"), "Operation not permitted"),
-}
+@pytest.mark.parametrize("name", KERNEL_SURFACE)
+def test_the_container_seccomp_profile_denies_kernel_surface(loader_container: LoaderContainer, control_container: ControlContainer, name: str) -> None:
+    """The loader's own profile (as compose runs it) denies syscalls that work without it.
 
-
-@pytest.mark.parametrize("case", sorted(CONTAINED))
-def test_hostile_pickles_are_contained_inside_the_container(loader_container: LoaderContainer, authority: Authority, digits_svm_bytes: bytes, case: str) -> None:
-    payload, words = CONTAINED[case]
-    with pytest.raises(grpc.RpcError) as exc:
-        call(loader_container, loader_container.put(f"hostile-{case}", payload, authority), authority)
-    assert words in exc.value.details()
-    assert not (loader_container.socket_dir / "pwnd.txt").exists()
-    assert (loader_container.socket_dir / "loader.sock").exists()
-    code, out = loader_container.exec_python("import os; print(os.listdir('/tmp'))")
-    assert "pwnd.txt" not in out
-    loader_container.container.reload()
-    assert loader_container.container.status == "running"
-    header, _ = call(loader_container, loader_container.put("good-again", digits_svm_bytes, authority), authority)
-    assert header.size > 0
+    Control: the same call, same image and user, no capabilities, no seccomp profile, succeeds.
+    """
+    control = control_container.container.exec_run(["python", "-c", _probe(name)], user="10001:10000")
+    assert control.exit_code == 0 and control.output.decode().split()[0].isdigit(), f"{name} did not succeed unconfined: {control.output!r}"
+    code, out = loader_container.exec_python(_probe(name))
+    # EPERM from the profile, or (default-deny profiles that kill) the process killed by SIGSYS.
+    assert (code == 0 and out.strip() == "-1 Operation not permitted") or code in (-31, 159), f"{name}: exit {code}, {out}"
