@@ -22,7 +22,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
@@ -169,6 +169,14 @@ def knn_narrow_fit_x() -> bytes:
     return skops.io.dumps(model)
 
 
+def onehot_infrequent_mapping() -> bytes:
+    """Infrequent-category grouping that maps categories past the feature's output columns."""
+    codes = np.random.default_rng(0).integers(0, 6, (200, 4)).astype(float)
+    model = OneHotEncoder(max_categories=3, sparse_output=False).fit(codes)
+    model._default_to_infrequent_mappings[0][:] = 10**6
+    return skops.io.dumps(model)
+
+
 # -- hang or exhaust ------------------------------------------------------------------------------
 
 def audit_bomb(levels: int = 40) -> bytes:
@@ -263,6 +271,7 @@ CASES: dict[str, Case] = {
     "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "SIGSEGV at predict", "signal"),
     "sparse_bad_indices": Case(sparse_bad_indices, "malformed sparse matrix", "SIGSEGV at predict", "signal"),
     "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads"),
+    "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "SIGSEGV at transform", "signal", "XC"),
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),
     "nested_npz_bomb": Case(nested_npz_bomb, "zip bomb", "gigabytes inflated before any check"),

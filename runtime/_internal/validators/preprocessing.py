@@ -43,6 +43,28 @@ def _encoder(est: Any, features: int) -> None:
         stored = getattr(est, "_n_features_outs", None)
         if stored != est._compute_n_features_outs():
             raise fail(est, "_n_features_outs disagrees with categories_")
+        _onehot_columns(est, categories, stored)
+
+
+def _onehot_columns(est: Any, categories: list[Any], outs: list[int]) -> None:
+    """Every category index transform can emit (after infrequent grouping and drop) stays inside
+    its feature's output columns: otherwise the sparse result holds out-of-range indices."""
+    mappings = getattr(est, "_default_to_infrequent_mappings", None) if est._infrequent_enabled else None
+    drop = getattr(est, "_drop_idx_after_grouping", None)
+    if mappings is not None and (not isinstance(mappings, list) or len(mappings) != len(categories)):
+        raise fail(est, "infrequent-category mappings do not cover every feature")
+    if drop is not None:
+        drop = array(est, "_drop_idx_after_grouping", shape=(len(categories),), kinds="iuO")
+    for i, cats in enumerate(categories):
+        values = np.arange(len(cats))
+        if mappings is not None and mappings[i] is not None:
+            values = array(est, f"_default_to_infrequent_mappings[{i}]", mappings[i], shape=(len(cats),), kinds="iu").astype(np.int64)
+        if drop is not None and drop[i] is not None:
+            dropped = int(drop[i])
+            values = values[values != dropped]
+            values = np.where(values > dropped, values - 1, values)
+        if values.size and (int(values.min()) < 0 or int(values.max()) >= outs[i]):
+            raise fail(est, f"feature {i} maps categories outside its {outs[i]} output columns")
 
 
 def validate(est: Any) -> None:

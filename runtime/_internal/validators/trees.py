@@ -115,6 +115,12 @@ def check_gradient_boosting(est: Any) -> None:
         raise fail(est, f"init_ is a {type(init).__name__}; only 'zero' or a Dummy estimator is accepted")
     if is_classifier(est) and init != "zero" and len(getattr(init, "classes_", [])) != n_classes:
         raise fail(est, "init_ disagrees with the number of classes")
+    # predict_stages writes one raw-prediction column per tree of an iteration, into columns
+    # sized by the loss and init_: they must be at least as many.
+    if per_iteration > 1 and init != "zero":
+        if not getattr(getattr(est, "_loss", None), "is_multiclass", False):
+            raise fail(est, "several trees per iteration need a multiclass loss")
+        array(init, "class_prior_", shape=(per_iteration,), kinds="f")
     in_range(est, "estimators_ shape", np.asarray(stages.shape), 1, MAX_ESTIMATORS + 1)
 
 
