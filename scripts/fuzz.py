@@ -32,15 +32,22 @@ HARMFUL = ("signal", "timeout", "memory", "load-error")
 def _shard(worker: int, workers: int, samples: int, seed: int, out: Path, counts: Counter, findings: list, lock: threading.Lock) -> None:
     rng = random.Random(seed * 1000 + worker)
     honest = honest_models()
-    batch = []
-    for i in range(worker, samples, workers):
-        model = honest[i % len(honest)]
-        data, what = mutate(model.data, rng)
-        batch.append((i, model, what, data))
-    results = run_samples((data, model.input) for _, model, _, data in batch)
-    for (i, model, what, data), result in zip(batch, results, strict=True):
+    current: list = []
+
+    def generate():  # one sample at a time: a long run never holds its samples in memory
+        for i in range(worker, samples, workers):
+            model = honest[i % len(honest)]
+            data, what = mutate(model.data, rng)
+            current[:] = [i, model, what, data]
+            yield data, model.input
+
+    for result in run_samples(generate()):
+        i, model, what, data = current
         with lock:
             counts[result["outcome"]] += 1
+            done = sum(counts.values())
+            if done % 1000 == 0:
+                print(f"{done} samples: {dict(counts)}", flush=True)
             if result["outcome"] in HARMFUL:
                 path = out / f"finding-{i}-{model.name}.skops"
                 path.write_bytes(data)

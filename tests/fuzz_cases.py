@@ -84,7 +84,8 @@ def _fitted() -> Iterator[tuple[str, Any, Any]]:
                   preprocessing.RobustScaler(), preprocessing.Normalizer(), impute.SimpleImputer(),
                   decomposition.PCA(2), preprocessing.PolynomialFeatures(2)):
         yield type(model).__name__, model.fit(X), X
-    for model in (preprocessing.OneHotEncoder(handle_unknown="ignore"), preprocessing.OrdinalEncoder()):
+    for model in (preprocessing.OneHotEncoder(handle_unknown="ignore"), preprocessing.OrdinalEncoder(),
+                  preprocessing.OneHotEncoder(max_categories=2, drop="first", sparse_output=False)):
         yield type(model).__name__, model.fit(XC), XC
     for model in (text.CountVectorizer(), text.TfidfVectorizer(ngram_range=(1, 2)), text.HashingVectorizer(n_features=64)):
         yield type(model).__name__, model.fit(TEXTS), TEXTS
