@@ -10,6 +10,7 @@ reads only length-capped byte messages from a child: nothing it sends is unpickl
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import multiprocessing
 import os
@@ -102,8 +103,8 @@ class _CappedReader:
             if len(self._kept) < self._cap:
                 self._kept += chunk[: self._cap - len(self._kept)]
 
-    def text(self) -> str:
-        self._thread.join(0.2)
+    def text(self, wait: float = 0.2) -> str:
+        self._thread.join(wait)
         return bytes(self._kept).decode(errors="replace")
 
     def close(self) -> None:
@@ -250,25 +251,35 @@ class Sandbox:
             if header is None:
                 raise self._died(child)
             meta = self._parse(header)
-            # The child is done with the result once it is gone; seal it only then.
-            child.proc.join(5)
-            if child.proc.is_alive():
-                raise UnpicklingFailed("the confined child did not exit after reporting its result")
-            size = os.fstat(sink).st_size
-            if size > limits.max_result_bytes:
-                raise LimitExceeded(f"the converted model is {size} bytes; the limit is {limits.max_result_bytes}")
-            model = seal(sink)
+            # The child has nothing left to do: end it now rather than wait for it to exit. Once
+            # sealed, the result cannot change, even through a descriptor the child still holds.
+            child.proc.kill()
+            model = self._seal(sink, child)
             sink = -1
+            if model.size > limits.max_result_bytes:
+                raise LimitExceeded(f"the converted model is {model.size} bytes; the limit is {limits.max_result_bytes}")
             untrusted = meta.get("untrusted_types", [])
             if not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted):
                 raise UnpicklingFailed("the confined child reported malformed type information")
             timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
             timings["child_total"] = time.perf_counter() - started
-            return Converted(model, untrusted, timings, child.output.text())
+            return Converted(model, untrusted, timings, child.output.text(wait=0))
         finally:
-            child.discard()
+            # Reaping a large child takes a while (its address space is torn down): not on this path.
+            threading.Thread(target=child.discard, daemon=True, name="child-reaper").start()
             if sink >= 0:
                 os.close(sink)
+
+    @staticmethod
+    def _seal(sink: int, child: _Child) -> SealedFile:
+        try:
+            return seal(sink)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+        # The child mapped the result writable: the seal holds once that mapping is gone.
+        child.proc.join(5)
+        return seal(sink)
 
     def _parse(self, header: bytes) -> dict[str, Any]:
         try:

@@ -211,8 +211,12 @@ def test_each_child_serves_one_artefact_and_the_pool_refills(pool: Sandbox, digi
         ready = set(_waiting(pool))
         converted = pool.convert(_sealed(digits_svm_bytes))
         assert converted.size > 0 and converted.timings["child_total"] > 0
-        gone = {pid for pid in ready if not Path(f"/proc/{pid}").exists()}
-        used |= gone
+        (taken,) = ready - set(_waiting(pool))
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{taken}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{taken}").exists(), "the child that served an artefact is still there"
+        used.add(taken)
         deadline = time.monotonic() + 30
         while len(pool._ready) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
