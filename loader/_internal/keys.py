@@ -33,8 +33,9 @@ def _read(kind: str, name: str, path: Path) -> bytes:
 
 
 def _key_verifier(name: str, path: Path) -> signing.Verifier:
+    data = _read("public key", name, path)
     try:
-        key = serialization.load_pem_public_key(_read("public key", name, path))
+        key = serialization.load_pem_public_key(data)
     except ValueError:
         raise KeyConfigError(f"public key {name!r}: {path} is not a PEM public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
@@ -43,8 +44,9 @@ def _key_verifier(name: str, path: Path) -> signing.Verifier:
 
 
 def _authority_verifier(name: str, path: Path) -> signing.Verifier:
+    data = _read("certificate authority", name, path)
     try:
-        certificates = x509.load_pem_x509_certificates(_read("certificate authority", name, path))
+        certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise KeyConfigError(f"certificate authority {name!r}: {path} holds no PEM certificate") from None
     if not certificates:

@@ -231,3 +231,23 @@ def test_a_directory_manifest_is_matched_file_by_file(tmp_path: Path, release_ke
     (model / "sub" / "vocab.txt").symlink_to(model / "empty")
     with pytest.raises(VerificationFailed, match="symbolic link"):
         verify()
+
+
+def test_keys_and_cas_are_checked_at_start_and_picked_by_name(tmp_path: Path, release_key: tuple[Path, TrustRoots]) -> None:
+    from loader._internal.keys import KeyConfigError, SigningKeys
+
+    _, roots = release_key
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
+    (tmp_path / "p521.pub").write_bytes(p521.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "empty.pem").write_text("")
+    for keys, authorities, words in [
+        ({"k": tmp_path / "missing.pub"}, {}, "does not exist"),
+        ({"k": tmp_path / "p521.pub"}, {}, "not an EC P-256 or P-384 public key"),
+        ({}, {"ca": tmp_path / "empty.pem"}, "holds no PEM certificate"),
+    ]:
+        with pytest.raises(KeyConfigError, match=words):
+            SigningKeys(keys, authorities)
+    with pytest.raises(BadRequest, match=r"unknown public key 'other'; this loader is configured with \['release'\]"):
+        roots.keys.key("other")
+    with pytest.raises(BadRequest, match="unknown certificate authority 'acme'"):
+        roots.keys.authority("acme")
