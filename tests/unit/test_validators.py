@@ -1,0 +1,137 @@
+"""One structural violation per family validator is refused with a message naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
+
+from runtime.errors import ModelRefused
+from runtime.safe_load import load_model
+
+X = np.random.default_rng(1).normal(size=(50, 4))
+Y = (X[:, 0] > 0).astype(int)
+Y3 = np.arange(50) % 3
+TEXTS = ["red fish", "blue fish", "one fish", "two fish"] * 5
+
+
+def _set(model: Any, **changes: Any) -> Any:
+    for name, value in changes.items():
+        setattr(model, name, value)
+    return model
+
+
+def _linear() -> Any:
+    return _set(LogisticRegression().fit(X, Y), coef_=np.zeros((1, 7)))
+
+
+def _ridge_intercept() -> Any:
+    return _set(Ridge().fit(X, np.c_[Y, Y]), intercept_=np.zeros(5))
+
+
+def _svr() -> Any:
+    model = SVR().fit(X, X[:, 0])
+    return _set(model, support_vectors_=np.ascontiguousarray(model.support_vectors_[:, :2]))
+
+
+def _forest_member() -> Any:
+    model = RandomForestClassifier(n_estimators=2, random_state=0).fit(X, Y)
+    model.estimators_[1].n_features_in_ = 9
+    return model
+
+
+def _boosting_shape() -> Any:
+    model = GradientBoostingClassifier(n_estimators=2).fit(X, Y3)
+    return _set(model, estimators_=np.ascontiguousarray(np.c_[model.estimators_, model.estimators_[:, :1]]))
+
+
+def _kd_index() -> Any:
+    model = KNeighborsClassifier(algorithm="kd_tree").fit(X, Y)
+    state = list(model._tree.__getstate__())
+    state[1] = np.zeros_like(state[1])
+    model._tree.__setstate__(tuple(state))
+    return model
+
+
+def _naive_bayes() -> Any:
+    return _set(GaussianNB().fit(X, Y), theta_=np.zeros((2, 3)))
+
+
+def _mlp() -> Any:
+    model = MLPClassifier(hidden_layer_sizes=(3,), max_iter=5).fit(X, Y)
+    model.coefs_[1] = np.zeros((4, 1))
+    return model
+
+
+def _scaler() -> Any:
+    return _set(StandardScaler().fit(X), scale_=np.ones(2))
+
+
+def _pca() -> Any:
+    model = PCA(2).fit(X)
+    return _set(model, components_=np.zeros((2, 6)))
+
+
+def _vocabulary() -> Any:
+    model = CountVectorizer().fit(TEXTS)
+    model.vocabulary_ = {word: 7 for word in model.vocabulary_}
+    return model
+
+
+def _tokenizer() -> Any:
+    return _set(TfidfVectorizer().fit(TEXTS), tokenizer=str.split)
+
+
+def _memory() -> Any:
+    return _set(make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y), memory="/tmp/cache")
+
+
+def _columns() -> Any:
+    model = ColumnTransformer([("s", StandardScaler(), [0, 1])]).fit(X)
+    name, transformer, _ = model.transformers_[0]
+    model.transformers_[0] = (name, transformer, [0, 40])
+    return model
+
+
+def _n_jobs() -> Any:
+    return _set(RandomForestClassifier(n_estimators=2).fit(X, Y), n_jobs=10**6)
+
+
+CASES: dict[str, tuple[Callable[[], Any], str]] = {
+    "linear": (_linear, "coef_ has shape"),
+    "linear-intercept": (_ridge_intercept, "intercept_ has shape"),
+    "svm": (_svr, "support_vectors_ has shape"),
+    "trees": (_forest_member, "built for 9 features"),
+    "gradient-boosting": (_boosting_shape, "estimators_ has shape"),
+    "neighbors": (_kd_index, "not a permutation"),
+    "naive_bayes": (_naive_bayes, "theta_ has shape"),
+    "mlp": (_mlp, r"coefs_\[1\] has shape"),
+    "preprocessing": (_scaler, "scale_ has shape"),
+    "pca": (_pca, "components_ has shape"),
+    "text-vocabulary": (_vocabulary, "columns 0..n-1 exactly once"),
+    "text-callable": (_tokenizer, "tokenizer is a callable|builtins.method_descriptor|function"),
+    "composite-memory": (_memory, "memory names a cache location"),
+    "composite-columns": (_columns, "outside"),
+    "n_jobs": (_n_jobs, "n_jobs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_structural_violation_is_refused_by_its_family(case: str) -> None:
+    build, message = CASES[case]
+    with pytest.raises(ModelRefused, match=message):
+        load_model(skops.io.dumps(build()), [])
