@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Replays the walkthrough against the running compose stack (`scripts/up.sh` first):
 # index, load good-model and predict, load naive-model (the danger), load tampered-model
-# (refused), and check where pwnd.txt does and does not appear.
+# (refused), and check where pwnd.txt does and does not appear. For the pod topology
+# (`scripts/up.sh --pod`): COMPOSE_FILE=compose.yaml:compose.pod.yaml examples/walkthrough.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 URL="http://127.0.0.1:${MLSERVER_HTTP_PORT:-8080}"

@@ -10,12 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import joblib
 import pytest
+import requests
 from sigstore.models import ClientTrustConfig
 from sigstore.oidc import IdentityToken
 from sigstore.sign import SigningContext
@@ -213,3 +216,72 @@ def log_records(loader: LoaderProcess, artefact: str) -> list[dict]:
     return records
 
 
+# --- the compose stack ------------------------------------------------------------------------
+
+# "default": compose.yaml, the loader with no network at all. "pod": plus compose.pod.yaml, the
+# Kubernetes pod topology (one network and IPC namespace for the loader and MLServer; the socket
+# volume is the only place both can write).
+COMPOSE_FILES = {"default": ("compose.yaml",), "pod": ("compose.yaml", "compose.pod.yaml")}
+
+
+class ComposeError(RuntimeError):
+    """The stack did not come up healthy; the message carries the end of its logs."""
+
+
+@dataclass
+class ComposeStack:
+    """A running compose stack of this project, on loopback ports of its own."""
+
+    topology: str
+    project: str
+    env: dict[str, str]
+    http: int
+    grpc: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http}"
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        files = [arg for name in COMPOSE_FILES[self.topology] for arg in ("-f", name)]
+        return subprocess.run(
+            ["docker", "compose", *files, "-p", self.project, *args],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, check=check, timeout=timeout,
+        )
+
+    def exec(self, service: str, *command: str) -> subprocess.CompletedProcess:
+        return self.run("exec", "-T", service, *command, check=False)
+
+    def load(self, name: str) -> requests.Response:
+        return requests.post(f"{self.url}/v2/repository/models/{name}/load", timeout=120)
+
+    def containers(self) -> list[str]:
+        out = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
+            capture_output=True, text=True, check=True,
+        )
+        return out.stdout.split()
+
+
+@contextmanager
+def compose_stack(topology: str = "default", project: str | None = None) -> Iterator[ComposeStack]:
+    """`docker compose up -d --wait` of the whole stack (example, loader, MLServer); `down -v` after.
+
+    The pod topology from a shell, as this runs it (ports default to 8080-8082):
+        docker compose -f compose.yaml -f compose.pod.yaml -p PROJECT up -d --wait
+    Images come from `scripts/setup.sh`. Raises ComposeError with the logs if it does not come up.
+    """
+    if topology not in COMPOSE_FILES:
+        raise ValueError(f"unknown topology {topology!r}: choose one of {sorted(COMPOSE_FILES)}")
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    env = {**os.environ, "MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(metrics)}
+    stack = ComposeStack(topology, project or f"mlserver-sigstore-{topology}", env, http, grpc_port)
+    stack.run("down", "-v", "--remove-orphans", check=False)
+    try:
+        up = stack.run("up", "-d", "--wait", "--wait-timeout", "180", check=False)
+        if up.returncode != 0:
+            logs = stack.run("logs", "--tail", "50", check=False).stdout
+            raise ComposeError(f"docker compose up ({topology}) failed: {up.stderr}\n{logs}")
+        yield stack
+    finally:
+        stack.run("down", "-v", "--remove-orphans", check=False)

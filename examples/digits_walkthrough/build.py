@@ -51,7 +51,19 @@ def _model_settings(name: str, uri: Path, implementation: str, policy: dict | No
     return {"name": name, "implementation": implementation, "parameters": parameters}
 
 
-def build(root: Path) -> None:
+def build(root: Path, authority_dir: Path) -> None:
+    """Write artefacts/, repo/ and trust/ under `root`.
+
+    The authority (its private keys) lives in `authority_dir`, which must not be under `root`:
+    `root` is what the serving side mounts, and a signed hostile model that could read the
+    keys could sign anything this deployment accepts.
+    """
+    if authority_dir.resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"the authority folder {authority_dir} must not be inside the served folder {root}")
+    legacy_keys = root / "authority"  # where earlier versions kept the authority: remove it
+    if legacy_keys.exists():
+        shutil.rmtree(legacy_keys)
+        print(f"removed the authority's keys from the served folder ({legacy_keys})")
     marker = root / ".complete"
     if marker.exists():
         print(f"example repository already built in {root}")
@@ -67,7 +79,7 @@ def build(root: Path) -> None:
     joblib.dump(train_digits_svm(), good)
     print(f"trained the digits SVM -> {good}")
 
-    ca_dir = root / "authority"
+    ca_dir = authority_dir
     state = AuthorityState.load(ca_dir) if (ca_dir / "authority.json").exists() else init_authority(ca_dir)
     server = AuthorityServer(state)
     server.start_background()

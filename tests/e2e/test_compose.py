@@ -1,4 +1,7 @@
-"""The compose stack end to end: the walkthrough over REST and gRPC, hardening, down and up."""
+"""The compose stack end to end, in two topologies: the default one (the loader has no network
+at all) and the Kubernetes pod topology (compose.pod.yaml: the loader shares MLServer's network
+and IPC namespaces, the socket volume is the only shared writable channel). The walkthrough runs
+in both; the soak and the restart run in the default one only, to keep CI short."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -16,53 +18,42 @@ from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc
 from sklearn import datasets
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, ComposeError, ComposeStack, compose_stack
 
 PROJECT = "mlserver-sigstore-e2e"
+TOPOLOGIES = ["default", "pod"]
 DIGITS = datasets.load_digits()
 SAMPLE = DIGITS.images.reshape((len(DIGITS.images), -1))[-6:]
 EXPECTED = DIGITS.target[-6:].tolist()
+Compose = ComposeStack
+# Run inside a container: every file under its mounts (volumes, tmpfs, binds) that holds a PEM
+# private key and that the container's user can read. Prints the mounts scanned to stderr.
+KEY_SCAN = r"""
+import os, sys
+mounts = sorted({line.split()[4] for line in open("/proc/self/mountinfo")} - {"/"})
+mounts = [m for m in mounts if not m.startswith(("/proc", "/sys", "/dev"))]
+found = []
+for top in mounts:
+    paths = [top] if os.path.isfile(top) else (os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs)
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                if b"PRIVATE KEY-----" in handle.read(1 << 16):
+                    found.append(path)
+        except OSError:
+            pass
+print(" ".join(mounts), file=sys.stderr)
+print("\n".join(found))
+"""
 
 
-@dataclass
-class Compose:
-    env: dict[str, str]
-    http: int
-    grpc: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["docker", "compose", "-p", PROJECT, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, check=check, timeout=timeout
-        )
-
-    def exec(self, service: str, *command: str) -> subprocess.CompletedProcess:
-        return self.run("exec", "-T", service, *command, check=False)
-
-    def load(self, name: str) -> requests.Response:
-        return requests.post(f"{self.url}/v2/repository/models/{name}/load", timeout=120)
-
-    def containers(self) -> list[str]:
-        out = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], capture_output=True, text=True, check=True)
-        return out.stdout.split()
-
-
-@pytest.fixture(scope="module")
-def stack(docker_required: None) -> Iterator[Compose]:
-    http, grpc_port, metrics = free_port(), free_port(), free_port()
-    env = {**os.environ, "MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(metrics)}
-    compose = Compose(env, http, grpc_port)
-    compose.run("down", "-v", "--remove-orphans", check=False)
-    up = compose.run("up", "-d", "--wait", "--wait-timeout", "180", check=False)
-    if up.returncode != 0:
-        logs = compose.run("logs", "--tail", "50", check=False).stdout
-        compose.run("down", "-v", check=False)
-        pytest.fail(f"docker compose up failed: {up.stderr}\n{logs}")
-    yield compose
-    compose.run("down", "-v", "--remove-orphans", check=False)
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def stack(request: pytest.FixtureRequest, docker_required: None) -> Iterator[Compose]:
+    try:
+        with compose_stack(request.param, f"{PROJECT}-{request.param}") as running:
+            yield running
+    except ComposeError as err:
+        pytest.fail(str(err))
 
 
 def test_the_index_lists_the_three_models(stack: Compose) -> None:
@@ -101,6 +92,7 @@ def test_naive_then_tampered_the_walkthrough(stack: Compose) -> None:
     assert requests.get(f"{stack.url}/v2/health/ready", timeout=5).status_code == 200
 
 
+@pytest.mark.parametrize("stack", ["default"], indirect=True)
 def test_the_loader_has_no_network_and_a_read_only_root(stack: Compose) -> None:
     interfaces = stack.exec("loader", "python", "-c", "print([l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]])")
     assert interfaces.stdout.strip() == "['lo']"
@@ -133,6 +125,7 @@ def _container_usage(stack: Compose, service: str) -> dict[str, int]:
     return min(samples, key=lambda u: (u["processes"], u["fds"]))
 
 
+@pytest.mark.parametrize("stack", ["default"], indirect=True)
 def test_soak_load_unload_cycles(stack: Compose) -> None:
     """SOAK_CYCLES load/unload cycles (good loads, tampered refusals): no growth in fds, memory, containers."""
     cycles = int(os.environ.get("SOAK_CYCLES", "150"))
@@ -163,6 +156,7 @@ def test_soak_load_unload_cycles(stack: Compose) -> None:
         assert after[service]["rss_kib"] <= before[service]["rss_kib"] + 64 * 1024, report
 
 
+@pytest.mark.parametrize("stack", ["default"], indirect=True)
 def test_down_leaves_nothing_and_up_again_reuses_the_images(stack: Compose) -> None:
     stack.run("down")
     assert stack.containers() == []
@@ -170,3 +164,36 @@ def test_down_leaves_nothing_and_up_again_reuses_the_images(stack: Compose) -> N
     stack.run("up", "-d", "--wait", "--wait-timeout", "60")
     print(f"second `up --wait` healthy after {time.monotonic() - started:.1f} s")
     assert stack.load("good-model").status_code == 200
+
+
+def test_no_private_key_is_readable_in_the_serving_containers(stack: Compose) -> None:
+    """The example's authority keeps its keys out of the volume the loader and MLServer mount:
+    a signed hostile model (or anything else in those containers) finds no key to sign with."""
+    for service in ("loader", "mlserver"):
+        scan = stack.exec(service, "python", "-c", KEY_SCAN)
+        assert scan.returncode == 0, scan.stderr
+        assert "/data" in scan.stderr.split(), f"{service}: the scan did not see the served volume: {scan.stderr}"
+        assert scan.stdout.strip() == "", f"{service} can read private keys: {scan.stdout}"
+
+
+def _namespace(stack: Compose, service: str, kind: str) -> str:
+    link = stack.exec(service, "readlink", f"/proc/self/ns/{kind}")
+    assert link.returncode == 0, link.stderr
+    return link.stdout.strip()
+
+
+def _writable_volumes(stack: Compose, service: str) -> set[str]:
+    cid = stack.run("ps", "-q", service).stdout.strip()
+    mounts = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .Mounts}}", cid], capture_output=True, text=True, check=True).stdout)
+    return {m.get("Name") or m["Destination"] for m in mounts if m["RW"]}
+
+
+@pytest.mark.parametrize("stack", ["pod"], indirect=True)
+def test_pod_topology_shares_namespaces_and_only_the_socket_volume(stack: Compose) -> None:
+    assert _namespace(stack, "loader", "net") == _namespace(stack, "mlserver", "net")
+    assert _namespace(stack, "loader", "ipc") == _namespace(stack, "mlserver", "ipc")
+    assert _namespace(stack, "loader", "pid") != _namespace(stack, "mlserver", "pid")
+    shared = _writable_volumes(stack, "loader") & _writable_volumes(stack, "mlserver")
+    assert shared == {f"{stack.project}_loader-socket"}, shared
+    write = stack.exec("loader", "touch", "/pwnd")
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
