@@ -400,3 +400,24 @@ def test_the_pod_uses_the_example_layout_and_the_compose_loader_flags() -> None:
     assert {"/data/artefacts", SOCKET_PATH} <= mounts
     mlserver = next(c for c in pod["containers"] if c["name"] == "mlserver")
     assert mlserver["args"] == compose["services"]["mlserver"]["command"]
+
+
+def _bytes(quantity: str) -> int:
+    units = {"g": 1 << 30, "Gi": 1 << 30, "m": 1 << 20, "Mi": 1 << 20}
+    for suffix in sorted(units, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * units[suffix])
+    return int(quantity)
+
+
+def test_the_loader_limits_match_the_compose_hardening() -> None:
+    """runtime/loader-hardening.json is the loader's one definition for compose and docker mode;
+    the pod's loader gets the same memory, CPU and /tmp size."""
+    hardening = json.loads((ROOT / "runtime" / "loader-hardening.json").read_text())["services"]["loader"]
+    pod = _deployment_pod(objects("mlserver"))
+    limits = _container(objects("mlserver"), "loader")["resources"]["limits"]
+    assert _bytes(limits["memory"]) == _bytes(hardening["mem_limit"])
+    assert limits["cpu"] == f"{int(float(hardening['cpus']) * 1000)}m"
+    tmp = next(v for v in pod["volumes"] if v["name"] == "loader-tmp")["emptyDir"]
+    size = next(o.split("=")[1] for t in hardening["tmpfs"] if t.startswith("/tmp:") for o in t.split(":")[1].split(",") if o.startswith("size="))
+    assert tmp["medium"] == "Memory" and _bytes(tmp["sizeLimit"]) == _bytes(size)
