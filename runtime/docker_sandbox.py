@@ -137,7 +137,8 @@ class EphemeralLoader:
         ]
         user = None if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
         try:
-            self._container = client.containers.run(
+            # Created, then started: a container that fails to start is still ours to remove.
+            self._container = client.containers.create(
                 self._settings.docker_image,
                 # One load: no pre-forked children to keep waiting.
                 command=["serve", f"--socket={_SOCKET_DIR}/loader.sock", f"--models-root={_MODELS}",
@@ -148,6 +149,7 @@ class EphemeralLoader:
                 labels={"mlserver-sigstore.role": "ephemeral-loader"},
                 **hardened_loader_options(),
             )
+            self._container.start()
         except docker.errors.DockerException as exc:
             self._stop()
             raise ModelRefused(f"docker sandbox mode: could not start {self._settings.docker_image}: {exc}", 503) from None

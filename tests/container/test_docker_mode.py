@@ -28,12 +28,17 @@ def docker_mode(monkeypatch: pytest.MonkeyPatch, authority: Authority, docker_cl
     monkeypatch.setenv("MLSERVER_SIGSTORE_DOCKER_TRUST_CONFIGS", f"local={authority.trust_config}")
 
 
+def _ephemeral(client: docker.DockerClient) -> set[str]:
+    return {c.id for c in client.containers.list(all=True, filters=LABEL)}
+
+
 def _model(path: Path, authority: Authority) -> SigstoreModel:
     policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "trust_root": "local"}
     return SigstoreModel(ModelSettings(name=path.parent.name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(path), extra={"sigstore": policy})))
 
 
 def test_docker_mode_loads_a_signed_model_and_leaves_no_container(docker_mode: None, docker_client: docker.DockerClient, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
+    before = _ephemeral(docker_client)  # others' containers on a shared daemon are not ours
     path = tmp_path / "good" / "model.joblib"
     path.parent.mkdir()
     path.write_bytes(digits_svm_bytes)
@@ -43,10 +48,11 @@ def test_docker_mode_loads_a_signed_model_and_leaves_no_container(docker_mode: N
     original = joblib.load(io.BytesIO(digits_svm_bytes))
     assert (model._model.predict(X) == original.predict(X)).all()
     assert model.verification.identity == SIGNER
-    assert docker_client.containers.list(all=True, filters=LABEL) == []
+    assert _ephemeral(docker_client) <= before, "an ephemeral loader container was left behind"
 
 
 def test_docker_mode_refuses_a_tampered_model(docker_mode: None, docker_client: docker.DockerClient, authority: Authority, tmp_path: Path) -> None:
+    before = _ephemeral(docker_client)  # others' containers on a shared daemon are not ours
     path = tmp_path / "tampered" / "model.joblib"
     path.parent.mkdir()
     path.write_bytes(hostile.TRACE)
@@ -56,7 +62,7 @@ def test_docker_mode_refuses_a_tampered_model(docker_mode: None, docker_client: 
         asyncio.run(_model(path, authority).load())
     assert exc.value.status_code == 403
     assert not (tmp_path / "pwnd.txt").exists()
-    assert docker_client.containers.list(all=True, filters=LABEL) == []
+    assert _ephemeral(docker_client) <= before, "an ephemeral loader container was left behind"
 
 
 def test_docker_mode_without_a_daemon_is_a_clear_503(docker_mode: None, monkeypatch: pytest.MonkeyPatch, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
@@ -72,6 +78,7 @@ def test_docker_mode_without_a_daemon_is_a_clear_503(docker_mode: None, monkeypa
 
 def test_docker_mode_finds_a_dot_sigstore_bundle(docker_mode: None, docker_client: docker.DockerClient, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
     """The loader's one bundle rule: `<artefact>.sigstore` (sigstore 1.x) is found too (issue 16, bug 2)."""
+    before = _ephemeral(docker_client)  # others' containers on a shared daemon are not ours
     path = tmp_path / "legacy" / "model.joblib"
     path.parent.mkdir()
     path.write_bytes(digits_svm_bytes)
@@ -80,7 +87,7 @@ def test_docker_mode_finds_a_dot_sigstore_bundle(docker_mode: None, docker_clien
     model = _model(path, authority)
     assert asyncio.run(model.load())
     assert model.verification.identity == SIGNER
-    assert docker_client.containers.list(all=True, filters=LABEL) == []
+    assert _ephemeral(docker_client) <= before, "an ephemeral loader container was left behind"
 
 
 def _infer_latencies(url: str, name: str, seconds: float) -> list[float]:
@@ -107,6 +114,7 @@ def _p99(samples: list[float]) -> float:
 def test_inference_keeps_answering_while_another_model_loads_in_docker_mode(docker_client: docker.DockerClient, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
     """MLServer's event loop never waits on Docker: with inference on that loop (no parallel
     workers), a served model's p99 latency during a docker-mode load stays within 2x of idle."""
+    before = _ephemeral(docker_client)  # others' containers on a shared daemon are not ours
     import json
     import threading
 
@@ -156,4 +164,4 @@ def test_inference_keeps_answering_while_another_model_loads_in_docker_mode(dock
         f"p99 during the docker-mode load {_p99(during)*1000:.1f} ms vs idle {_p99(idle)*1000:.1f} ms "
         f"(max {max(during)*1000:.0f} ms over {len(during)} requests)"
     )
-    assert docker_client.containers.list(all=True, filters=LABEL) == []
+    assert _ephemeral(docker_client) <= before, "an ephemeral loader container was left behind"
