@@ -79,3 +79,12 @@ def test_the_model_file_of_a_directory_follows_mlservers_well_known_names(root: 
     empty.mkdir()
     with pytest.raises(NotFound, match="model.joblib"):
         root.model_file(empty)
+
+
+def test_the_well_known_model_files_are_mlservers() -> None:
+    """The loader cannot import MLServer; its copy of the lookup order must not drift."""
+    from mlserver_sklearn.sklearn import WELLKNOWN_MODEL_FILENAMES
+
+    from loader.bundles import WELL_KNOWN_MODEL_FILES
+
+    assert list(WELL_KNOWN_MODEL_FILES) == list(WELLKNOWN_MODEL_FILENAMES)
