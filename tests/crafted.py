@@ -229,6 +229,13 @@ def nested_pipelines(depth: int = 14) -> bytes:
     return skops.io.dumps(model)
 
 
+def hashing_negative_ngrams() -> bytes:
+    """Found by the fuzzer: a stateless vectorizer (never "fitted") with n-grams from -2**31."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return skops.io.dumps(HashingVectorizer(n_features=64, ngram_range=(-(2**31), -(2**31))))
+
+
 def knn_huge_neighbors() -> bytes:
     model = KNeighborsClassifier(algorithm="brute").fit(X, Y)
     model.n_neighbors = 10**9
@@ -276,6 +283,7 @@ CASES: dict[str, Case] = {
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),
     "nested_npz_bomb": Case(nested_npz_bomb, "zip bomb", "gigabytes inflated before any check"),
     "nested_pipelines": Case(nested_pipelines, "composites nest deeper than", "minutes of CPU", "timeout"),
+    "hashing_negative_ngrams": Case(hashing_negative_ngrams, r"ngram_range \(-2147483648, -2147483648\) is outside", "billions of n-gram loops per document", "timeout", "TEXTS"),
     "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples"),
     "vectorizer_reads_files": Case(vectorizer_reads_files, "input = 'filename' is not one of", "reads server files at predict", "ok", "PATHS"),
 }

@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
 from sklearn.neighbors import BallTree, KDTree
 from sklearn.tree._tree import Tree
+from sklearn.utils import get_tags
 from sklearn.utils.validation import _is_fitted
 
 from runtime._internal.allowlist import ALLOWLIST, FAMILY_OF, qualified_name
@@ -81,6 +82,18 @@ def _run(check: Callable[[Any], Any], obj: Any) -> Any:
         raise common.fail(obj, f"malformed ({type(exc).__name__}: {exc})") from None
 
 
+def _in_use(est: Any, family: str) -> bool:
+    """False only for an unfitted estimator that scikit-learn refuses to predict with (parameter
+    templates such as a forest's `estimator`; owners validate the members they call directly).
+    Stateless estimators (HashingVectorizer) run unfitted, so they are always checked."""
+    if family == "composite" or _is_fitted(est):
+        return True
+    try:
+        return not get_tags(est).requires_fit
+    except Exception:  # noqa: BLE001 - a malformed estimator is checked, not skipped
+        return True
+
+
 def _n_jobs(est: Any) -> None:
     jobs = getattr(est, "n_jobs", None)
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or not -common.MAX_N_JOBS <= jobs <= common.MAX_N_JOBS):
@@ -132,9 +145,7 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
         if isinstance(obj, BaseEstimator):
             _n_jobs(obj)
             family = FAMILY_OF.get(name)
-            # scikit-learn refuses to predict with an unfitted estimator (parameter templates such
-            # as a forest's `estimator`); owners validate the fitted members they call directly.
-            if family is not None and (family == "composite" or _is_fitted(obj)):
+            if family is not None and _in_use(obj, family):
                 _run(FAMILIES[family], obj)
         stack.extend(getattr(obj, "__dict__", {}).values())
     return len(seen)
