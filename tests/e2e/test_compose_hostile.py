@@ -158,6 +158,14 @@ def _technique(case: str, mlserver: int, dns: int) -> Technique:
     return TECHNIQUES[case]
 
 
+def _refusal(hs: HostileStack, response: requests.Response) -> str:
+    """The refusal's message; a non-4xx answer fails with the end of MLServer's and the loader's logs."""
+    if not 400 <= response.status_code < 500:
+        logs = hs.stack.run("logs", "--tail", "30", "mlserver", "loader", check=False).stdout
+        pytest.fail(f"expected a refusal, got {response.status_code}: {response.text[:500]}\n{logs}")
+    return str(response.json().get("error", ""))
+
+
 @contextmanager
 def _udp_sink() -> Iterator[int]:
     """A loopback UDP port that takes datagrams and answers nothing."""
@@ -188,8 +196,7 @@ def test_a_signed_hostile_model_is_contained_by_the_compose_service(hostile_stac
                     "--entrypoint", "rm", LOADER_IMAGE, "-f", canary], check=True, capture_output=True, timeout=60)
 
     response = hs.stack.load(name)
-    error = response.json().get("error", "") if response.content else ""
-    assert 400 <= response.status_code < 500, (response.status_code, error)
+    error = _refusal(hs, response)
     assert any(reason in error for reason in technique.refusal), error
     assert FIRED not in error
     assert not hs.exists("loader", canary) and not hs.exists("mlserver", canary)
@@ -214,7 +221,7 @@ def test_a_forged_pickle_result_never_runs_in_mlserver(hostile_stack: HostileSta
 
     hs.add_model("forged-pickle", hostile.forged_result(forged))
     response = hs.stack.load("forged-pickle")
-    error = response.json().get("error", "")
+    error = _refusal(hs, response)
     assert response.status_code == 422 and "not a skops archive" in error, (response.status_code, error)
     for marker in markers:
         assert not hs.exists("mlserver", marker), f"{marker} appeared in MLServer"
