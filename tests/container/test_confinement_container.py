@@ -60,7 +60,8 @@ def test_a_signed_model_in_the_container_cannot_read_files(loader_container: Loa
 
 @pytest.mark.parametrize(
     ("name", "number", "args"),
-    [("syscall-999", 999, "0, 0, 0"), ("msgget", 68, "0, 0o1001"), ("mq_open", 240, "b'q', 0o102, 0o600, None")],
+    # (A number past the kernel's table, such as 999, gets ENOSYS from runc's own stub, not EPERM.)
+    [("getpriority", 140, "0, 0"), ("msgget", 68, "0, 0o1001"), ("mq_open", 240, "b'q', 0o102, 0o600, None")],
 )
 def test_the_container_profile_denies_what_was_not_recorded(loader_container: LoaderContainer, control_container: ControlContainer, name: str, number: int, args: str) -> None:
     """Outside the child too: the container's own filter refuses syscalls the loader never made."""
@@ -69,8 +70,7 @@ def test_the_container_profile_denies_what_was_not_recorded(loader_container: Lo
         f"r = libc.syscall({number}, {args}); print(r, ctypes.get_errno())"
     )
     fired = control_container.container.exec_run(["python", "-c", code]).output.decode().split()
-    expected_unconfined = ["-1", str(errno.ENOSYS)] if number == 999 else None
-    assert fired == expected_unconfined if expected_unconfined else int(fired[0]) >= 0, fired
+    assert int(fired[0]) >= 0, f"{name} failed in the control container: {fired}"
     exit_code, out = loader_container.exec_python(code)
     assert exit_code == 0 and out.split() == ["-1", str(errno.EPERM)], f"{name}: {out}"
 
