@@ -40,7 +40,8 @@ def build_repository(root: Path) -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     from digits_walkthrough.build import build
 
-    build(root)
+    # The authority's private keys live beside the served folder, never inside it.
+    build(root, root.with_name(root.name + "-authority"))
 
 
 @pytest.fixture(scope="module", params=[1, 0], ids=["parallel-workers-1", "parallel-workers-0"])
