@@ -249,15 +249,27 @@ def _trust_show(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from loader.proto.v1 import loader_pb2_grpc
+
     try:
         with grpc.insecure_channel(args.endpoint) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
             ).status
+            about = (
+                loader_pb2_grpc.LoaderStub(channel).Describe(loader_pb2.DescribeRequest(), timeout=args.timeout)
+                if args.details
+                else None
+            )
     except grpc.RpcError as exc:
         print(f"unhealthy: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1
     print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+    if about is not None:
+        for line in about.confinement:
+            print(f"  {line}")
+        print(f"  trust roots: {list(about.trust_roots)} (default {about.default_trust_root!r})")
+        print(f"  child pool: {about.child_pool}; models handed over on {about.fd_socket or '(streamed only)'}")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
@@ -333,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("health", help="exit 0 when the loader answers SERVING")
     p.add_argument("--endpoint", required=True)
+    p.add_argument(
+        "--details", action="store_true",
+        help="also print what the children are confined by (Landlock, seccomp, rlimits) and what is trusted",
+    )
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=_health)
 

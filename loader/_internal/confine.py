@@ -186,6 +186,17 @@ def install_syscall_filter() -> None:
     syscall_filter(seccomp.ERRNO(errno.EPERM), syscalls.ALLOWED + syscalls.RUNTIME).load()
 
 
+def confinement_summary(limits: ChildLimits) -> list[str]:
+    """One line per layer the children get, for health details: what holds and what is missing."""
+    allowed = len(set(syscalls.ALLOWED + syscalls.RUNTIME))
+    return [
+        landlock_status(),
+        f"seccomp: default-deny, {allowed} syscalls allowed, {len(syscalls.KILL)} kill the child",
+        f"rlimits: {limits.memory_bytes >> 20} MiB address space over the preloaded image, "
+        f"{limits.cpu_seconds} s CPU, {limits.max_open_files} files, no new processes",
+    ]
+
+
 def confine(limits: ChildLimits) -> None:
     """Apply rlimits, the filesystem restriction and the syscall filter, in that order."""
     apply_limits(limits)

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
 from loader._internal.service import LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
@@ -46,6 +47,19 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
         with result.converted.model.mapped(populate=False) as data:
             for offset in range(0, len(data), CHUNK_BYTES):
                 yield loader_pb2.VerifyAndLoadResponse(chunk=bytes(data[offset : offset + CHUNK_BYTES]))
+
+
+    def Describe(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.DescribeRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.LoaderDescription:
+        service = self._service
+        return loader_pb2.LoaderDescription(
+            confinement=confinement_summary(service.sandbox.limits),
+            trust_roots=service.trust_roots.names,
+            default_trust_root=service.trust_roots.default,
+            child_pool=service.sandbox.pool_size,
+            fd_socket=str(self._handoff.path) if self._handoff is not None else "",
+        )
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:

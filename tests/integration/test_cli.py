@@ -32,6 +32,13 @@ def test_verify_says_ok_or_fail_with_exit_codes(authority: Authority, tmp_path: 
 def test_load_and_health_against_a_running_loader(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
     health = _loader_cli("health", "--endpoint", loader.endpoint)
     assert health.returncode == 0 and health.stdout.strip() == "SERVING"
+    details = _loader_cli("health", "--details", "--endpoint", loader.endpoint)
+    lines = details.stdout.splitlines()
+    assert details.returncode == 0 and lines[0] == "SERVING", details.stderr
+    # This kernel has Landlock: the details say it is enforced (elsewhere: "unavailable (...)").
+    assert any(line.strip().startswith("landlock: ABI ") and line.endswith("enforced") for line in lines), lines
+    assert any(line.strip().startswith("seccomp: default-deny") for line in lines), lines
+    assert "'local'" in details.stdout and f"{loader.socket}.fd" in details.stdout
     artefact = put(models_root, "cli-load", digits_svm_bytes, authority)
     out = tmp_path / "model.skops"
     loaded = _loader_cli("load", "--endpoint", loader.endpoint, "--cert-identity", SIGNER, "--cert-oidc-issuer", authority.issuer, "--out", str(out), artefact)

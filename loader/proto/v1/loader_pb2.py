@@ -24,25 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloader/proto/v1/loader.proto\x12\tloader.v1\"\xe9\x01\n\x06Signer\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x1b\n\x13workflow_repository\x18\x03 \x01(\t\x12\x14\n\x0cworkflow_ref\x18\x04 \x01(\t\x12\x14\n\x0cworkflow_sha\x18\x05 \x01(\t\x12\x15\n\rworkflow_name\x18\x06 \x01(\t\x12\x18\n\x10workflow_trigger\x18\x07 \x01(\t\x12\x17\n\x0fidentity_regexp\x18\x08 \x01(\t\x12\x0b\n\x03key\x18\t \x01(\t\x12\x1d\n\x15\x63\x65rtificate_authority\x18\n \x01(\t\"\xc4\x01\n\x14VerifyAndLoadRequest\x12\x10\n\x08\x61rtefact\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\"\n\x07signers\x18\x03 \x03(\x0b\x32\x11.loader.v1.Signer\x12\x12\n\ntrust_root\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rtrusted_types\x18\x06 \x03(\t\x12\x14\n\x0cignore_paths\x18\x07 \x03(\t\x12\x11\n\taccept_fd\x18\x10 \x01(\x08\"\x84\x02\n\x11VerificationFacts\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x11\n\tlog_index\x18\x05 \x01(\x03\x12\x17\n\x0fintegrated_time\x18\x06 \x01(\x03\x12\x19\n\x11\x62undle_media_type\x18\x07 \x01(\t\x12\x12\n\ntrust_root\x18\x08 \x01(\t\x12\x16\n\x0esigning_method\x18\t \x01(\t\x12\x12\n\nmodel_file\x18\n \x01(\t\x12\x16\n\x0everified_files\x18\x0b \x03(\t\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\xf2\x01\n\x0bLoadedModel\x12+\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x1c.loader.v1.VerificationFacts\x12\'\n\x07timings\x18\x02 \x03(\x0b\x32\x16.loader.v1.StageTiming\x12\x17\n\x0funtrusted_types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\x12\x11\n\tfd_handle\x18\x10 \x01(\t\x12\x1d\n\x15\x66\x64_handle_ttl_seconds\x18\x11 \x01(\x01\"Z\n\x15VerifyAndLoadResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.loader.v1.LoadedModelH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2^\n\x06Loader\x12T\n\rVerifyAndLoad\x12\x1f.loader.v1.VerifyAndLoadRequest\x1a .loader.v1.VerifyAndLoadResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloader/proto/v1/loader.proto\x12\tloader.v1\"\x11\n\x0f\x44\x65scribeRequest\"\x80\x01\n\x11LoaderDescription\x12\x13\n\x0b\x63onfinement\x18\x01 \x03(\t\x12\x13\n\x0btrust_roots\x18\x02 \x03(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_trust_root\x18\x03 \x01(\t\x12\x12\n\nchild_pool\x18\x04 \x01(\x05\x12\x11\n\tfd_socket\x18\x05 \x01(\t\"\xe9\x01\n\x06Signer\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x1b\n\x13workflow_repository\x18\x03 \x01(\t\x12\x14\n\x0cworkflow_ref\x18\x04 \x01(\t\x12\x14\n\x0cworkflow_sha\x18\x05 \x01(\t\x12\x15\n\rworkflow_name\x18\x06 \x01(\t\x12\x18\n\x10workflow_trigger\x18\x07 \x01(\t\x12\x17\n\x0fidentity_regexp\x18\x08 \x01(\t\x12\x0b\n\x03key\x18\t \x01(\t\x12\x1d\n\x15\x63\x65rtificate_authority\x18\n \x01(\t\"\xc4\x01\n\x14VerifyAndLoadRequest\x12\x10\n\x08\x61rtefact\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\"\n\x07signers\x18\x03 \x03(\x0b\x32\x11.loader.v1.Signer\x12\x12\n\ntrust_root\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rtrusted_types\x18\x06 \x03(\t\x12\x14\n\x0cignore_paths\x18\x07 \x03(\t\x12\x11\n\taccept_fd\x18\x10 \x01(\x08\"\x84\x02\n\x11VerificationFacts\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x11\n\tlog_index\x18\x05 \x01(\x03\x12\x17\n\x0fintegrated_time\x18\x06 \x01(\x03\x12\x19\n\x11\x62undle_media_type\x18\x07 \x01(\t\x12\x12\n\ntrust_root\x18\x08 \x01(\t\x12\x16\n\x0esigning_method\x18\t \x01(\t\x12\x12\n\nmodel_file\x18\n \x01(\t\x12\x16\n\x0everified_files\x18\x0b \x03(\t\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\xf2\x01\n\x0bLoadedModel\x12+\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x1c.loader.v1.VerificationFacts\x12\'\n\x07timings\x18\x02 \x03(\x0b\x32\x16.loader.v1.StageTiming\x12\x17\n\x0funtrusted_types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\x12\x11\n\tfd_handle\x18\x10 \x01(\t\x12\x1d\n\x15\x66\x64_handle_ttl_seconds\x18\x11 \x01(\x01\"Z\n\x15VerifyAndLoadResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.loader.v1.LoadedModelH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xa4\x01\n\x06Loader\x12T\n\rVerifyAndLoad\x12\x1f.loader.v1.VerifyAndLoadRequest\x1a .loader.v1.VerifyAndLoadResponse0\x01\x12\x44\n\x08\x44\x65scribe\x12\x1a.loader.v1.DescribeRequest\x1a\x1c.loader.v1.LoaderDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loader.proto.v1.loader_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNER']._serialized_start=44
-  _globals['_SIGNER']._serialized_end=277
-  _globals['_VERIFYANDLOADREQUEST']._serialized_start=280
-  _globals['_VERIFYANDLOADREQUEST']._serialized_end=476
-  _globals['_VERIFICATIONFACTS']._serialized_start=479
-  _globals['_VERIFICATIONFACTS']._serialized_end=739
-  _globals['_STAGETIMING']._serialized_start=741
-  _globals['_STAGETIMING']._serialized_end=786
-  _globals['_LOADEDMODEL']._serialized_start=789
-  _globals['_LOADEDMODEL']._serialized_end=1031
-  _globals['_VERIFYANDLOADRESPONSE']._serialized_start=1033
-  _globals['_VERIFYANDLOADRESPONSE']._serialized_end=1123
-  _globals['_LOADER']._serialized_start=1125
-  _globals['_LOADER']._serialized_end=1219
+  _globals['_DESCRIBEREQUEST']._serialized_start=43
+  _globals['_DESCRIBEREQUEST']._serialized_end=60
+  _globals['_LOADERDESCRIPTION']._serialized_start=63
+  _globals['_LOADERDESCRIPTION']._serialized_end=191
+  _globals['_SIGNER']._serialized_start=194
+  _globals['_SIGNER']._serialized_end=427
+  _globals['_VERIFYANDLOADREQUEST']._serialized_start=430
+  _globals['_VERIFYANDLOADREQUEST']._serialized_end=626
+  _globals['_VERIFICATIONFACTS']._serialized_start=629
+  _globals['_VERIFICATIONFACTS']._serialized_end=889
+  _globals['_STAGETIMING']._serialized_start=891
+  _globals['_STAGETIMING']._serialized_end=936
+  _globals['_LOADEDMODEL']._serialized_start=939
+  _globals['_LOADEDMODEL']._serialized_end=1181
+  _globals['_VERIFYANDLOADRESPONSE']._serialized_start=1183
+  _globals['_VERIFYANDLOADRESPONSE']._serialized_end=1273
+  _globals['_LOADER']._serialized_start=1276
+  _globals['_LOADER']._serialized_end=1440
 # @@protoc_insertion_point(module_scope)

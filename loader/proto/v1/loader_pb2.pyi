@@ -6,6 +6,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoaderDescription(_message.Message):
+    __slots__ = ("confinement", "trust_roots", "default_trust_root", "child_pool", "fd_socket")
+    CONFINEMENT_FIELD_NUMBER: _ClassVar[int]
+    TRUST_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
+    CHILD_POOL_FIELD_NUMBER: _ClassVar[int]
+    FD_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    confinement: _containers.RepeatedScalarFieldContainer[str]
+    trust_roots: _containers.RepeatedScalarFieldContainer[str]
+    default_trust_root: str
+    child_pool: int
+    fd_socket: str
+    def __init__(self, confinement: _Optional[_Iterable[str]] = ..., trust_roots: _Optional[_Iterable[str]] = ..., default_trust_root: _Optional[str] = ..., child_pool: _Optional[int] = ..., fd_socket: _Optional[str] = ...) -> None: ...
+
 class Signer(_message.Message):
     __slots__ = ("identity", "issuer", "workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger", "identity_regexp", "key", "certificate_authority")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]

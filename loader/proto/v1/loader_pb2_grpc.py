@@ -39,6 +39,11 @@ class LoaderStub:
                 request_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.VerifyAndLoadRequest.SerializeToString,
                 response_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.VerifyAndLoadResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/loader.v1.Loader/Describe',
+                request_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.LoaderDescription.FromString,
+                _registered_method=True)
 
 
 class LoaderServicer:
@@ -54,6 +59,13 @@ class LoaderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """What this loader enforces and trusts: shown by `python -m loader health`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoaderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +73,11 @@ def add_LoaderServicer_to_server(servicer, server):
                     servicer.VerifyAndLoad,
                     request_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.VerifyAndLoadRequest.FromString,
                     response_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.VerifyAndLoadResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.DescribeRequest.FromString,
+                    response_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.LoaderDescription.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class Loader:
             '/loader.v1.Loader/VerifyAndLoad',
             loader_dot_proto_dot_v1_dot_loader__pb2.VerifyAndLoadRequest.SerializeToString,
             loader_dot_proto_dot_v1_dot_loader__pb2.VerifyAndLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loader.v1.Loader/Describe',
+            loader_dot_proto_dot_v1_dot_loader__pb2.DescribeRequest.SerializeToString,
+            loader_dot_proto_dot_v1_dot_loader__pb2.LoaderDescription.FromString,
             options,
             channel_credentials,
             insecure,
