@@ -6,6 +6,7 @@ import base64
 import hashlib
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -91,3 +92,18 @@ def der_length(n: int) -> bytes:
         return bytes([n])
     body = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes([0x80 | len(body)]) + body
+
+
+def key_usage(*, sign: bool = False, certify: bool = False) -> x509.KeyUsage:
+    """KeyUsage for a leaf that signs (`sign`) or a CA that certifies and signs CRLs (`certify`)."""
+    return x509.KeyUsage(
+        digital_signature=sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=certify,
+        crl_sign=certify,
+        encipher_only=False,
+        decipher_only=False,
+    )

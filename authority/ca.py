@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from authority._crypto import der_octet_string, der_utf8_string, key_id, sign_sha256, spki_der
+from authority._crypto import der_octet_string, der_utf8_string, key_id, key_usage, sign_sha256, spki_der
 from authority.state import AuthorityState
 
 OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
@@ -81,17 +81,7 @@ def issue_certificate(state: AuthorityState, csr_pem: bytes, claims: dict) -> li
         .not_valid_before(now)
         .not_valid_after(now + CERT_LIFETIME)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage(sign=True),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)

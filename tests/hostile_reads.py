@@ -19,18 +19,7 @@ import joblib
 import numpy as np
 from sklearn.svm import SVC
 
-
-class _Reduce:
-    """Pickles as `fn(*args)`."""
-
-    def __init__(self, fn: object, *args: object) -> None:
-        self.fn, self.args = fn, args
-
-    def __reduce__(self) -> tuple:
-        return self.fn, self.args
-
-    def __call__(self) -> None:  # pickle insists that the callable of a REDUCE be callable
-        raise NotImplementedError
+from tests.hostile import _Reduce
 
 
 def _computed(code: str) -> _Reduce:
