@@ -107,18 +107,24 @@ def landlock_status() -> str:
 def readable_paths() -> list[str]:
     """What a child may read: the interpreter's library directories, the directories of the
     shared libraries it has mapped, and the directories of the packages it has imported."""
-    wanted = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    # The interpreter's own library folders, wherever they live (a venv under /tmp included).
+    interpreter = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found: set[str] = set()
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
             if len(fields) == 6 and fields[5].startswith("/") and ".so" in os.path.basename(fields[5]):
-                wanted.add(os.path.dirname(fields[5].rstrip("\n")))
+                found.add(os.path.dirname(fields[5].rstrip("\n")))
     for module in list(sys.modules.values()):
         for path in getattr(module, "__path__", None) or ():
             if isinstance(path, str) and os.path.isabs(path):
-                wanted.add(path)
-    real = {os.path.realpath(path) for path in wanted if os.path.isdir(path)}
-    real = {path for path in real if path != "/" and not path.startswith(_NEVER_READABLE)}
+                found.add(path)
+    real = {os.path.realpath(path) for path in interpreter if os.path.isdir(path)}
+    real |= {
+        path
+        for path in (os.path.realpath(p) for p in found if os.path.isdir(p))
+        if path != "/" and not any(path == top or path.startswith(top + "/") for top in _NEVER_READABLE)
+    }
     # A directory inside another one adds nothing.
     return sorted(p for p in real if not any(p.startswith(q + "/") for q in real))
 
