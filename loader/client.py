@@ -18,14 +18,16 @@ import socket
 import stat
 import weakref
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import blake3
 import grpc
 
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 FD_SOCKET_SUFFIX = ".fd"
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+_HASH_CHUNK = 8 << 20
 
 
 class LoaderCallError(Exception):
@@ -66,16 +68,18 @@ class FetchedModel:
         if self._bytes is not None:
             return self._bytes
         if self._map is None:
-            self._map = _map(self._fd, self.header.size, populate=False)
+            self._map = _map(self._fd, self.header.size)
         return self._map
 
     def open(self) -> BinaryIO:
         """A new seekable read-only file over the model bytes."""
         if self._bytes is not None:
             return io.BytesIO(self._bytes)
-        raw = os.fdopen(os.dup(self._fd), "rb", buffering=0)
-        raw.seek(0)
-        return raw  # type: ignore[return-value]
+        try:
+            # A new open file description: its own offset, whoever else reads the memfd.
+            return open(f"/proc/self/fd/{self._fd}", "rb")  # noqa: SIM115 - the caller closes it
+        except OSError:
+            return os.fdopen(os.dup(self._fd), "rb")
 
     def close(self) -> None:
         """Drop the mapping now rather than when the object is collected."""
@@ -84,9 +88,8 @@ class FetchedModel:
             self._map = None
 
 
-def _map(fd: int, size: int, populate: bool) -> mmap.mmap:
-    flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
-    return mmap.mmap(fd, size, flags, mmap.PROT_READ)
+def _map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
 
 
 def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
@@ -102,13 +105,32 @@ def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
         raise LoaderCallError("the loader passed a model file that is not sealed against changes")
     if info.st_size != header.size:
         raise LoaderCallError("the model file passed does not have the size in the loader's header")
-    if header.size == 0:
-        digest = hashlib.sha256(b"").hexdigest()
-    else:
-        # Hashed from a mapping dropped right after: no copy stays in this process.
-        with _map(fd, header.size, populate=True) as view:
-            digest = hashlib.sha256(view).hexdigest()
-    if digest != header.model_sha256:
+    hasher = _hasher_for(header)
+    # Read through one small buffer rather than mapped: the model's pages never count towards
+    # this process's memory.
+    buffer = bytearray(min(header.size, _HASH_CHUNK) or 1)
+    view = memoryview(buffer)
+    offset = 0
+    while offset < header.size:
+        n = os.preadv(fd, [view], offset)
+        if n <= 0:
+            raise LoaderCallError("the model file passed is shorter than the loader's header says")
+        hasher.update(view[:n])
+        offset += n
+    _check_digest(hasher, header)
+
+
+def _hasher_for(header: loader_pb2.LoadedModel) -> Any:
+    if header.model_blake3:
+        # Threads pay off on large models only (starting them costs milliseconds).
+        return blake3.blake3(max_threads=blake3.blake3.AUTO if header.size >= _HASH_CHUNK else 1)
+    if header.model_sha256:
+        return hashlib.sha256()
+    raise LoaderCallError("the loader's header names no digest of the model")
+
+
+def _check_digest(hasher: Any, header: loader_pb2.LoadedModel) -> None:
+    if hasher.hexdigest() != (header.model_blake3 or header.model_sha256):
         raise LoaderCallError("the model bytes received do not match the loader's header")
 
 
@@ -146,8 +168,11 @@ def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> Fetche
 def _joined(header: loader_pb2.LoadedModel, chunks: list[bytes]) -> FetchedModel:
     data = b"".join(chunks)
     chunks.clear()
-    if len(data) != header.size or hashlib.sha256(data).hexdigest() != header.model_sha256:
+    if len(data) != header.size:
         raise LoaderCallError("the model bytes received do not match the loader's header")
+    hasher = _hasher_for(header)
+    hasher.update(data)
+    _check_digest(hasher, header)
     return FetchedModel(header, data=data)
 
 
@@ -166,11 +191,11 @@ async def verify_and_load(
         ("grpc.use_local_subchannel_pool", 1),
     ]
     side_channel = fd_socket_for(endpoint)
-    if side_channel is not None and side_channel.is_socket():
-        asked = loader_pb2.VerifyAndLoadRequest()
-        asked.CopyFrom(request)
-        asked.accept_fd = True
-        request = asked
+    asked = loader_pb2.VerifyAndLoadRequest()
+    asked.CopyFrom(request)
+    asked.accept_blake3 = True
+    asked.accept_fd = side_channel is not None and side_channel.is_socket()
+    request = asked
     header: loader_pb2.LoadedModel | None = None
     chunks: list[bytes] = []
     async with grpc.aio.insecure_channel(endpoint, options=options) as channel:

@@ -23,6 +23,8 @@ def build_request(
         model_name=model_name,
         trusted_types=policy.trusted_types,
         ignore_paths=policy.ignore_paths,
+        # The allowlist decides here (runtime/safe_load.py); skops' own verdict is not needed.
+        omit_untrusted_types=True,
     )
 
 

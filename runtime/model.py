@@ -56,7 +56,10 @@ class SigstoreModel(SKLearnModel):
             refuse_code_beside(Path(source).parent, "model-settings folder")
 
         fetched = await self._fetch(policy, env, artefact)
-        self._model = load_model(fetched.data, policy.trusted_types)
+        # Read from the passed memfd as a file: its pages are never mapped into this process.
+        with fetched.open() as model_file:
+            self._model = load_model(model_file, policy.trusted_types)
+        fetched.close()
         facts = fetched.header.facts
         logger.info(
             json.dumps(

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from runtime._internal.allowlist import ALLOWLIST
-from runtime._internal.prescan import Buffer, ScanResult, open_buffer, scan_archive
+from runtime._internal.prescan import ScanResult, Source, open_buffer, scan_archive
 from runtime._internal.validators import validate_model
 from runtime.errors import ModelRefused
 
@@ -30,7 +30,7 @@ TRUST_HINT = (
 )
 
 
-def check_archive(data: Buffer) -> ScanResult:
+def check_archive(data: Source) -> ScanResult:
     """Refuse archives that are not a bounded, plain skops tree, before skops reads them."""
     return scan_archive(data)
 
@@ -42,9 +42,9 @@ def refuse_types(types: set[str] | list[str], trusted: frozenset[str]) -> None:
         raise ModelRefused(f"the model holds types outside the allowlist: {refused}; {TRUST_HINT}", 422)
 
 
-def load_model(data: Buffer, trusted_types: list[str] | tuple[str, ...] = ()) -> BaseEstimator:
-    """Pre-scan, allowlist, load and validate skops bytes (bytes, bytearray, memoryview or mmap);
-    raise ModelRefused (422) on any doubt."""
+def load_model(data: Source, trusted_types: list[str] | tuple[str, ...] = ()) -> BaseEstimator:
+    """Pre-scan, allowlist, load and validate skops bytes (bytes, bytearray, memoryview, mmap or a
+    seekable binary file); raise ModelRefused (422) on any doubt."""
     trusted = frozenset(trusted_types)
     scan = check_archive(data)
     refuse_types(scan.types, trusted)

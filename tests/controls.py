@@ -155,8 +155,8 @@ try:
     obj = joblib.load(path)
 except BaseException as exc:
     report["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-skops_io = sys.modules.get("skops.io")  # a payload that patches it has imported it
-report["skops_patched"] = skops_io is not None and skops_io.dumps is pickle.dumps
+writer = sys.modules.get("loader._internal.skops_writer")  # a payload that patches it has imported it
+report["skops_patched"] = writer is not None and writer.dump is pickle.dump
 if convert and obj is not None:
     try:
         import skops.io

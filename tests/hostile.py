@@ -117,9 +117,11 @@ class _PatchedModule:
 
 
 def patch_skops_writer() -> bytes:
-    """BUILD on the skops.io module swaps its writers for pickle's; the top object is an estimator."""
-    patched = _PatchedModule("skops.io", {"dump": pickle.dump, "dumps": pickle.dumps})
-    return pickle.dumps(_Reduce(operator.itemgetter(1), (patched, _fitted_svc())), protocol=4)
+    """BUILD on the child's archive writer (and on skops.io) swaps them for pickle's; the top
+    object is an estimator, so the child hands back a pickle where a skops archive belongs."""
+    writer = _PatchedModule("loader._internal.skops_writer", {"dump": pickle.dump})
+    skops_io = _PatchedModule("skops.io", {"dump": pickle.dump, "dumps": pickle.dumps})
+    return pickle.dumps(_Reduce(operator.itemgetter(2), (writer, skops_io, _fitted_svc())), protocol=4)
 
 
 def syscall(number: int, name: str) -> bytes:

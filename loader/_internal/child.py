@@ -33,17 +33,20 @@ class PassedFd:
         return PassedFd(dup.detach())
 
 
-# The child's only message from the parent: one byte plus two descriptors over `control`.
+# The child's only message from the parent: one byte (whether to report skops' untrusted types)
+# plus two descriptors over `control`.
 _HANDOFF_FDS = 2
+REPORT_TYPES, NO_TYPES = b"t", b"-"
 # Sent on `status` once the child is confined and about to wait for its artefact.
 READY = b'{"ready": true}'
 
 
-def _convert(artefact_fd: int, result_fd: int) -> tuple[int, list[str], dict[str, float]]:
+def _convert(artefact_fd: int, result_fd: int, report_types: bool) -> tuple[int, list[str] | None, dict[str, float]]:
     # Already imported by the fork server (preload), so these cost nothing here.
     import joblib
     import sklearn.base
-    import skops.io
+
+    from loader._internal import skops_writer
 
     started = time.perf_counter()
     with os.fdopen(artefact_fd, "rb") as source:
@@ -56,25 +59,43 @@ def _convert(artefact_fd: int, result_fd: int) -> tuple[int, list[str], dict[str
             "not a scikit-learn estimator"
         )
     with os.fdopen(result_fd, "w+b") as sink:
-        skops.io.dump(model, sink)
+        skops_writer.dump(model, sink)
         sink.flush()
         size = sink.tell()
         converted = time.perf_counter()
         sink.seek(0)
-        # Read back from the file (no in-memory copy of the archive); the runtime decides.
-        untrusted = skops.io.get_untrusted_types(file=sink)  # type: ignore[arg-type]
+        untrusted = _reported_types(sink) if report_types else None
     done = time.perf_counter()
     return size, untrusted, {"unpickle": unpickled - started, "convert": converted - unpickled, "types": done - converted}
 
 
-def _receive(control: socket.socket) -> tuple[int, int] | None:
+def _reported_types(archive_file: Any) -> list[str]:
+    """skops' own type audit, run on a copy of the archive without its array members.
+
+    The audit reads each member whole but only parses the schema, so emptied members give the
+    same answer without a second pass over the model's bytes. For information only: the
+    runtime's allowlist decides.
+    """
+    import io
+    import zipfile
+
+    import skops.io
+
+    light = io.BytesIO()
+    with zipfile.ZipFile(archive_file) as full, zipfile.ZipFile(light, "w") as copy:
+        for info in full.infolist():
+            copy.writestr(info.filename, full.read(info) if info.filename == "schema.json" else b"")
+    return skops.io.get_untrusted_types(data=light.getvalue())
+
+
+def _receive(control: socket.socket) -> tuple[int, int, bool] | None:
     """Wait for the artefact and the result memfd; None if the parent closed the connection."""
-    _, fds, _, _ = socket.recv_fds(control, 1, _HANDOFF_FDS)
+    message, fds, _, _ = socket.recv_fds(control, 1, _HANDOFF_FDS)
     if len(fds) != _HANDOFF_FDS:
         for fd in fds:
             os.close(fd)
         return None
-    return fds[0], fds[1]
+    return fds[0], fds[1], message == REPORT_TYPES
 
 
 def run(control: PassedFd, status: Connection, output: Connection, limits: ChildLimits) -> None:

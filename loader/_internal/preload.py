@@ -17,6 +17,10 @@ import sklearn.svm  # noqa: F401
 import sklearn.tree  # noqa: F401
 import skops.io  # noqa: F401
 
+import loader._internal.child  # noqa: F401 - what each child runs, compiled once
+import loader._internal.skops_writer  # noqa: F401
+from loader._internal.confine import remember_readable_paths
 from loader._internal.process import set_non_dumpable
 
+remember_readable_paths()  # after every import above: their folders are what children may read
 set_non_dumpable()

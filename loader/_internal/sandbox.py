@@ -19,11 +19,11 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loader._internal.child import READY, ChildLimits, PassedFd, run
+from loader._internal.child import NO_TYPES, READY, REPORT_TYPES, ChildLimits, PassedFd, run
 from loader._internal.memfd import SealedFile, new_memfd, seal
 from loader.errors import LimitExceeded, UnpicklingFailed
 
@@ -67,7 +67,7 @@ class Converted:
     """The model as a sealed memfd of skops bytes, with what the child reported about it."""
 
     model: SealedFile
-    untrusted_types: list[str]
+    untrusted_types: list[str] | None  # None: not asked for
     timings: dict[str, float] = field(default_factory=dict)
     output: str = ""
 
@@ -140,6 +140,7 @@ class Sandbox:
         # BLAS thread pools are started at import in the fork server; a child cannot add threads.
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(name, "1")
+        self._child_limits = ChildLimits(**{f.name: getattr(self.limits, f.name) for f in fields(ChildLimits)})
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(_PRELOAD)
         self._ready: collections.deque[_Child] = collections.deque()
@@ -195,7 +196,9 @@ class Sandbox:
         output_r, output_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run,
-            args=(PassedFd(theirs.fileno()), status_w, output_w, self.limits),
+            # ChildLimits, not SandboxLimits: unpickling the latter would make every child import
+            # this module (and gRPC) before it is confined; the fork server has the former.
+            args=(PassedFd(theirs.fileno()), status_w, output_w, self._child_limits),
             daemon=True,
             name="confined-unpickle",
         )
@@ -230,8 +233,9 @@ class Sandbox:
             self._cond.notify_all()
         return child if child is not None else self._spawn()
 
-    def convert(self, artefact: SealedFile) -> Converted:
-        """Unpickle the sealed `artefact` in a fresh confined child; return the skops conversion."""
+    def convert(self, artefact: SealedFile, report_types: bool = True) -> Converted:
+        """Unpickle the sealed `artefact` in a fresh confined child; return the skops conversion
+        (with skops' untrusted types if `report_types`)."""
         what = not_a_pickle(artefact.head(16))
         if what is not None:
             raise UnpicklingFailed(
@@ -243,7 +247,7 @@ class Sandbox:
         started = time.perf_counter()
         try:
             try:
-                socket.send_fds(child.control, [b"a"], [artefact.fd, sink])
+                socket.send_fds(child.control, [REPORT_TYPES if report_types else NO_TYPES], [artefact.fd, sink])
             except OSError:
                 raise self._died(child) from None
             child.control.close()
@@ -258,8 +262,8 @@ class Sandbox:
             sink = -1
             if model.size > limits.max_result_bytes:
                 raise LimitExceeded(f"the converted model is {model.size} bytes; the limit is {limits.max_result_bytes}")
-            untrusted = meta.get("untrusted_types", [])
-            if not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted):
+            untrusted = meta.get("untrusted_types")
+            if untrusted is not None and (not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted)):
                 raise UnpicklingFailed("the confined child reported malformed type information")
             timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
             timings["child_total"] = time.perf_counter() - started

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
+from loader._internal.memfd import sha256_of
 from loader._internal.service import LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
 from loader.errors import LoaderError
@@ -36,7 +37,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             result = self._service.load(_to_load_request(request))
         except LoaderError as exc:
             context.abort(exc.code, str(exc))
-        header = _header(result)
+        header = _header(result, request.accept_blake3)
         if request.accept_fd and self._handoff is not None:
             # The client claims the sealed memfd on the side channel: nothing more to send here.
             header.fd_handle = self._handoff.offer(result.converted.model)
@@ -75,20 +76,26 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
         model_name=request.model_name,
         trusted_types=tuple(request.trusted_types),
         ignore_paths=tuple(request.ignore_paths),
+        report_types=not request.omit_untrusted_types,
     )
 
 
-def _header(result: LoadResult) -> loader_pb2.LoadedModel:
-    return loader_pb2.LoadedModel(
+def _header(result: LoadResult, blake3_only: bool) -> loader_pb2.LoadedModel:
+    # Clients that do not ask for BLAKE3 get SHA-256, computed for them (the result cache keeps BLAKE3).
+    header = loader_pb2.LoadedModel(
         # Verified's fields are VerificationFacts', one for one.
         facts=loader_pb2.VerificationFacts(**dataclasses.asdict(result.verified)),
         timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in result.timings.items()],
-        untrusted_types=result.converted.untrusted_types,
+        untrusted_types=result.converted.untrusted_types or [],
         format="skops",
         size=result.converted.size,
-        model_sha256=result.model_sha256,
         cached=result.cached,
     )
+    if blake3_only:
+        header.model_blake3 = result.model_blake3
+    else:
+        header.model_sha256 = sha256_of(result.converted.model)
+    return header
 
 
 def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:

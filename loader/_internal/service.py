@@ -15,7 +15,7 @@ from typing import cast
 
 from prometheus_client import Counter, Histogram
 
-from loader._internal.memfd import SealedFile, sha256_of
+from loader._internal.memfd import SealedFile, blake3_of, sha256_of
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import Signer, TrustRoots, Verified, verify_artefact
@@ -38,13 +38,15 @@ class LoadRequest:
     trusted_types: tuple[str, ...] = ()
     # Paths of a signed model directory that its model-signing bundle does not cover.
     ignore_paths: tuple[str, ...] = ()
+    # The caller needs skops' list of types it does not trust by default.
+    report_types: bool = True
 
 
 @dataclass(frozen=True)
 class LoadResult:
     verified: Verified
     converted: Converted
-    model_sha256: str
+    model_blake3: str
     timings: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
@@ -173,10 +175,10 @@ class LoaderService:
                 # have changed although the model file and the bundle did not.
                 verified = self._verify(artefact, digest, bundle, request, model_path, timings, record)
                 cached = self._cache.get(key)
-                if cached is not None:
-                    result = LoadResult(verified, cached.converted, cached.model_sha256, timings, cached=True)
+                if cached is not None and (cached.converted.untrusted_types is not None or not request.report_types):
+                    result = LoadResult(verified, cached.converted, cached.model_blake3, timings, cached=True)
                 else:
-                    result = self._convert(artefact, verified, timings, record)
+                    result = self._convert(artefact, verified, request.report_types, timings, record)
                     self._cache.put(key, result)
         finally:
             with self._inflight_lock:
@@ -207,7 +209,12 @@ class LoaderService:
         return verified
 
     def _convert(
-        self, artefact: SealedFile, verified: Verified, timings: dict[str, float], record: dict[str, object]
+        self,
+        artefact: SealedFile,
+        verified: Verified,
+        report_types: bool,
+        timings: dict[str, float],
+        record: dict[str, object],
     ) -> LoadResult:
         t1 = time.perf_counter()
         # Nothing is unpickled before this line, and only the bytes just verified are.
@@ -220,11 +227,11 @@ class LoaderService:
             record["stage"] = "unpickle"
             t2 = time.perf_counter()
             timings["queue"] = t2 - t1
-            converted = self.sandbox.convert(artefact)
+            converted = self.sandbox.convert(artefact, report_types)
             timings.update({f"child_{k}" if k in ("unpickle", "convert") else k: v for k, v in converted.timings.items()})
         finally:
             self._slots.release()
         t3 = time.perf_counter()
-        model_sha256 = sha256_of(converted.model)
+        model_blake3 = blake3_of(converted.model)
         timings["result_hash"] = time.perf_counter() - t3
-        return LoadResult(verified, converted, model_sha256, timings)
+        return LoadResult(verified, converted, model_blake3, timings)

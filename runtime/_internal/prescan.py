@@ -256,6 +256,8 @@ class _Scanner:
 
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
+# What the runtime loads from: a buffer, or a seekable binary file (the passed memfd, read without mapping it).
+Source = Buffer | BinaryIO
 
 
 class _ViewReader(io.RawIOBase):
@@ -279,26 +281,27 @@ class _ViewReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def read(self, size: int | None = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        chunk = bytes(self._view[self._pos : end])
-        self._pos = max(self._pos, end)
-        return chunk
-
     def readinto(self, buffer: Any) -> int:
-        chunk = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(chunk)] = chunk
-        return len(chunk)
+        target = memoryview(buffer).cast("B")
+        end = min(len(self._view), self._pos + len(target))
+        n = max(0, end - self._pos)
+        target[:n] = self._view[self._pos : end]  # one copy, straight into the reader's buffer
+        self._pos += n
+        return n
 
 
-def open_buffer(data: Buffer) -> BinaryIO:
-    """A seekable binary file over `data`; bytes are shared by BytesIO, other buffers read in place."""
+def open_buffer(data: Source) -> BinaryIO:
+    """A seekable binary file over `data`, from its start; bytes are shared by BytesIO, other
+    buffers read in place, files used as they are."""
     if isinstance(data, bytes):
         return io.BytesIO(data)
-    return io.BufferedReader(_ViewReader(data))
+    if isinstance(data, (bytearray, memoryview, mmap.mmap)):
+        return io.BufferedReader(_ViewReader(data))
+    data.seek(0)
+    return data
 
 
-def scan_archive(data: Buffer) -> ScanResult:
+def scan_archive(data: Source) -> ScanResult:
     """Refuse anything but a bounded, plain skops tree; return the types its schema names."""
     try:
         archive = zipfile.ZipFile(open_buffer(data))

@@ -49,7 +49,7 @@ class Signer(_message.Message):
     def __init__(self, identity: _Optional[str] = ..., issuer: _Optional[str] = ..., workflow_repository: _Optional[str] = ..., workflow_ref: _Optional[str] = ..., workflow_sha: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_trigger: _Optional[str] = ..., identity_regexp: _Optional[str] = ..., key: _Optional[str] = ..., certificate_authority: _Optional[str] = ...) -> None: ...
 
 class VerifyAndLoadRequest(_message.Message):
-    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd")
+    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd", "accept_blake3", "omit_untrusted_types")
     ARTEFACT_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGNERS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class VerifyAndLoadRequest(_message.Message):
     TRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
     IGNORE_PATHS_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FD_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_BLAKE3_FIELD_NUMBER: _ClassVar[int]
+    OMIT_UNTRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
     artefact: str
     bundle: str
     signers: _containers.RepeatedCompositeFieldContainer[Signer]
@@ -66,7 +68,9 @@ class VerifyAndLoadRequest(_message.Message):
     trusted_types: _containers.RepeatedScalarFieldContainer[str]
     ignore_paths: _containers.RepeatedScalarFieldContainer[str]
     accept_fd: bool
-    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ...) -> None: ...
+    accept_blake3: bool
+    omit_untrusted_types: bool
+    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ..., accept_blake3: _Optional[bool] = ..., omit_untrusted_types: _Optional[bool] = ...) -> None: ...
 
 class VerificationFacts(_message.Message):
     __slots__ = ("artefact_sha256", "bundle_sha256", "identity", "issuer", "log_index", "integrated_time", "bundle_media_type", "trust_root", "signing_method", "model_file", "verified_files")
@@ -103,7 +107,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("facts", "timings", "untrusted_types", "format", "size", "model_sha256", "cached", "fd_handle", "fd_handle_ttl_seconds")
+    __slots__ = ("facts", "timings", "untrusted_types", "format", "size", "model_sha256", "cached", "fd_handle", "fd_handle_ttl_seconds", "model_blake3")
     FACTS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     UNTRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +117,7 @@ class LoadedModel(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     FD_HANDLE_FIELD_NUMBER: _ClassVar[int]
     FD_HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     facts: VerificationFacts
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     untrusted_types: _containers.RepeatedScalarFieldContainer[str]
@@ -122,7 +127,8 @@ class LoadedModel(_message.Message):
     cached: bool
     fd_handle: str
     fd_handle_ttl_seconds: float
-    def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., fd_handle: _Optional[str] = ..., fd_handle_ttl_seconds: _Optional[float] = ...) -> None: ...
+    model_blake3: str
+    def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., fd_handle: _Optional[str] = ..., fd_handle_ttl_seconds: _Optional[float] = ..., model_blake3: _Optional[str] = ...) -> None: ...
 
 class VerifyAndLoadResponse(_message.Message):
     __slots__ = ("header", "chunk")
