@@ -11,9 +11,12 @@ import hashlib
 import mmap
 import os
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import blake3
 
+_COPY_CHUNK = 16 << 20
 # Below this, starting BLAKE3's thread pool costs more than it saves.
 PARALLEL_HASH_BYTES = 16 << 20
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
@@ -82,22 +85,46 @@ def is_sealed(fd: int) -> bool:
         return False
 
 
-def copy_from(source: int, size: int, name: str) -> SealedFile:
-    """Copy exactly `size` bytes of `source` into a sealed memfd (in the kernel, one pass).
+def copy_from(source: int, size: int, name: str) -> tuple[SealedFile, str]:
+    """Copy exactly `size` bytes of `source` into a sealed memfd (in the kernel) and SHA-256
+    them in the same pass: each chunk is hashed on a second thread, from a read-only mapping of
+    the memfd, while the next one is copied (sendfile and hashlib both let go of the GIL).
+    Returns the file and the hex digest of exactly the bytes it holds.
 
     Raises ValueError if `source` turns out shorter or longer than `size` while it is copied.
     """
     fd = new_memfd(name)
+    hasher = hashlib.sha256()
     try:
-        copied = 0
-        while copied < size:
-            n = os.sendfile(fd, source, copied, size - copied)
-            if n == 0:
-                raise ValueError(f"it shrank to {copied} bytes while it was read")
-            copied += n
+        if size:
+            os.ftruncate(fd, size)  # mapped whole up front; sendfile fills it from offset 0
+            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as mapping, memoryview(mapping) as view:
+                _copy_hashing(source, fd, view, hasher)
         if os.pread(source, 1, size):
             raise ValueError("it grew while it was read")
-        return seal(fd)
+        return seal(fd), hasher.hexdigest()
     except BaseException:
         os.close(fd)
         raise
+
+
+def _copy_hashing(source: int, sink: int, view: memoryview, hasher: Any) -> None:
+    size = len(view)
+    with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
+        pending: Future[None] | None = None
+        copied = 0
+        try:
+            while copied < size:
+                end = min(size, copied + _COPY_CHUNK)
+                start = copied
+                while copied < end:
+                    n = os.sendfile(sink, source, copied, end - copied)
+                    if n == 0:
+                        raise ValueError(f"it shrank to {copied} bytes while it was read")
+                    copied += n
+                if pending is not None:
+                    pending.result()  # digests must be fed in order
+                pending = pool.submit(hasher.update, view[start:end])
+        finally:
+            if pending is not None:
+                pending.result()

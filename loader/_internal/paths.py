@@ -79,8 +79,9 @@ def _open_regular(path: Path, what: str, max_bytes: int) -> tuple[int, os.stat_r
     return fd, info
 
 
-def read_sealed(path: Path, what: str, max_bytes: int) -> SealedFile:
-    """Read a file once, straight into the sealed memfd that is hashed, verified and unpickled."""
+def read_sealed(path: Path, what: str, max_bytes: int) -> tuple[SealedFile, str]:
+    """Read a file once, straight into the sealed memfd that is verified and unpickled, hashing
+    it on the way; returns the file and its hex SHA-256."""
     fd, info = _open_regular(path, what, max_bytes)
     try:
         return copy_from(fd, info.st_size, what)

@@ -15,7 +15,7 @@ from typing import cast
 
 from prometheus_client import Counter, Histogram
 
-from loader._internal.memfd import SealedFile, blake3_of, sha256_of
+from loader._internal.memfd import SealedFile, blake3_of
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import Signer, TrustRoots, Verified, verify_artefact
@@ -151,13 +151,11 @@ class LoaderService:
         # A model directory is loaded through its well-known model file; the file's directory
         # is what a model-signing bundle covering more than one file must match.
         model_path = self.root.model_file(artefact_path)
-        # Read once into the sealed memfd that is hashed here and unpickled by the child.
-        artefact = read_sealed(model_path, "artefact", self.limits.max_artefact_bytes)
+        # Read once into the sealed memfd that is verified here and unpickled by the child,
+        # hashed on the way (one pass: the stage is "read" and includes hashing).
+        artefact, digest = read_sealed(model_path, "artefact", self.limits.max_artefact_bytes)
         bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
-        t1 = time.perf_counter()
-        timings["read"] = t1 - t0
-        digest = sha256_of(artefact)
-        timings["hash"] = time.perf_counter() - t1
+        timings["read"] = time.perf_counter() - t0
         record["sha256"] = digest
         key = (
             digest,
