@@ -118,9 +118,11 @@ class Bench:
             loader_side = 0.0
             for timing in fetched.header.timings:
                 stages.setdefault(timing.stage, []).append(timing.seconds)
-                if timing.stage in ("read", "hash", "verify", "queue", "child_total"):
+                if timing.stage in ("read", "verify", "queue", "child_total", "result_hash"):
                     loader_side += timing.seconds
-            stages.setdefault("handover (gRPC, fd, client digest)", []).append(max(total - loader_side, 0.0))
+            # The server-side load runs inside the call (while the loader hashes the result).
+            server_load = stages["skops_load (server)"][-1] if stages.get("skops_load (server)") else 0.0
+            stages.setdefault("handover (gRPC, fd, digests)", []).append(max(total - loader_side - server_load, 0.0))
             return fetched
 
         def load_timed(data, trusted):  # type: ignore[no-untyped-def]
@@ -155,7 +157,7 @@ class Bench:
     def hash_throughput(self, path: Path) -> None:
         size_mb = path.stat().st_size / 2**20
         sha256sum = timed(lambda: subprocess.run(["sha256sum", str(path)], check=True, capture_output=True), 5)
-        hash_stage = self.results["load_large"]["stages"]["hash"]  # type: ignore[index]
+        hash_stage = self.results["load_large"]["stages"]["read"]  # type: ignore[index]  # read and hashed in one pass
         verify_stage = self.results["load_large"]["stages"]["verify"]  # type: ignore[index]
         baseline = size_mb / statistics.median(sha256sum)
         ours = size_mb / hash_stage["median"]
@@ -388,7 +390,7 @@ def write_reports(results: dict) -> None:
             lines.append(f"| load {label}, docker (ephemeral) mode | {p['median']*1000:.1f} ms | {d['median']*1000:.0f} ms (min {d['min']*1000:.0f}, p95 {d['p95']*1000:.0f}) | {entry['docker_ratio']:.1f}x | none |")
     if "hashing" in results:
         h = results["hashing"]
-        lines.append(f"| hash {h['artefact_mb']} MB | sha256sum {h['sha256sum_mb_s']['median']:.0f} MB/s | loader {h['loader_hash_mb_s']:.0f} MB/s | {h['ratio_to_sha256sum']:.2f} | >= 0.90: {'met' if h['ratio_to_sha256sum'] >= 0.9 else 'missed'} |")
+        lines.append(f"| read + hash {h['artefact_mb']} MB | sha256sum {h['sha256sum_mb_s']['median']:.0f} MB/s | loader {h['loader_hash_mb_s']:.0f} MB/s | {h['ratio_to_sha256sum']:.2f} | >= 0.90: {'met' if h['ratio_to_sha256sum'] >= 0.9 else 'missed'} |")
     for protocol, entry in results.get("inference", {}).items():
         met = 0.95 <= entry["latency_ratio"] <= 1.05
         lines.append(

@@ -17,6 +17,8 @@ import os
 import socket
 import stat
 import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,6 +30,10 @@ from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 FD_SOCKET_SUFFIX = ".fd"
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _HASH_CHUNK = 8 << 20
+
+
+# Reads the model from a file; must be safe on hostile bytes (see `verify_and_load`).
+Consumer = Callable[[BinaryIO], Any]
 
 
 class LoaderCallError(Exception):
@@ -60,6 +66,10 @@ class FetchedModel:
         self._bytes = data
         self._fd = fd
         self._map: mmap.mmap | None = None
+        # What `verify_and_load(consume=...)` made of the bytes.
+        self.consumed: Any = None
+        # (algorithm, hex digest) the bytes were checked against.
+        self.digest: tuple[str, str] = ("", "")
         if fd >= 0:
             weakref.finalize(self, os.close, fd)
 
@@ -70,6 +80,11 @@ class FetchedModel:
         if self._map is None:
             self._map = _map(self._fd, self.header.size)
         return self._map
+
+    @property
+    def fileno(self) -> int:
+        """The passed memfd (-1 for streamed bytes)."""
+        return self._fd
 
     def open(self) -> BinaryIO:
         """A new seekable read-only file over the model bytes."""
@@ -94,6 +109,11 @@ def _map(fd: int, size: int) -> mmap.mmap:
 
 def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
     """The passed descriptor must be a sealed regular file of the announced size and digest."""
+    _check_sealed(fd, header.size)
+    _check_digest(_hash_fd(fd, header.size, _expected(header)[0]), _expected(header))
+
+
+def _check_sealed(fd: int, size: int) -> None:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise LoaderCallError("the loader passed a descriptor that is not a regular file")
@@ -103,34 +123,45 @@ def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
         seals = 0
     if seals & _SEALED != _SEALED:
         raise LoaderCallError("the loader passed a model file that is not sealed against changes")
-    if info.st_size != header.size:
+    if info.st_size != size:
         raise LoaderCallError("the model file passed does not have the size in the loader's header")
-    hasher = _hasher_for(header)
-    # Read through one small buffer rather than mapped: the model's pages never count towards
-    # this process's memory.
-    buffer = bytearray(min(header.size, _HASH_CHUNK) or 1)
-    view = memoryview(buffer)
+
+
+def _hasher(algorithm: str, size: int) -> Any:
+    if algorithm == "blake3":
+        # Threads pay off on large models only (starting them costs milliseconds).
+        return blake3.blake3(max_threads=blake3.blake3.AUTO if size >= _HASH_CHUNK else 1)
+    return hashlib.sha256()
+
+
+def _hash_fd(fd: int, size: int, algorithm: str) -> str:
+    """Digest of the file, read through one small buffer rather than mapped: the model's pages
+    never count towards this process's memory."""
+    hasher = _hasher(algorithm, size)
+    view = memoryview(bytearray(min(size, _HASH_CHUNK) or 1))
     offset = 0
-    while offset < header.size:
+    while offset < size:
         n = os.preadv(fd, [view], offset)
         if n <= 0:
             raise LoaderCallError("the model file passed is shorter than the loader's header says")
         hasher.update(view[:n])
         offset += n
-    _check_digest(hasher, header)
+    return str(hasher.hexdigest())
 
 
-def _hasher_for(header: loader_pb2.LoadedModel) -> Any:
-    if header.model_blake3:
-        # Threads pay off on large models only (starting them costs milliseconds).
-        return blake3.blake3(max_threads=blake3.blake3.AUTO if header.size >= _HASH_CHUNK else 1)
-    if header.model_sha256:
-        return hashlib.sha256()
-    raise LoaderCallError("the loader's header names no digest of the model")
+def _expected(digest: loader_pb2.LoadedModel | loader_pb2.ModelDigest) -> tuple[str, str]:
+    """(algorithm, hex digest) the loader announced in a header or in the last message."""
+    blake3_hex = digest.model_blake3 if isinstance(digest, loader_pb2.LoadedModel) else digest.blake3
+    sha256_hex = digest.model_sha256 if isinstance(digest, loader_pb2.LoadedModel) else digest.sha256
+    if blake3_hex:
+        return "blake3", blake3_hex
+    if sha256_hex:
+        return "sha256", sha256_hex
+    raise LoaderCallError("the loader sent no digest of the model")
 
 
-def _check_digest(hasher: Any, header: loader_pb2.LoadedModel) -> None:
-    if hasher.hexdigest() != (header.model_blake3 or header.model_sha256):
+def _check_digest(actual: str, expected: tuple[str, str]) -> None:
+    if actual != expected[1]:
         raise LoaderCallError("the model bytes received do not match the loader's header")
 
 
@@ -162,7 +193,33 @@ def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> Fetche
     except BaseException:
         os.close(fd)
         raise
-    return FetchedModel(header, fd=fd)
+    fetched = FetchedModel(header, fd=fd)
+    fetched.digest = _expected(header)
+    return fetched
+
+
+class _Early:
+    """A model claimed before its digest arrived: read (and hashed) while the loader hashes it."""
+
+    def __init__(self, fetched: FetchedModel, digest: str, consumed: Any, error: BaseException | None) -> None:
+        self.fetched, self.digest, self.consumed, self.error = fetched, digest, consumed, error
+
+
+def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
+    fd = receive_fd(path, header.fd_handle, timeout)
+    fetched = FetchedModel(header, fd=fd)  # closes the descriptor when dropped
+    _check_sealed(fd, header.size)
+    # The loader was asked for BLAKE3; hashed on a second thread while `consume` reads.
+    with ThreadPoolExecutor(1, thread_name_prefix="model-digest") as pool:
+        digest = pool.submit(_hash_fd, fd, header.size, "blake3")
+        consumed, error = None, None
+        if consume is not None:
+            try:
+                with fetched.open() as file:
+                    consumed = consume(file)
+            except Exception as exc:  # noqa: BLE001 - reported after the digest is known
+                error = exc
+        return _Early(fetched, digest.result(), consumed, error)
 
 
 def _joined(header: loader_pb2.LoadedModel, chunks: list[bytes]) -> FetchedModel:
@@ -170,19 +227,35 @@ def _joined(header: loader_pb2.LoadedModel, chunks: list[bytes]) -> FetchedModel
     chunks.clear()
     if len(data) != header.size:
         raise LoaderCallError("the model bytes received do not match the loader's header")
-    hasher = _hasher_for(header)
+    expected = _expected(header)
+    hasher = _hasher(expected[0], len(data))
     hasher.update(data)
-    _check_digest(hasher, header)
-    return FetchedModel(header, data=data)
+    _check_digest(str(hasher.hexdigest()), expected)
+    fetched = FetchedModel(header, data=data)
+    fetched.digest = expected
+    return fetched
+
+
+def _consume(fetched: FetchedModel, consume: Consumer) -> Any:
+    with fetched.open() as file:
+        return consume(file)
 
 
 async def verify_and_load(
-    endpoint: str, request: loader_pb2.VerifyAndLoadRequest, timeout: float, max_bytes: int
+    endpoint: str,
+    request: loader_pb2.VerifyAndLoadRequest,
+    timeout: float,
+    max_bytes: int,
+    consume: Consumer | None = None,
 ) -> FetchedModel:
     """Call VerifyAndLoad at `endpoint`; return the model once size and digest match.
 
     On a Unix socket whose side channel exists the model is passed as a sealed memfd;
-    otherwise (TCP, or an older loader) it is streamed.
+    otherwise (TCP, or an older loader) it is streamed. `consume`, if given, is called on a
+    worker thread with a file over the model bytes and its result kept in
+    `FetchedModel.consumed`. Over a memfd it may run before the digest has arrived (the loader
+    hashes while the client reads), so it must treat the bytes as hostile, as
+    `runtime.safe_load.load_model` does; its result is returned only if the digest matches.
     """
     options = [
         ("grpc.max_receive_message_length", 4 << 20),
@@ -194,36 +267,80 @@ async def verify_and_load(
     asked = loader_pb2.VerifyAndLoadRequest()
     asked.CopyFrom(request)
     asked.accept_blake3 = True
-    asked.accept_fd = side_channel is not None and side_channel.is_socket()
-    request = asked
+    asked.accept_fd = asked.digest_after_handle = side_channel is not None and side_channel.is_socket()
     header: loader_pb2.LoadedModel | None = None
+    trailer: loader_pb2.ModelDigest | None = None
+    early: asyncio.Task[_Early] | None = None
     chunks: list[bytes] = []
-    async with grpc.aio.insecure_channel(endpoint, options=options) as channel:
-        stub = loader_pb2_grpc.LoaderStub(channel)
-        try:
+    try:
+        async with grpc.aio.insecure_channel(endpoint, options=options) as channel:
+            stub = loader_pb2_grpc.LoaderStub(channel)
             received = 0
-            async for message in stub.VerifyAndLoad(request, timeout=timeout, wait_for_ready=False):
-                if message.WhichOneof("part") == "header":
+            async for message in stub.VerifyAndLoad(asked, timeout=timeout, wait_for_ready=False):
+                part = message.WhichOneof("part")
+                if part == "header" and header is None:
                     header = message.header
                     if header.size > max_bytes:
                         raise LoaderCallError(
                             f"the loader returned a {header.size}-byte model; the limit is {max_bytes}",
                             too_large=True,
                         )
-                    continue
-                received += len(message.chunk)
-                if header is None or header.fd_handle or received > header.size:
-                    raise LoaderCallError("the loader sent more model bytes than announced")
-                chunks.append(message.chunk)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            where = f" at {endpoint}" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else ""
-            raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
+                    if header.fd_handle and not (header.model_blake3 or header.model_sha256):
+                        if side_channel is None:
+                            raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
+                        early = asyncio.create_task(
+                            asyncio.to_thread(_claim_early, side_channel, header, min(timeout, 30.0), consume)
+                        )
+                elif part == "digest" and early is not None and trailer is None:
+                    trailer = message.digest
+                elif part == "chunk" and header is not None and not header.fd_handle:
+                    received += len(message.chunk)
+                    if received > header.size:
+                        raise LoaderCallError("the loader sent more model bytes than announced")
+                    chunks.append(message.chunk)
+                else:
+                    raise LoaderCallError(f"the loader sent an unexpected {part or 'empty'} message")
+    except grpc.aio.AioRpcError as exc:
+        await _drop(early)
+        code = exc.code()
+        where = f" at {endpoint}" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else ""
+        raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
+    except BaseException:
+        await _drop(early)
+        raise
     if header is None:
         raise LoaderCallError("the loader closed the stream without a model")
+    if early is not None:
+        return await _accept_early(early, trailer, header.size)
     # Hashing a large model takes a while: off the caller's event loop (hashlib frees the GIL).
     if header.fd_handle:
         if side_channel is None:
             raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-        return await asyncio.to_thread(_claim, side_channel, header, min(timeout, 30.0))
-    return await asyncio.to_thread(_joined, header, chunks)
+        fetched = await asyncio.to_thread(_claim, side_channel, header, min(timeout, 30.0))
+    else:
+        fetched = await asyncio.to_thread(_joined, header, chunks)
+    if consume is not None:
+        fetched.consumed = await asyncio.to_thread(_consume, fetched, consume)
+    return fetched
+
+
+async def _accept_early(early: asyncio.Task[_Early], trailer: loader_pb2.ModelDigest | None, size: int) -> FetchedModel:
+    done = await early
+    if trailer is None:
+        raise LoaderCallError("the loader closed the stream without the model's digest")
+    expected = _expected(trailer)
+    actual = done.digest if expected[0] == "blake3" else await asyncio.to_thread(_hash_fd, done.fetched.fileno, size, expected[0])
+    _check_digest(actual, expected)  # a mismatch outranks whatever `consume` made of the bytes
+    if done.error is not None:
+        raise done.error
+    done.fetched.consumed, done.fetched.digest = done.consumed, expected
+    return done.fetched
+
+
+async def _drop(early: asyncio.Task[_Early] | None) -> None:
+    """Wait for a claim in progress (a thread cannot be cancelled) and let its descriptor go."""
+    if early is not None:
+        try:
+            await early
+        except BaseException:  # noqa: BLE001 - the call already failed for another reason
+            pass

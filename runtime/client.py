@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from loader.client import FetchedModel, LoaderCallError
+from loader.client import Consumer, FetchedModel, LoaderCallError
 from loader.client import verify_and_load as _call
 from loader.proto.v1 import loader_pb2
 from runtime.errors import HTTP_STATUS_FOR, ModelRefused
 from runtime.settings import SigstorePolicy
 
-__all__ = ["FetchedModel", "build_request", "verify_and_load"]
+__all__ = ["Consumer", "FetchedModel", "build_request", "verify_and_load"]
 
 
 def build_request(
@@ -29,11 +29,16 @@ def build_request(
 
 
 async def verify_and_load(
-    endpoint: str, request: loader_pb2.VerifyAndLoadRequest, timeout: float, max_bytes: int
+    endpoint: str,
+    request: loader_pb2.VerifyAndLoadRequest,
+    timeout: float,
+    max_bytes: int,
+    consume: Consumer | None = None,
 ) -> FetchedModel:
-    """Call VerifyAndLoad; a failure becomes ModelRefused with the matching HTTP status."""
+    """Call VerifyAndLoad (see `loader.client.verify_and_load` for `consume`); a failure becomes
+    ModelRefused with the matching HTTP status."""
     try:
-        return await _call(endpoint, request, timeout, max_bytes)
+        return await _call(endpoint, request, timeout, max_bytes, consume)
     except LoaderCallError as exc:
         if exc.code is not None:
             raise ModelRefused(

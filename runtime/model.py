@@ -12,7 +12,7 @@ from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import WELLKNOWN_MODEL_FILENAMES
 
 from loader.bundles import bundle_candidates, find_bundle
-from runtime.client import FetchedModel, build_request, verify_and_load
+from runtime.client import Consumer, FetchedModel, build_request, verify_and_load
 from runtime.docker_sandbox import EphemeralLoader
 from runtime.errors import ModelRefused
 from runtime.safe_load import load_model
@@ -55,11 +55,11 @@ class SigstoreModel(SKLearnModel):
         if source:
             refuse_code_beside(Path(source).parent, "model-settings folder")
 
-        fetched = await self._fetch(policy, env, artefact)
-        # Read from the passed memfd as a file: its pages are never mapped into this process.
-        with fetched.open() as model_file:
-            self._model = load_model(model_file, policy.trusted_types)
-        fetched.close()
+        trusted = policy.trusted_types
+        # On a worker thread, from the passed memfd read as a file (its pages are never mapped
+        # into this process), while the loader hashes it; kept only if the digest matches.
+        fetched = await self._fetch(policy, env, artefact, lambda model_file: load_model(model_file, trusted))
+        self._model = fetched.consumed
         facts = fetched.header.facts
         logger.info(
             json.dumps(
@@ -77,7 +77,9 @@ class SigstoreModel(SKLearnModel):
         self.verification = facts
         return True
 
-    async def _fetch(self, policy: SigstorePolicy, env: RuntimeSettings, artefact: Path) -> FetchedModel:
+    async def _fetch(
+        self, policy: SigstorePolicy, env: RuntimeSettings, artefact: Path, consume: Consumer
+    ) -> FetchedModel:
         mode = policy.sandbox or env.sandbox
         if mode == "endpoint":
             request_path = str(artefact)
@@ -88,7 +90,7 @@ class SigstoreModel(SKLearnModel):
                 request_path = str(artefact.resolve().relative_to(root))
             request = build_request(policy, request_path, self.name)
             return await verify_and_load(
-                policy.endpoint or env.endpoint, request, env.timeout_seconds, env.max_model_bytes
+                policy.endpoint or env.endpoint, request, env.timeout_seconds, env.max_model_bytes, consume
             )
         if policy.bundle:
             bundle: Path | None = Path(policy.bundle) if Path(policy.bundle).is_absolute() else artefact.parent / policy.bundle
@@ -102,6 +104,6 @@ class SigstoreModel(SKLearnModel):
             endpoint = await sandbox.start()
             await sandbox.wait_ready()
             request = build_request(policy.model_copy(update={"bundle": sandbox.bundle_name}), sandbox.artefact_name, self.name)
-            return await verify_and_load(endpoint, request, env.timeout_seconds, env.max_model_bytes)
+            return await verify_and_load(endpoint, request, env.timeout_seconds, env.max_model_bytes, consume)
         finally:
             await sandbox.stop()

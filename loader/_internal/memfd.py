@@ -6,10 +6,12 @@ so the bytes that were hashed are the bytes a child reads and the bytes a client
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import mmap
 import os
+import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -83,6 +85,30 @@ def is_sealed(fd: int) -> bool:
         return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & needed == needed
     except OSError:
         return False
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def preallocate(fd: int, size: int) -> threading.Thread:
+    """Allocate `size` bytes of pages for the (empty) memfd `fd` on a thread, without changing
+    its size: whoever writes into it later only copies. Best effort; join before sealing."""
+
+    def allocate() -> None:
+        _libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size)  # ctypes lets go of the GIL
+
+    thread = threading.Thread(target=allocate, daemon=True, name="preallocate")
+    thread.start()
+    return thread
+
+
+def release_beyond_end(fd: int, allocated: int) -> None:
+    """Give back pages `preallocate` reserved past the end of what was written."""
+    end = os.fstat(fd).st_size
+    if allocated > end:
+        _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, end, allocated - end)
 
 
 def copy_from(source: int, size: int, name: str) -> tuple[SealedFile, str]:

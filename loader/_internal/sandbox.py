@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from loader._internal.child import NO_TYPES, READY, REPORT_TYPES, ChildLimits, PassedFd, run
-from loader._internal.memfd import SealedFile, new_memfd, seal
+from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 _PRELOAD = ["loader._internal.preload"]
@@ -70,6 +70,13 @@ class Converted:
     untrusted_types: list[str] | None  # None: not asked for
     timings: dict[str, float] = field(default_factory=dict)
     output: str = ""
+    _digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def digest(self, algorithm: str) -> str:
+        """Hex digest ("blake3" or "sha256") of the model bytes, taken once per algorithm."""
+        if algorithm not in self._digests:
+            self._digests[algorithm] = (blake3_of if algorithm == "blake3" else sha256_of)(self.model)
+        return self._digests[algorithm]
 
     @property
     def size(self) -> int:
@@ -244,6 +251,10 @@ class Sandbox:
         limits = self.limits
         child = self._take()
         sink = new_memfd("skops-result")
+        # The result is about as large as the artefact for array-heavy models: its pages are
+        # allocated on another core while the child unpickles, so its writes only copy.
+        reserved = min(artefact.size, limits.max_result_bytes)
+        reserving = preallocate(sink, reserved)
         started = time.perf_counter()
         try:
             try:
@@ -258,6 +269,8 @@ class Sandbox:
             # The child has nothing left to do: end it now rather than wait for it to exit. Once
             # sealed, the result cannot change, even through a descriptor the child still holds.
             child.proc.kill()
+            reserving.join()
+            release_beyond_end(sink, reserved)
             model = self._seal(sink, child)
             sink = -1
             if model.size > limits.max_result_bytes:
@@ -272,6 +285,7 @@ class Sandbox:
             # Reaping a large child takes a while (its address space is torn down): not on this path.
             threading.Thread(target=child.discard, daemon=True, name="child-reaper").start()
             if sink >= 0:
+                reserving.join()
                 os.close(sink)
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -15,7 +16,6 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
-from loader._internal.memfd import sha256_of
 from loader._internal.service import LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
 from loader.errors import LoaderError
@@ -37,18 +37,26 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             result = self._service.load(_to_load_request(request))
         except LoaderError as exc:
             context.abort(exc.code, str(exc))
-        header = _header(result, request.accept_blake3)
+        header = _header(result)
+        algorithm = "blake3" if request.accept_blake3 else "sha256"
         if request.accept_fd and self._handoff is not None:
-            # The client claims the sealed memfd on the side channel: nothing more to send here.
+            # The client claims the sealed memfd on the side channel: no chunks follow.
             header.fd_handle = self._handoff.offer(result.converted.model)
             header.fd_handle_ttl_seconds = self._handoff.ttl_seconds
+            if request.digest_after_handle:
+                # The client reads the model while the digest is taken; it accepts it only once
+                # the digest that ends the stream matches.
+                yield loader_pb2.VerifyAndLoadResponse(header=header)
+                yield loader_pb2.VerifyAndLoadResponse(digest=_digest(result, algorithm))
+                return
+            _set_digest(header, result, algorithm)
             yield loader_pb2.VerifyAndLoadResponse(header=header)
             return
+        _set_digest(header, result, algorithm)
         yield loader_pb2.VerifyAndLoadResponse(header=header)
         with result.converted.model.mapped(populate=False) as data:
             for offset in range(0, len(data), CHUNK_BYTES):
                 yield loader_pb2.VerifyAndLoadResponse(chunk=bytes(data[offset : offset + CHUNK_BYTES]))
-
 
     def Describe(  # noqa: N802 - gRPC method name
         self, request: loader_pb2.DescribeRequest, context: grpc.ServicerContext
@@ -80,9 +88,8 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
     )
 
 
-def _header(result: LoadResult, blake3_only: bool) -> loader_pb2.LoadedModel:
-    # Clients that do not ask for BLAKE3 get SHA-256, computed for them (the result cache keeps BLAKE3).
-    header = loader_pb2.LoadedModel(
+def _header(result: LoadResult) -> loader_pb2.LoadedModel:
+    return loader_pb2.LoadedModel(
         # Verified's fields are VerificationFacts', one for one.
         facts=loader_pb2.VerificationFacts(**dataclasses.asdict(result.verified)),
         timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in result.timings.items()],
@@ -91,11 +98,18 @@ def _header(result: LoadResult, blake3_only: bool) -> loader_pb2.LoadedModel:
         size=result.converted.size,
         cached=result.cached,
     )
-    if blake3_only:
-        header.model_blake3 = result.model_blake3
-    else:
-        header.model_sha256 = sha256_of(result.converted.model)
-    return header
+
+
+def _digest(result: LoadResult, algorithm: str) -> loader_pb2.ModelDigest:
+    value = result.converted.digest(algorithm)
+    return loader_pb2.ModelDigest(blake3=value) if algorithm == "blake3" else loader_pb2.ModelDigest(sha256=value)
+
+
+def _set_digest(header: loader_pb2.LoadedModel, result: LoadResult, algorithm: str) -> None:
+    started = time.perf_counter()
+    digest = _digest(result, algorithm)
+    header.model_blake3, header.model_sha256 = digest.blake3, digest.sha256
+    header.timings.append(loader_pb2.StageTiming(stage="result_hash", seconds=time.perf_counter() - started))
 
 
 def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:

@@ -15,7 +15,7 @@ from typing import cast
 
 from prometheus_client import Counter, Histogram
 
-from loader._internal.memfd import SealedFile, blake3_of
+from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import Signer, TrustRoots, Verified, verify_artefact
@@ -46,7 +46,6 @@ class LoadRequest:
 class LoadResult:
     verified: Verified
     converted: Converted
-    model_blake3: str
     timings: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
@@ -174,7 +173,7 @@ class LoaderService:
                 verified = self._verify(artefact, digest, bundle, request, model_path, timings, record)
                 cached = self._cache.get(key)
                 if cached is not None and (cached.converted.untrusted_types is not None or not request.report_types):
-                    result = LoadResult(verified, cached.converted, cached.model_blake3, timings, cached=True)
+                    result = LoadResult(verified, cached.converted, timings, cached=True)
                 else:
                     result = self._convert(artefact, verified, request.report_types, timings, record)
                     self._cache.put(key, result)
@@ -229,7 +228,6 @@ class LoaderService:
             timings.update({f"child_{k}" if k in ("unpickle", "convert") else k: v for k, v in converted.timings.items()})
         finally:
             self._slots.release()
-        t3 = time.perf_counter()
-        model_blake3 = blake3_of(converted.model)
-        timings["result_hash"] = time.perf_counter() - t3
-        return LoadResult(verified, converted, model_blake3, timings)
+        # The result's digest is taken when a client asks for it (server.py): a client that
+        # accepts it after the descriptor reads the model meanwhile.
+        return LoadResult(verified, converted, timings)

@@ -11,9 +11,12 @@ import os
 import time
 import zipfile
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import BinaryIO
 
 import blake3
+import grpc
 import joblib
 import pytest
 from sklearn import datasets
@@ -23,7 +26,7 @@ from loader._internal.memfd import SealedFile, new_memfd, seal
 from loader._internal.sandbox import Sandbox, SandboxLimits
 from loader.client import FetchedModel, LoaderCallError, fd_socket_for, receive_fd, verify_and_load
 from loader.errors import UnpicklingFailed
-from loader.proto.v1 import loader_pb2
+from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from runtime.safe_load import load_model
 from tests.support import SIGNER, Authority, LoaderProcess, call, put, start_loader, stop_process
 
@@ -57,9 +60,10 @@ def test_a_unix_client_receives_a_sealed_memfd_and_nothing_is_streamed(handoff_l
     fetched = _fetch(handoff_loader, artefact, authority)
     assert fetched.header.fd_handle, "the loader streamed although the client can take a descriptor"
     data = bytes(fetched.data)
-    # The client asked for BLAKE3 (a third of SHA-256's time on large models); others get SHA-256.
-    assert len(data) == fetched.header.size and blake3.blake3(data).hexdigest() == fetched.header.model_blake3
-    assert not fetched.header.model_sha256
+    # The client asked for BLAKE3 (a third of SHA-256's time on large models), sent after the
+    # descriptor so the client reads while the loader hashes; others get SHA-256 in the header.
+    assert not fetched.header.model_blake3 and not fetched.header.model_sha256
+    assert len(data) == fetched.header.size and fetched.digest == ("blake3", blake3.blake3(data).hexdigest())
     with fetched.open() as file:
         assert file.read() == data
     model = load_model(data, [])
@@ -143,6 +147,61 @@ def test_the_client_refuses_an_unsealed_or_altered_memfd(tmp_path: Path, sealed:
     header.model_sha256 = hashlib.sha256(b"other bytes").hexdigest()
     with pytest.raises(LoaderCallError, match="do not match"):
         _check_passed_fd(file.fd, header)
+
+
+class _DigestLastLoader(loader_pb2_grpc.LoaderServicer):
+    """A loader that passes a real sealed memfd and then sends `digest` (or nothing) last."""
+
+    def __init__(self, handoff: Handoff, model: bytes, digest: loader_pb2.ModelDigest | None) -> None:
+        self.handoff, self.model, self.digest, self.requests = handoff, model, digest, []
+
+    def VerifyAndLoad(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.requests.append(request)
+        fd = new_memfd("model")
+        os.write(fd, self.model)
+        handle = self.handoff.offer(seal(fd))
+        yield loader_pb2.VerifyAndLoadResponse(header=loader_pb2.LoadedModel(format="skops", size=len(self.model), fd_handle=handle))
+        time.sleep(0.3)  # the client reads the model meanwhile
+        if self.digest is not None:
+            yield loader_pb2.VerifyAndLoadResponse(digest=self.digest)
+
+
+@pytest.mark.parametrize("sent", ["matching", "other", "none"])
+def test_a_model_read_before_its_digest_is_kept_only_if_the_digest_matches(tmp_path: Path, sent: str) -> None:
+    model = b"model bytes " * 1000
+    digest = {
+        "matching": loader_pb2.ModelDigest(blake3=blake3.blake3(model).hexdigest()),
+        "other": loader_pb2.ModelDigest(blake3=blake3.blake3(b"other bytes").hexdigest()),
+        "none": None,
+    }[sent]
+    sock = Path(os.path.realpath(tmp_path)) / "fake.sock"
+    handoff = Handoff(Handoff.path_for(sock))
+    handoff.start()
+    servicer = _DigestLastLoader(handoff, model, digest)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    loader_pb2_grpc.add_LoaderServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix://{sock}")
+    server.start()
+    consumed: list[bytes] = []
+
+    def consume(file: BinaryIO) -> str:
+        consumed.append(file.read())
+        return "the loaded model"
+
+    try:
+        fetch = verify_and_load(f"unix://{sock}", loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
+        if sent == "matching":
+            fetched = asyncio.run(fetch)
+            assert fetched.consumed == "the loaded model" and fetched.digest == ("blake3", digest.blake3)  # type: ignore[union-attr]
+        else:
+            with pytest.raises(LoaderCallError, match="do not match" if sent == "other" else "without the model's digest"):
+                asyncio.run(fetch)
+        # The client asked for the digest last, and did read the bytes before it came.
+        assert servicer.requests[0].digest_after_handle and servicer.requests[0].accept_blake3
+        assert consumed == [model]
+    finally:
+        server.stop(0)
+        handoff.stop()
 
 
 def test_tcp_endpoints_have_no_side_channel() -> None:

@@ -49,7 +49,7 @@ class Signer(_message.Message):
     def __init__(self, identity: _Optional[str] = ..., issuer: _Optional[str] = ..., workflow_repository: _Optional[str] = ..., workflow_ref: _Optional[str] = ..., workflow_sha: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_trigger: _Optional[str] = ..., identity_regexp: _Optional[str] = ..., key: _Optional[str] = ..., certificate_authority: _Optional[str] = ...) -> None: ...
 
 class VerifyAndLoadRequest(_message.Message):
-    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd", "accept_blake3", "omit_untrusted_types")
+    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd", "accept_blake3", "omit_untrusted_types", "digest_after_handle")
     ARTEFACT_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGNERS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class VerifyAndLoadRequest(_message.Message):
     ACCEPT_FD_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     OMIT_UNTRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_AFTER_HANDLE_FIELD_NUMBER: _ClassVar[int]
     artefact: str
     bundle: str
     signers: _containers.RepeatedCompositeFieldContainer[Signer]
@@ -70,7 +71,8 @@ class VerifyAndLoadRequest(_message.Message):
     accept_fd: bool
     accept_blake3: bool
     omit_untrusted_types: bool
-    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ..., accept_blake3: _Optional[bool] = ..., omit_untrusted_types: _Optional[bool] = ...) -> None: ...
+    digest_after_handle: bool
+    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ..., accept_blake3: _Optional[bool] = ..., omit_untrusted_types: _Optional[bool] = ..., digest_after_handle: _Optional[bool] = ...) -> None: ...
 
 class VerificationFacts(_message.Message):
     __slots__ = ("artefact_sha256", "bundle_sha256", "identity", "issuer", "log_index", "integrated_time", "bundle_media_type", "trust_root", "signing_method", "model_file", "verified_files")
@@ -130,10 +132,20 @@ class LoadedModel(_message.Message):
     model_blake3: str
     def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., fd_handle: _Optional[str] = ..., fd_handle_ttl_seconds: _Optional[float] = ..., model_blake3: _Optional[str] = ...) -> None: ...
 
+class ModelDigest(_message.Message):
+    __slots__ = ("blake3", "sha256")
+    BLAKE3_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    blake3: str
+    sha256: str
+    def __init__(self, blake3: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class VerifyAndLoadResponse(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "digest")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     header: LoadedModel
     chunk: bytes
-    def __init__(self, header: _Optional[_Union[LoadedModel, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    digest: ModelDigest
+    def __init__(self, header: _Optional[_Union[LoadedModel, _Mapping]] = ..., chunk: _Optional[bytes] = ..., digest: _Optional[_Union[ModelDigest, _Mapping]] = ...) -> None: ...
