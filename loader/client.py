@@ -16,6 +16,7 @@ import mmap
 import os
 import socket
 import stat
+import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +72,7 @@ class FetchedModel:
         # (algorithm, hex digest) the bytes were checked against.
         self.digest: tuple[str, str] = ("", "")
         if fd >= 0:
-            weakref.finalize(self, os.close, fd)
+            weakref.finalize(self, close_in_background, fd)
 
     @property
     def data(self) -> bytes | mmap.mmap:
@@ -103,6 +104,15 @@ class FetchedModel:
             self._map = None
 
 
+def close_in_background(fd: int) -> None:
+    """Close `fd` on a thread: the last close of a large memfd frees its pages, which takes tens
+    of milliseconds that should not hold up the caller (an event loop, a load in progress)."""
+    try:
+        threading.Thread(target=os.close, args=(fd,), daemon=True, name="close-model").start()
+    except RuntimeError:  # interpreter shutdown
+        os.close(fd)
+
+
 def _map(fd: int, size: int) -> mmap.mmap:
     return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
 
@@ -129,8 +139,8 @@ def _check_sealed(fd: int, size: int) -> None:
 
 def _hasher(algorithm: str, size: int) -> Any:
     if algorithm == "blake3":
-        # Threads pay off on large models only (starting them costs milliseconds).
-        return blake3.blake3(max_threads=blake3.blake3.AUTO if size >= _HASH_CHUNK else 1)
+        # One thread: hashing runs beside the load (and the loader's own hashing), a core each.
+        return blake3.blake3(max_threads=1)
     return hashlib.sha256()
 
 
@@ -320,7 +330,9 @@ async def verify_and_load(
     else:
         fetched = await asyncio.to_thread(_joined, header, chunks)
     if consume is not None:
-        fetched.consumed = await asyncio.to_thread(_consume, fetched, consume)
+        # A small model is read in less time than a handoff to a worker thread takes.
+        small = header.size < _HASH_CHUNK
+        fetched.consumed = _consume(fetched, consume) if small else await asyncio.to_thread(_consume, fetched, consume)
     return fetched
 
 

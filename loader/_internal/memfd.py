@@ -18,9 +18,9 @@ from typing import Any
 
 import blake3
 
+from loader.client import close_in_background
+
 _COPY_CHUNK = 16 << 20
-# Below this, starting BLAKE3's thread pool costs more than it saves.
-PARALLEL_HASH_BYTES = 16 << 20
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
@@ -30,12 +30,14 @@ class SealedFile:
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
-        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._finalizer = weakref.finalize(self, close_in_background, fd)
 
-    def mapped(self, populate: bool = True) -> mmap.mmap | memoryview:
+    def mapped(self, populate: bool = False) -> mmap.mmap | memoryview:
         """A read-only view of the contents (an mmap; an empty memoryview for an empty file).
 
-        `populate` maps every page at once (faster for a full pass, such as hashing)."""
+        `populate` maps every page at once; that holds the GIL meanwhile (tens of milliseconds
+        for a large model, stalling the loader's other threads), so hashing does not ask for it:
+        its page faults happen while hashlib or BLAKE3 has let go of the GIL."""
         if self.size == 0:
             return memoryview(b"")
         flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
@@ -61,10 +63,10 @@ def sha256_of(sealed: SealedFile) -> str:
 
 
 def blake3_of(sealed: SealedFile) -> str:
-    """Hex BLAKE3 of the contents, from the mapping (on every core for a large file)."""
-    threads = blake3.blake3.AUTO if sealed.size >= PARALLEL_HASH_BYTES else 1
+    """Hex BLAKE3 of the contents, from the mapping, on one thread: the client reads the model
+    on another core meanwhile."""
     with sealed.mapped() as view:
-        return blake3.blake3(view, max_threads=threads).hexdigest()
+        return blake3.blake3(view, max_threads=1).hexdigest()
 
 
 def new_memfd(name: str) -> int:

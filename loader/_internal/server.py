@@ -22,6 +22,9 @@ from loader.errors import LoaderError
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
+# A smaller model is hashed at once (well under a millisecond): sending its digest last would
+# only add a round of thread handoffs on both sides.
+DIGEST_LAST_FROM_BYTES = 8 << 20
 MAX_SOCKET_PATH = 107
 
 
@@ -43,7 +46,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             # The client claims the sealed memfd on the side channel: no chunks follow.
             header.fd_handle = self._handoff.offer(result.converted.model)
             header.fd_handle_ttl_seconds = self._handoff.ttl_seconds
-            if request.digest_after_handle:
+            if request.digest_after_handle and result.converted.size >= DIGEST_LAST_FROM_BYTES:
                 # The client reads the model while the digest is taken; it accepts it only once
                 # the digest that ends the stream matches.
                 yield loader_pb2.VerifyAndLoadResponse(header=header)

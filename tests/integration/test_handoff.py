@@ -60,9 +60,9 @@ def test_a_unix_client_receives_a_sealed_memfd_and_nothing_is_streamed(handoff_l
     fetched = _fetch(handoff_loader, artefact, authority)
     assert fetched.header.fd_handle, "the loader streamed although the client can take a descriptor"
     data = bytes(fetched.data)
-    # The client asked for BLAKE3 (a third of SHA-256's time on large models), sent after the
-    # descriptor so the client reads while the loader hashes; others get SHA-256 in the header.
-    assert not fetched.header.model_blake3 and not fetched.header.model_sha256
+    # The client asked for BLAKE3 (a third of SHA-256's time on large models); a small model's
+    # comes in the header (a large one's after the descriptor); others get SHA-256.
+    assert fetched.header.model_blake3 and not fetched.header.model_sha256
     assert len(data) == fetched.header.size and fetched.digest == ("blake3", blake3.blake3(data).hexdigest())
     with fetched.open() as file:
         assert file.read() == data
