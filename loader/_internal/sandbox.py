@@ -237,8 +237,11 @@ class Sandbox:
         self._ensure_refiller()
         with self._cond:
             child = self._ready.popleft() if self._ready else None
-            self._cond.notify_all()
         return child if child is not None else self._spawn()
+
+    def _refill_now(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def convert(self, artefact: SealedFile, report_types: bool = True) -> Converted:
         """Unpickle the sealed `artefact` in a fresh confined child; return the skops conversion
@@ -284,6 +287,9 @@ class Sandbox:
         finally:
             # Reaping a large child takes a while (its address space is torn down): not on this path.
             threading.Thread(target=child.discard, daemon=True, name="child-reaper").start()
+            # Refilled once this child is done, not while it works: forking the fork server and
+            # confining a new child would compete with it for the CPU.
+            self._refill_now()
             if sink >= 0:
                 reserving.join()
                 os.close(sink)

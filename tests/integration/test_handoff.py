@@ -18,8 +18,10 @@ from typing import BinaryIO
 import blake3
 import grpc
 import joblib
+import numpy as np
 import pytest
 from sklearn import datasets
+from sklearn.neighbors import KNeighborsClassifier
 
 from loader._internal.handoff import Handoff
 from loader._internal.memfd import SealedFile, new_memfd, seal
@@ -72,6 +74,23 @@ def test_a_unix_client_receives_a_sealed_memfd_and_nothing_is_streamed(handoff_l
     header, streamed = call(handoff_loader, artefact, authority)
     assert not header.fd_handle and streamed == data
     assert hashlib.sha256(data).hexdigest() == header.model_sha256 and not header.model_blake3
+
+
+def test_a_large_model_is_read_while_the_loader_hashes_it(handoff_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    """Past 8 MB the digest ends the stream: the runtime's load runs meanwhile, on the bytes
+    passed, and its result is kept because the digest then matches."""
+    rng = np.random.default_rng(0)
+    x = rng.random((20_000, 64))  # 10 MB of training data kept by the k-NN
+    knn = KNeighborsClassifier(algorithm="brute").fit(x, rng.integers(0, 3, len(x)))
+    buffer = io.BytesIO()
+    joblib.dump(knn, buffer)
+    artefact = put(models_root, "handoff-large", buffer.getvalue(), authority)
+    fetched = asyncio.run(
+        verify_and_load(handoff_loader.endpoint, _request(artefact, authority), 60, 1 << 30, lambda file: load_model(file, []))
+    )
+    assert fetched.header.size >= 8 << 20 and not fetched.header.model_blake3 and not fetched.header.model_sha256
+    assert fetched.digest == ("blake3", blake3.blake3(bytes(fetched.data)).hexdigest())
+    assert (fetched.consumed.predict(x[:50]) == knn.predict(x[:50])).all()
 
 
 def test_the_passed_memfd_cannot_be_changed_by_anyone(handoff_loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
