@@ -14,6 +14,7 @@ import hashlib
 import io
 import mmap
 import os
+import queue
 import socket
 import stat
 import threading
@@ -104,13 +105,36 @@ class FetchedModel:
             self._map = None
 
 
+_to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
+_closer: list[threading.Thread] = []
+_closer_lock = threading.Lock()
+
+
 def close_in_background(fd: int) -> None:
-    """Close `fd` on a thread: the last close of a large memfd frees its pages, which takes tens
-    of milliseconds that should not hold up the caller (an event loop, a load in progress)."""
-    try:
-        threading.Thread(target=os.close, args=(fd,), daemon=True, name="close-model").start()
-    except RuntimeError:  # interpreter shutdown
-        os.close(fd)
+    """Close `fd` on a background thread: the last close of a large memfd frees its pages, which
+    takes tens of milliseconds that should not hold up the caller (an event loop, a load)."""
+    _to_close.put(fd)
+    with _closer_lock:
+        if not _closer or not _closer[0].is_alive():
+            try:
+                thread = threading.Thread(target=_close_queued, daemon=True, name="close-model")
+                thread.start()
+            except RuntimeError:  # interpreter shutdown: close here
+                _close_queued(block=False)
+                return
+            _closer[:] = [thread]
+
+
+def _close_queued(block: bool = True) -> None:
+    while True:
+        try:
+            fd = _to_close.get(block=block)
+        except queue.Empty:
+            return
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _map(fd: int, size: int) -> mmap.mmap:

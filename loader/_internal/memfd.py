@@ -94,9 +94,23 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
-def preallocate(fd: int, size: int) -> threading.Thread:
+def _send(source: int, sink: int, start: int, end: int) -> int:
+    """sendfile bytes [start, end) of `source` to the current offset of `sink`; returns `end`."""
+    copied = start
+    while copied < end:
+        n = os.sendfile(sink, source, copied, end - copied)
+        if n == 0:
+            raise ValueError(f"it shrank to {copied} bytes while it was read")
+        copied += n
+    return copied
+
+
+def preallocate(fd: int, size: int) -> threading.Thread | None:
     """Allocate `size` bytes of pages for the (empty) memfd `fd` on a thread, without changing
-    its size: whoever writes into it later only copies. Best effort; join before sealing."""
+    its size: whoever writes into it later only copies. Best effort; join before sealing.
+    None for less than `_COPY_CHUNK`, where starting the thread costs more than it saves."""
+    if size < _COPY_CHUNK:
+        return None
 
     def allocate() -> None:
         _libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size)  # ctypes lets go of the GIL
@@ -138,6 +152,10 @@ def copy_from(source: int, size: int, name: str) -> tuple[SealedFile, str]:
 
 def _copy_hashing(source: int, sink: int, view: memoryview, hasher: Any) -> None:
     size = len(view)
+    if size <= _COPY_CHUNK:  # one chunk: a thread would cost more than it overlaps
+        _send(source, sink, 0, size)
+        hasher.update(view)
+        return
     with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
         pending: Future[None] | None = None
         copied = 0
@@ -145,11 +163,7 @@ def _copy_hashing(source: int, sink: int, view: memoryview, hasher: Any) -> None
             while copied < size:
                 end = min(size, copied + _COPY_CHUNK)
                 start = copied
-                while copied < end:
-                    n = os.sendfile(sink, source, copied, end - copied)
-                    if n == 0:
-                        raise ValueError(f"it shrank to {copied} bytes while it was read")
-                    copied += n
+                copied = _send(source, sink, start, end)
                 if pending is not None:
                     pending.result()  # digests must be fed in order
                 pending = pool.submit(hasher.update, view[start:end])
