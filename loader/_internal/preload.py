@@ -5,6 +5,8 @@ server inherit them. Importing this also makes the fork server non-dumpable, so 
 ptrace it or read its memory or environment.
 """
 
+import gc
+
 import joblib  # noqa: F401
 import numpy  # noqa: F401
 import sklearn.base  # noqa: F401
@@ -24,3 +26,6 @@ from loader._internal.process import set_non_dumpable
 
 remember_readable_paths()  # after every import above: their folders are what children may read
 set_non_dumpable()
+# Children share these objects copy-on-write: frozen, the garbage collector never walks them
+# (walking writes to each object, which would copy its page into every child).
+gc.freeze()
