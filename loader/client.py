@@ -285,9 +285,9 @@ async def verify_and_load(
     """Call VerifyAndLoad at `endpoint`; return the model once size and digest match.
 
     On a Unix socket whose side channel exists the model is passed as a sealed memfd;
-    otherwise (TCP, or an older loader) it is streamed. `consume`, if given, is called on a
-    worker thread with a file over the model bytes and its result kept in
-    `FetchedModel.consumed`. Over a memfd it may run before the digest has arrived (the loader
+    otherwise (TCP, or an older loader) it is streamed. `consume`, if given, is called with a
+    file over the model bytes (on a worker thread; inline for models under 8 MiB) and its
+    result kept in `FetchedModel.consumed`. Over a memfd it may run before the digest has arrived (the loader
     hashes while the client reads), so it must treat the bytes as hostile, as
     `runtime.safe_load.load_model` does; its result is returned only if the digest matches.
     """
