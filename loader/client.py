@@ -17,6 +17,7 @@ import os
 import queue
 import socket
 import stat
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -105,36 +106,49 @@ class FetchedModel:
             self._map = None
 
 
-_to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
-_closer: list[threading.Thread] = []
-_closer_lock = threading.Lock()
+_background_calls: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+_background_thread: list[threading.Thread] = []
+_background_lock = threading.Lock()
 
 
-def close_in_background(fd: int) -> None:
-    """Close `fd` on a background thread: the last close of a large memfd frees its pages, which
-    takes tens of milliseconds that should not hold up the caller (an event loop, a load)."""
-    _to_close.put(fd)
-    with _closer_lock:
-        if not _closer or not _closer[0].is_alive():
+def run_in_background(call: Callable[[], object]) -> None:
+    """Run `call` on this process's one background thread, after those queued before it
+    (starting a thread per call costs milliseconds on a busy interpreter)."""
+    _background_calls.put(call)
+    with _background_lock:
+        if not _background_thread or not _background_thread[0].is_alive():
             try:
-                thread = threading.Thread(target=_close_queued, daemon=True, name="close-model")
+                thread = threading.Thread(target=_run_queued, daemon=True, name="background")
                 thread.start()
-            except RuntimeError:  # interpreter shutdown: close here
-                _close_queued(block=False)
+            except RuntimeError:  # interpreter shutdown: run them here
+                _run_queued(block=False)
                 return
-            _closer[:] = [thread]
+            _background_thread[:] = [thread]
 
 
-def _close_queued(block: bool = True) -> None:
+def _run_queued(block: bool = True) -> None:
     while True:
         try:
-            fd = _to_close.get(block=block)
+            call = _background_calls.get(block=block)
         except queue.Empty:
             return
         try:
-            os.close(fd)
-        except OSError:
-            pass
+            call()
+        except Exception as exc:  # noqa: BLE001 - one failed call must not end the thread
+            print(f"background call failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def close_in_background(fd: int) -> None:
+    """Close `fd` in the background: the last close of a large memfd frees its pages, which
+    takes tens of milliseconds that should not hold up the caller (an event loop, a load)."""
+    run_in_background(lambda: _close_quietly(fd))
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # already closed by its owner
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
@@ -144,7 +158,8 @@ def _map(fd: int, size: int) -> mmap.mmap:
 def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
     """The passed descriptor must be a sealed regular file of the announced size and digest."""
     _check_sealed(fd, header.size)
-    _check_digest(_hash_fd(fd, header.size, _expected(header)[0]), _expected(header))
+    expected = _expected(header)
+    _check_digest(_hash_fd(fd, header.size, expected[0]), expected)
 
 
 def _check_sealed(fd: int, size: int) -> None:

@@ -14,19 +14,18 @@ import errno
 import json
 import multiprocessing
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import Any
 
 from loader._internal.child import NO_TYPES, READY, REPORT_TYPES, ChildLimits, PassedFd, run
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
+from loader.client import run_in_background
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 _PRELOAD = ["loader._internal.preload"]
@@ -138,36 +137,6 @@ class _Child:
         self.control.close()
         self.status.close()
         self.output.close()
-
-
-class _Worker:
-    """One daemon thread running queued calls in order (starting a thread per call costs
-    milliseconds on a busy interpreter)."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._calls: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def put(self, call: Callable[[], object]) -> None:
-        self._calls.put(call)
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, daemon=True, name=self._name)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            call = self._calls.get()
-            try:
-                call()
-            except Exception as exc:  # noqa: BLE001 - keep the worker for the next call
-                print(f"loader: {self._name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-
-# Reaping a large child takes a while (its address space is torn down): not on the load's path.
-_REAPER = _Worker("child-reaper")
 
 
 class Sandbox:
@@ -319,7 +288,7 @@ class Sandbox:
             return Converted(model, untrusted, timings, child.output.text(wait=0))
         finally:
             # Reaping a large child takes a while (its address space is torn down): not on this path.
-            _REAPER.put(child.discard)
+            run_in_background(child.discard)
             # Refilled once this child is done, not while it works: forking the fork server and
             # confining a new child would compete with it for the CPU.
             self._refill_now()
