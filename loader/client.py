@@ -223,10 +223,52 @@ def receive_fd(path: Path, handle: str, timeout: float) -> int:
             conn.sendall(handle.encode() + b"\n")
             message, fds, _, _ = socket.recv_fds(conn, 512, 1)
         except OSError as exc:
-            raise LoaderCallError(
-                f"UNAVAILABLE at {path}: could not receive the model descriptor: {exc}",
-                code=grpc.StatusCode.UNAVAILABLE,
-            ) from None
+            raise _unreachable(path, exc) from None
+    return _only_fd(message, fds)
+
+
+async def receive_fd_async(path: Path, handle: str, timeout: float) -> int:
+    """`receive_fd` on the running event loop (a local socket: no thread needed)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.setblocking(False)
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(conn, str(path))
+                await loop.sock_sendall(conn, handle.encode() + b"\n")
+                while True:
+                    try:
+                        message, fds, _, _ = socket.recv_fds(conn, 512, 1)
+                        break
+                    except BlockingIOError:
+                        await _readable(loop, conn)
+        except (OSError, TimeoutError) as exc:
+            raise _unreachable(path, exc) from None
+    return _only_fd(message, fds)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def _unreachable(path: Path, exc: BaseException) -> LoaderCallError:
+    return LoaderCallError(
+        f"UNAVAILABLE at {path}: could not receive the model descriptor: {exc or type(exc).__name__}",
+        code=grpc.StatusCode.UNAVAILABLE,
+    )
+
+
+def _only_fd(message: bytes, fds: list[int]) -> int:
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -235,14 +277,13 @@ def receive_fd(path: Path, handle: str, timeout: float) -> int:
     return fds[0]
 
 
-def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> FetchedModel:
-    fd = receive_fd(path, header.fd_handle, timeout)
-    try:
-        _check_passed_fd(fd, header)
-    except BaseException:
-        os.close(fd)
-        raise
-    fetched = FetchedModel(header, fd=fd)
+async def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> FetchedModel:
+    fetched = FetchedModel(header, fd=await receive_fd_async(path, header.fd_handle, timeout))  # closes it when dropped
+    if header.size < _HASH_CHUNK:
+        # A small model is hashed in less time than a handoff to a worker thread takes.
+        _check_passed_fd(fetched.fileno, header)
+    else:
+        await asyncio.to_thread(_check_passed_fd, fetched.fileno, header)
     fetched.digest = _expected(header)
     return fetched
 
@@ -254,13 +295,16 @@ class _Early:
         self.fetched, self.digest, self.consumed, self.error = fetched, digest, consumed, error
 
 
-def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
-    fd = receive_fd(path, header.fd_handle, timeout)
-    fetched = FetchedModel(header, fd=fd)  # closes the descriptor when dropped
-    _check_sealed(fd, header.size)
+async def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
+    fetched = FetchedModel(header, fd=await receive_fd_async(path, header.fd_handle, timeout))
+    _check_sealed(fetched.fileno, header.size)
+    return await asyncio.to_thread(_read_early, fetched, consume)
+
+
+def _read_early(fetched: FetchedModel, consume: Consumer | None) -> _Early:
     # The loader was asked for BLAKE3; hashed on a second thread while `consume` reads.
     with ThreadPoolExecutor(1, thread_name_prefix="model-digest") as pool:
-        digest = pool.submit(_hash_fd, fd, header.size, "blake3")
+        digest = pool.submit(_hash_fd, fetched.fileno, fetched.header.size, "blake3")
         consumed, error = None, None
         if consume is not None:
             try:
@@ -290,12 +334,43 @@ def _consume(fetched: FetchedModel, consume: Consumer) -> Any:
         return consume(file)
 
 
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 << 20),
+    # A failure remembered in gRPC's global subchannel pool would make a loader restarted a
+    # moment ago wait out the reconnect backoff; each channel keeps its own.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+# One channel per (event loop, endpoint): a new connection costs milliseconds per load.
+_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, grpc.aio.Channel]] = (
+    weakref.WeakKeyDictionary()
+)
+_GONE = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+def _channel(endpoint: str, reuse: bool) -> grpc.aio.Channel:
+    if not reuse:
+        return grpc.aio.insecure_channel(endpoint, options=_OPTIONS)
+    kept = _channels.setdefault(asyncio.get_running_loop(), {})
+    channel = kept.get(endpoint)
+    if channel is None or channel.get_state() in _GONE:
+        # A channel that failed reconnects only after a backoff: a fresh one connects at once.
+        channel = kept[endpoint] = grpc.aio.insecure_channel(endpoint, options=_OPTIONS)
+    return channel
+
+
+def _forget(endpoint: str, channel: grpc.aio.Channel) -> None:
+    kept = _channels.get(asyncio.get_running_loop(), {})
+    if kept.get(endpoint) is channel:
+        del kept[endpoint]
+
+
 async def verify_and_load(
     endpoint: str,
     request: loader_pb2.VerifyAndLoadRequest,
     timeout: float,
     max_bytes: int,
     consume: Consumer | None = None,
+    reuse_channel: bool = True,
 ) -> FetchedModel:
     """Call VerifyAndLoad at `endpoint`; return the model once size and digest match.
 
@@ -305,13 +380,9 @@ async def verify_and_load(
     result kept in `FetchedModel.consumed`. Over a memfd it may run before the digest has arrived (the loader
     hashes while the client reads), so it must treat the bytes as hostile, as
     `runtime.safe_load.load_model` does; its result is returned only if the digest matches.
+    The connection is kept for the next call on the same event loop unless `reuse_channel` is
+    false (an endpoint used once).
     """
-    options = [
-        ("grpc.max_receive_message_length", 4 << 20),
-        # A fresh connection per load: a loader restarted a moment ago is reached at once,
-        # not after the reconnect backoff of a failure remembered in gRPC's global pool.
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
     side_channel = fd_socket_for(endpoint)
     asked = loader_pb2.VerifyAndLoadRequest()
     asked.CopyFrom(request)
@@ -321,56 +392,60 @@ async def verify_and_load(
     trailer: loader_pb2.ModelDigest | None = None
     early: asyncio.Task[_Early] | None = None
     chunks: list[bytes] = []
+    channel = _channel(endpoint, reuse_channel)
+    call = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(asked, timeout=timeout, wait_for_ready=False)
     try:
-        async with grpc.aio.insecure_channel(endpoint, options=options) as channel:
-            stub = loader_pb2_grpc.LoaderStub(channel)
-            received = 0
-            async for message in stub.VerifyAndLoad(asked, timeout=timeout, wait_for_ready=False):
-                part = message.WhichOneof("part")
-                if part == "header" and header is None:
-                    header = message.header
-                    if header.size > max_bytes:
-                        raise LoaderCallError(
-                            f"the loader returned a {header.size}-byte model; the limit is {max_bytes}",
-                            too_large=True,
-                        )
-                    if header.fd_handle and not (header.model_blake3 or header.model_sha256):
-                        if side_channel is None:
-                            raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-                        early = asyncio.create_task(
-                            asyncio.to_thread(_claim_early, side_channel, header, min(timeout, 30.0), consume)
-                        )
-                elif part == "digest" and early is not None and trailer is None:
-                    trailer = message.digest
-                elif part == "chunk" and header is not None and not header.fd_handle:
-                    received += len(message.chunk)
-                    if received > header.size:
-                        raise LoaderCallError("the loader sent more model bytes than announced")
-                    chunks.append(message.chunk)
-                else:
-                    raise LoaderCallError(f"the loader sent an unexpected {part or 'empty'} message")
+        received = 0
+        async for message in call:
+            part = message.WhichOneof("part")
+            if part == "header" and header is None:
+                header = message.header
+                if header.size > max_bytes:
+                    raise LoaderCallError(
+                        f"the loader returned a {header.size}-byte model; the limit is {max_bytes}",
+                        too_large=True,
+                    )
+                if header.fd_handle and not (header.model_blake3 or header.model_sha256):
+                    if side_channel is None:
+                        raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
+                    early = asyncio.create_task(_claim_early(side_channel, header, min(timeout, 30.0), consume))
+            elif part == "digest" and early is not None and trailer is None:
+                trailer = message.digest
+            elif part == "chunk" and header is not None and not header.fd_handle:
+                received += len(message.chunk)
+                if received > header.size:
+                    raise LoaderCallError("the loader sent more model bytes than announced")
+                chunks.append(message.chunk)
+            else:
+                raise LoaderCallError(f"the loader sent an unexpected {part or 'empty'} message")
     except grpc.aio.AioRpcError as exc:
         await _drop(early)
         code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            _forget(endpoint, channel)
         where = f" at {endpoint}" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else ""
         raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
     except BaseException:
+        call.cancel()  # the channel may outlive this call: the stream must not
         await _drop(early)
         raise
+    finally:
+        if not reuse_channel:
+            await channel.close()
     if header is None:
         raise LoaderCallError("the loader closed the stream without a model")
     if early is not None:
         return await _accept_early(early, trailer, header.size)
-    # Hashing a large model takes a while: off the caller's event loop (hashlib frees the GIL).
+    # A small model is hashed and read in less time than a handoff to a worker thread takes; a
+    # large one off the caller's event loop (hashlib frees the GIL).
+    small = header.size < _HASH_CHUNK
     if header.fd_handle:
         if side_channel is None:
             raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-        fetched = await asyncio.to_thread(_claim, side_channel, header, min(timeout, 30.0))
+        fetched = await _claim(side_channel, header, min(timeout, 30.0))
     else:
-        fetched = await asyncio.to_thread(_joined, header, chunks)
+        fetched = _joined(header, chunks) if small else await asyncio.to_thread(_joined, header, chunks)
     if consume is not None:
-        # A small model is read in less time than a handoff to a worker thread takes.
-        small = header.size < _HASH_CHUNK
         fetched.consumed = _consume(fetched, consume) if small else await asyncio.to_thread(_consume, fetched, consume)
     return fetched
 

@@ -34,11 +34,12 @@ async def verify_and_load(
     timeout: float,
     max_bytes: int,
     consume: Consumer | None = None,
+    reuse_channel: bool = True,
 ) -> FetchedModel:
     """Call VerifyAndLoad (see `loader.client.verify_and_load` for `consume`); a failure becomes
     ModelRefused with the matching HTTP status."""
     try:
-        return await _call(endpoint, request, timeout, max_bytes, consume)
+        return await _call(endpoint, request, timeout, max_bytes, consume, reuse_channel)
     except LoaderCallError as exc:
         if exc.code is not None:
             raise ModelRefused(

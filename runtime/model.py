@@ -104,6 +104,8 @@ class SigstoreModel(SKLearnModel):
             endpoint = await sandbox.start()
             await sandbox.wait_ready()
             request = build_request(policy.model_copy(update={"bundle": sandbox.bundle_name}), sandbox.artefact_name, self.name)
-            return await verify_and_load(endpoint, request, env.timeout_seconds, env.max_model_bytes, consume)
+            return await verify_and_load(
+                endpoint, request, env.timeout_seconds, env.max_model_bytes, consume, reuse_channel=False
+            )
         finally:
             await sandbox.stop()

@@ -24,6 +24,7 @@ import loader._internal.skops_writer  # noqa: F401
 from loader._internal.confine import remember_readable_paths
 from loader._internal.process import set_non_dumpable
 
+loader._internal.child.prepare_warm_up()  # before the paths: it may import lazily
 remember_readable_paths()  # after every import above: their folders are what children may read
 set_non_dumpable()
 # Children share these objects copy-on-write: frozen, the garbage collector never walks them

@@ -30,6 +30,10 @@ from loader.errors import LimitExceeded, UnpicklingFailed
 
 _PRELOAD = ["loader._internal.preload"]
 _START_SECONDS = 60  # the first child waits for the fork server's imports
+# While a child is still waiting in the pool, a refill waits this long (or until the pool runs
+# dry): forking, confining and warming a child would otherwise compete for the CPU with the
+# load that just took one, while its client reads the result.
+_REFILL_DELAY_SECONDS = 0.1
 
 # Formats people hand over instead of a pickle, by their first bytes. A pickle (protocol 2+)
 # starts with 0x80; joblib's compressed files with zlib, gzip, bz2, xz, lzma or lz4 magic.
@@ -183,6 +187,8 @@ class Sandbox:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or len(self._ready) < self.pool_size)
+                if self._ready:
+                    self._cond.wait_for(lambda: self._closed or not self._ready, timeout=_REFILL_DELAY_SECONDS)
                 if self._closed:
                     return
             try:
@@ -289,8 +295,8 @@ class Sandbox:
         finally:
             # Reaping a large child takes a while (its address space is torn down): not on this path.
             run_in_background(child.discard)
-            # Refilled once this child is done, not while it works: forking the fork server and
-            # confining a new child would compete with it for the CPU.
+            # Refilled once this child is done, not while it works (and, with another child
+            # still waiting, a moment later): a new child would compete with it for the CPU.
             self._refill_now()
             if sink >= 0:
                 if reserving is not None:

@@ -61,4 +61,5 @@ def dump(model: Any, sink: BinaryIO) -> None:
         context.clear_memo()
         state["protocol"] = context.protocol
         state["_skops_version"] = skops.__version__
-        archive.writestr("schema.json", json.dumps(state, indent=2))
+        # Compact: json's C encoder (skops' indent=2 takes the pure-Python one, several ms).
+        archive.writestr("schema.json", json.dumps(state, separators=(",", ":")))
