@@ -105,13 +105,15 @@ class Bench:
 
     # 1. load latency ---------------------------------------------------------------------
     def load_latency(self, label: str, path: Path, endpoint: str, repeat: int, docker_repeat: int) -> None:
-        plain = timed(lambda: asyncio.run(SKLearnModel(self.settings(path, SKLearnModel, None)).load()), repeat, LOAD_PAUSE)
+        # One event loop for every load, as in MLServer (which loads models on its own loop).
+        loop = asyncio.new_event_loop()
+        plain = timed(lambda: loop.run_until_complete(SKLearnModel(self.settings(path, SKLearnModel, None)).load()), repeat, LOAD_PAUSE)
         sha = _sha256_times(path, repeat)
         stages: dict[str, list[float]] = {}
 
         def signed_load() -> None:
             model = SigstoreModel(self.settings(path, SigstoreModel, endpoint))
-            asyncio.run(model.load())
+            loop.run_until_complete(model.load())
 
         # Stage timings come from the loader's header; client-side stages are measured here.
         import runtime.client as client
@@ -156,10 +158,11 @@ class Bench:
         }
         if self.docker and docker_repeat:
             os.environ["MLSERVER_SIGSTORE_DOCKER_TRUST_CONFIGS"] = f"local={self.authority.trust_config}"
-            docker = timed(lambda: asyncio.run(SigstoreModel(self.settings(path, SigstoreModel, None, "docker")).load()), docker_repeat)
+            docker = timed(lambda: loop.run_until_complete(SigstoreModel(self.settings(path, SigstoreModel, None, "docker")).load()), docker_repeat)
             entry["docker_mode"] = stats(docker)
             entry["docker_ratio"] = statistics.median(docker) / statistics.median(plain)
         self.results[f"load_{label}"] = entry
+        loop.close()
 
     # 2. hashing throughput ----------------------------------------------------------------
     def hash_throughput(self, path: Path) -> None:

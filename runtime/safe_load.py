@@ -7,7 +7,8 @@ assumes they are well formed. The steps, each refusing with a 422 that names wha
    size and reference caps; the types the schema names).
 2. The allowlist (runtime/_internal/allowlist.py) plus the model's `trusted_types` decide; the
    loader only reports types.
-3. skops loads with exactly the approved types trusted (no second type scan).
+3. skops builds and audits its node tree with exactly the approved types trusted (no second type
+   scan; runtime/_internal/skops_reader.py reads arrays in place, from the same open archive).
 4. Every object in the model is validated by its family's validator (runtime/_internal/validators).
 """
 
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import skops.io
 from sklearn.base import BaseEstimator
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from runtime._internal.allowlist import ALLOWLIST
-from runtime._internal.prescan import ScanResult, Source, open_buffer, scan_archive
+from runtime._internal.prescan import ScanResult, Source, open_archive, scan, scan_archive
+from runtime._internal.skops_reader import SkopsArchive, construct
 from runtime._internal.validators import validate_model
 from runtime.errors import ModelRefused
 
@@ -46,10 +47,19 @@ def load_model(data: Source, trusted_types: list[str] | tuple[str, ...] = ()) ->
     """Pre-scan, allowlist, load and validate skops bytes (bytes, bytearray, memoryview, mmap or a
     seekable binary file); raise ModelRefused (422) on any doubt."""
     trusted = frozenset(trusted_types)
-    scan = check_archive(data)
-    refuse_types(scan.types, trusted)
+    with open_archive(data, SkopsArchive) as archive:
+        found = scan(archive)
+        refuse_types(found.types, trusted)
+        model = _construct(archive, found, trusted)
+    validate_model(model, trusted)
+    return model
+
+
+def _construct(archive: SkopsArchive, found: ScanResult, trusted: frozenset[str]) -> Any:
     try:
-        model: Any = skops.io.load(open_buffer(data), trusted=sorted(scan.types))
+        return construct(archive, found.schema, sorted(found.types))
+    except ModelRefused:
+        raise
     except UntrustedTypesFoundException as exc:
         refuse_types(_names_in(str(exc)), trusted)
         raise ModelRefused(f"the model holds types outside the allowlist: {exc}; {TRUST_HINT}", 422) from None
@@ -57,8 +67,6 @@ def load_model(data: Source, trusted_types: list[str] | tuple[str, ...] = ()) ->
         raise ModelRefused("the converted model could not be loaded by skops: it nests too deeply", 422) from None
     except Exception as exc:  # noqa: BLE001 - malformed archives raise many kinds of errors
         raise ModelRefused(f"the converted model could not be loaded by skops: {type(exc).__name__}: {exc}", 422) from None
-    validate_model(model, trusted)
-    return model
 
 
 def _names_in(message: str) -> list[str]:

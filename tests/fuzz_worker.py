@@ -47,13 +47,15 @@ def _child(path: str, key: str, unchecked: bool, report: int) -> int:
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     warnings.simplefilter("ignore")
-    with open(path, "rb") as sample:
-        data = sample.read()
     try:
         if unchecked:
+            with open(path, "rb") as sample:
+                data = sample.read()
             model = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
         else:
-            model = load_model(data, [])
+            # From a file, as the runtime reads the passed memfd (arrays are read in place).
+            with open(path, "rb") as sample:
+                model = load_model(sample, [])
     except ModelRefused as exc:
         os.write(report, str(exc)[:400].encode())
         return 10

@@ -168,6 +168,20 @@ def free_port() -> int:
 
 
 
+@contextmanager
+def memfd_file(data: bytes) -> Iterator[io.BufferedReader]:
+    """`data` in a memfd opened for reading, as the runtime opens the model the loader passed."""
+    fd = os.memfd_create("model")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        with open(f"/proc/self/fd/{fd}", "rb") as file:
+            yield file
+    finally:
+        os.close(fd)
+
+
 def digits_svm_dump() -> bytes:
     """The walkthrough's digits SVM, saved with joblib."""
     sys.path.insert(0, str(ROOT / "examples"))

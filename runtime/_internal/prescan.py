@@ -14,7 +14,7 @@ import mmap
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -63,6 +63,7 @@ class ScanResult:
     types: set[str] = field(default_factory=set)
     nodes: int = 0
     array_bytes: int = 0
+    schema: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 # The header numpy writes for a plain dtype (format 1.0-3.0): parsed here without `literal_eval`
@@ -329,32 +330,46 @@ def open_buffer(data: Source) -> BinaryIO:
     return data
 
 
-def scan_archive(data: Source) -> ScanResult:
-    """Refuse anything but a bounded, plain skops tree; return the types its schema names."""
+_Archive = TypeVar("_Archive", bound=zipfile.ZipFile)
+
+
+def open_archive(data: Source, kind: type[_Archive]) -> _Archive:
+    """The skops archive in `data` opened for reading (422 if it is not a zip)."""
     try:
-        archive = zipfile.ZipFile(open_buffer(data))
+        return kind(open_buffer(data))
     except zipfile.BadZipFile as exc:
         raise ModelRefused(f"the converted model is not a skops archive: {exc}", 422) from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > MAX_ZIP_ENTRIES:
-            raise refuse(f"it has {len(infos)} archive entries (limit {MAX_ZIP_ENTRIES})")
-        names = [info.filename for info in infos]
-        if len(names) != len(set(names)):
-            raise refuse("the archive holds two members with the same name")
-        if "schema.json" not in names:
-            raise ModelRefused("the converted model has no schema.json: not a skops archive", 422)
-        for member in infos:
-            _check_member_size(member, repr(member.filename))
-        if sum(member.file_size for member in infos) > MAX_UNCOMPRESSED_BYTES:
-            raise refuse(f"it expands to more than {MAX_UNCOMPRESSED_BYTES} bytes")
-        info = archive.getinfo("schema.json")
-        if info.file_size > MAX_SCHEMA_BYTES:
-            raise refuse(f"its schema is {info.file_size} bytes (limit {MAX_SCHEMA_BYTES})")
-        try:
-            schema = json.loads(archive.read("schema.json"))
-        except (ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
-            raise refuse(f"its schema.json is unreadable: {type(exc).__name__}: {exc}") from None
-        if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int):
-            raise refuse("its schema.json has no protocol version")
-        return _Scanner(archive).scan(schema)
+
+
+def scan_archive(data: Source) -> ScanResult:
+    """Refuse anything but a bounded, plain skops tree; return the types its schema names."""
+    with open_archive(data, zipfile.ZipFile) as archive:
+        return scan(archive)
+
+
+def scan(archive: zipfile.ZipFile) -> ScanResult:
+    """`scan_archive` on an archive already open (the result keeps the parsed schema)."""
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise refuse(f"it has {len(infos)} archive entries (limit {MAX_ZIP_ENTRIES})")
+    names = [info.filename for info in infos]
+    if len(names) != len(set(names)):
+        raise refuse("the archive holds two members with the same name")
+    if "schema.json" not in names:
+        raise ModelRefused("the converted model has no schema.json: not a skops archive", 422)
+    for member in infos:
+        _check_member_size(member, repr(member.filename))
+    if sum(member.file_size for member in infos) > MAX_UNCOMPRESSED_BYTES:
+        raise refuse(f"it expands to more than {MAX_UNCOMPRESSED_BYTES} bytes")
+    info = archive.getinfo("schema.json")
+    if info.file_size > MAX_SCHEMA_BYTES:
+        raise refuse(f"its schema is {info.file_size} bytes (limit {MAX_SCHEMA_BYTES})")
+    try:
+        schema = json.loads(archive.read("schema.json"))
+    except (ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
+        raise refuse(f"its schema.json is unreadable: {type(exc).__name__}: {exc}") from None
+    if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int):
+        raise refuse("its schema.json has no protocol version")
+    result = _Scanner(archive).scan(schema)
+    result.schema = schema
+    return result

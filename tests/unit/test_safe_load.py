@@ -131,3 +131,26 @@ def test_buffers_other_than_bytes_are_read_in_place() -> None:
     with mmap.mmap(-1, len(data)) as mapped:
         mapped.write(data)
         assert load_model(mapped, []).predict(X).shape == (len(X),)
+
+
+def test_arrays_read_in_place_from_a_file_equal_the_arrays_skops_reads() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from tests.support import memfd_file
+
+    model = LogisticRegression().fit(X, Y)
+    # Other dtypes, byte orders and layouts than a fit produces: read in place, they must match.
+    model.coef_ = np.asfortranarray(np.arange(8, dtype=">f8").reshape(2, 4)[:1])
+    model.classes_ = np.array([3, 7], dtype=np.int16)
+    scaler = StandardScaler().fit(X.astype(np.float32))
+    for fitted in (model, scaler, SVC().fit(X, Y)):
+        data = skops.io.dumps(fitted)
+        with memfd_file(data) as file:
+            in_place = load_model(file, [])
+        copied = load_model(data, [])
+        for name, value in vars(copied).items():
+            if isinstance(value, np.ndarray):
+                kept = getattr(in_place, name)
+                assert kept.dtype == value.dtype and kept.shape == value.shape and (kept == value).all(), name
+                assert kept.flags.f_contiguous == value.flags.f_contiguous, name
