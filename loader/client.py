@@ -214,21 +214,9 @@ def _check_digest(actual: str, expected: tuple[str, str]) -> None:
         raise LoaderCallError("the model bytes received do not match the loader's header")
 
 
-def receive_fd(path: Path, handle: str, timeout: float) -> int:
-    """Claim the descriptor offered under `handle` on the side-channel socket `path`."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)
-        try:
-            conn.connect(str(path))
-            conn.sendall(handle.encode() + b"\n")
-            message, fds, _, _ = socket.recv_fds(conn, 512, 1)
-        except OSError as exc:
-            raise _unreachable(path, exc) from None
-    return _only_fd(message, fds)
-
-
-async def receive_fd_async(path: Path, handle: str, timeout: float) -> int:
-    """`receive_fd` on the running event loop (a local socket: no thread needed)."""
+async def receive_fd(path: Path, handle: str, timeout: float) -> int:
+    """Claim the descriptor offered under `handle` on the side-channel socket `path` (on the
+    running event loop: a local socket needs no thread)."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.setblocking(False)
@@ -278,7 +266,7 @@ def _only_fd(message: bytes, fds: list[int]) -> int:
 
 
 async def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> FetchedModel:
-    fetched = FetchedModel(header, fd=await receive_fd_async(path, header.fd_handle, timeout))  # closes it when dropped
+    fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))  # closes it when dropped
     if header.size < _HASH_CHUNK:
         # A small model is hashed in less time than a handoff to a worker thread takes.
         _check_passed_fd(fetched.fileno, header)
@@ -296,7 +284,7 @@ class _Early:
 
 
 async def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
-    fetched = FetchedModel(header, fd=await receive_fd_async(path, header.fd_handle, timeout))
+    fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))
     _check_sealed(fetched.fileno, header.size)
     return await asyncio.to_thread(_read_early, fetched, consume)
 

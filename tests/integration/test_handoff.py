@@ -124,14 +124,14 @@ def test_a_handle_is_single_use_and_unguessable(handoff_loader: LoaderProcess, m
     handle = replies[0].header.fd_handle
     side = fd_socket_for(handoff_loader.endpoint)
     assert side is not None
-    fd = receive_fd(side, handle, 5)
+    fd = asyncio.run(receive_fd(side, handle, 5))
     try:
         assert os.fstat(fd).st_size == replies[0].header.size
     finally:
         os.close(fd)
     for attempt in (handle, "0" * len(handle)):
         with pytest.raises(LoaderCallError, match="unknown, used or expired handle"):
-            receive_fd(side, attempt, 5)
+            asyncio.run(receive_fd(side, attempt, 5))
 
 
 def test_an_unclaimed_handle_expires(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_an_unclaimed_handle_expires(tmp_path: Path) -> None:
         handle = handoff.offer(seal(fd))
         time.sleep(0.4)
         with pytest.raises(LoaderCallError, match="expired"):
-            receive_fd(handoff.path, handle, 5)
+            asyncio.run(receive_fd(handoff.path, handle, 5))
     finally:
         handoff.stop()
 
