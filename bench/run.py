@@ -105,7 +105,7 @@ class Bench:
 
     # 1. load latency ---------------------------------------------------------------------
     def load_latency(self, label: str, path: Path, endpoint: str, repeat: int, docker_repeat: int) -> None:
-        # One event loop for every load, as in MLServer (which loads models on its own loop).
+        # One event loop per series, as MLServer loads models on its own loop.
         loop = asyncio.new_event_loop()
         plain = timed(lambda: loop.run_until_complete(SKLearnModel(self.settings(path, SKLearnModel, None)).load()), repeat, LOAD_PAUSE)
         sha = _sha256_times(path, repeat)
