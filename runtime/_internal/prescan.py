@@ -370,6 +370,9 @@ def scan(archive: zipfile.ZipFile) -> ScanResult:
         raise refuse(f"its schema.json is unreadable: {type(exc).__name__}: {exc}") from None
     if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int):
         raise refuse("its schema.json has no protocol version")
-    result = _Scanner(archive).scan(schema)
+    try:
+        result = _Scanner(archive).scan(schema)
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:  # a member zipfile cannot read
+        raise refuse(f"its archive is damaged: {type(exc).__name__}: {exc}") from None
     result.schema = schema
     return result

@@ -154,3 +154,44 @@ def test_arrays_read_in_place_from_a_file_equal_the_arrays_skops_reads() -> None
                 kept = getattr(in_place, name)
                 assert kept.dtype == value.dtype and kept.shape == value.shape and (kept == value).all(), name
                 assert kept.flags.f_contiguous == value.flags.f_contiguous, name
+
+
+def test_an_archive_of_another_skops_protocol_is_refused_naming_both() -> None:
+    import json
+
+    from skops.io._protocol import PROTOCOL
+
+    from tests.support import memfd_file
+
+    data = skops.io.dumps(SVC().fit(X, Y))
+    source = zipfile.ZipFile(io.BytesIO(data))
+    schema = json.loads(source.read("schema.json"))
+    schema["protocol"] = PROTOCOL - 1
+    rewritten = io.BytesIO()
+    with zipfile.ZipFile(rewritten, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, json.dumps(schema) if name == "schema.json" else source.read(name))
+    with memfd_file(rewritten.getvalue()) as file, pytest.raises(ModelRefused, match=f"skops protocol {PROTOCOL - 1}") as refused:
+        load_model(file, [])
+    assert refused.value.status_code == 422
+
+
+def test_a_member_whose_local_header_names_another_file_is_refused() -> None:
+    from tests.support import memfd_file
+
+    data = bytearray(skops.io.dumps(SVC().fit(X, Y)))
+    archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
+    member = next(info for info in archive.infolist() if info.filename.endswith(".npy"))
+    # Rename the member in its local header only (same length), not in the central directory.
+    start = member.header_offset + 30
+    name = member.filename.encode()
+    assert data[start : start + len(name)] == name
+    data[start : start + len(name)] = b"x" * len(name)
+    for source in ("bytes", "file"):
+        with pytest.raises(ModelRefused) as refused:
+            if source == "bytes":
+                load_model(bytes(data), [])
+            else:
+                with memfd_file(bytes(data)) as file:
+                    load_model(file, [])
+        assert refused.value.status_code == 422 and "header" in str(refused.value), source
