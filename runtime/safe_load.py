@@ -14,8 +14,6 @@ assumes they are well formed. The steps, each refusing with a 422 that names wha
 
 from __future__ import annotations
 
-from typing import Any
-
 from sklearn.base import BaseEstimator
 from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -47,17 +45,11 @@ def load_model(data: Source, trusted_types: list[str] | tuple[str, ...] = ()) ->
     """Pre-scan, allowlist, load and validate skops bytes (bytes, bytearray, memoryview, mmap or a
     seekable binary file); raise ModelRefused (422) on any doubt."""
     trusted = frozenset(trusted_types)
-    with open_archive(data, SkopsArchive) as archive:
-        found = scan(archive)
-        refuse_types(found.types, trusted)
-        model = _construct(archive, found, trusted)
-    validate_model(model, trusted)
-    return model
-
-
-def _construct(archive: SkopsArchive, found: ScanResult, trusted: frozenset[str]) -> Any:
     try:
-        return construct(archive, found.schema, sorted(found.types))
+        with open_archive(data, SkopsArchive) as archive:
+            found = scan(archive)
+            refuse_types(found.types, trusted)
+            model = construct(archive, found.schema, sorted(found.types))
     except ModelRefused:
         raise
     except UntrustedTypesFoundException as exc:
@@ -67,6 +59,8 @@ def _construct(archive: SkopsArchive, found: ScanResult, trusted: frozenset[str]
         raise ModelRefused("the converted model could not be loaded by skops: it nests too deeply", 422) from None
     except Exception as exc:  # noqa: BLE001 - malformed archives raise many kinds of errors
         raise ModelRefused(f"the converted model could not be loaded by skops: {type(exc).__name__}: {exc}", 422) from None
+    validate_model(model, trusted)
+    return model
 
 
 def _names_in(message: str) -> list[str]:

@@ -258,6 +258,60 @@ def _member_of(data: bytes, pick: Callable[[dict[str, Any]], dict[str, Any]]) ->
     return str(pick(schema)["file"])
 
 
+# -- slip past the pre-scan ------------------------------------------------------------------------
+
+def shared_id_zero_hides_a_short_tree_state() -> bytes:
+    """Two nodes with `__id__` 0: skops shares only truthy ids, so it builds the second (a KDTree
+    whose state tuple has one item, which its `__setstate__` indexes without bounds checks)."""
+    data = skops.io.dumps(KNeighborsClassifier(algorithm="kd_tree").fit(X, Y))
+
+    def edit(schema: dict[str, Any]) -> None:
+        tree = attrs(schema)["_tree"]
+        tree["__id__"] = 0
+        short = dict(tree, content=dict(tree["content"], __id__=424242, content=tree["content"]["content"][:1]))
+        attrs(schema)["zzz"] = short
+        key_types = schema["content"]["key_types"]["content"]
+        key_types.append(dict(key_types[0]))
+    return rewrite(data, edit)
+
+
+def key_types_share_an_array_id() -> bytes:
+    """skops builds a dict's key types before its values: a key-type node reusing `var_`'s id is
+    the definition skops keeps, and it points at a member holding only an `.npy` header."""
+    def edit(schema: dict[str, Any]) -> None:
+        var = attrs(schema)["var_"]
+        schema["content"]["key_types"]["content"].append(dict(var, file="evil.npy"))
+    header_only = _npy(np.zeros(4))[:-32]
+    return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit, {"evil.npy": header_only})
+
+
+def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
+    """The archive with `value` written at the given offsets of the local and central headers of
+    the first member `pick` accepts (flags, compression method)."""
+    patched = bytearray(data)
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    info = next(i for i in archive.infolist() if pick(i.filename))
+    local = info.header_offset + offset_local
+    patched[local : local + len(value)] = value
+    central = data.index(b"PK\x01\x02")
+    while data[central + 46 : central + 46 + len(info.filename)] != info.filename.encode():
+        central = data.index(b"PK\x01\x02", central + 1)
+    patched[central + offset_central : central + offset_central + len(value)] = value
+    return bytes(patched)
+
+
+def member_flagged_encrypted() -> bytes:
+    """An array member whose headers say it is encrypted (zipfile raises RuntimeError)."""
+    data = skops.io.dumps(StandardScaler().fit(X))
+    return _patched_member(data, lambda n: n.endswith(".npy"), 6, 8, b"\x01\x00")
+
+
+def member_of_unknown_compression() -> bytes:
+    """An array member compressed with method 99 (zipfile raises NotImplementedError)."""
+    data = skops.io.dumps(StandardScaler().fit(X))
+    return _patched_member(data, lambda n: n.endswith(".npy"), 8, 10, b"\x63\x00")
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[[], bytes]
@@ -280,6 +334,10 @@ CASES: dict[str, Case] = {
     "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads"),
     "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "SIGSEGV at transform", "signal", "XC"),
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
+    "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV while skops builds the tree", "signal"),
+    "key_types_share_an_array_id": Case(key_types_share_an_array_id, "declares 32 bytes of data but its member holds 0", "an array read from the bytes after its member"),
+    "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal"),
+    "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal"),
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),
     "nested_npz_bomb": Case(nested_npz_bomb, "zip bomb", "gigabytes inflated before any check"),
     "nested_pipelines": Case(nested_pipelines, "composites nest deeper than", "minutes of CPU", "timeout"),

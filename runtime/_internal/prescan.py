@@ -46,6 +46,12 @@ STATE_ARITY = {
     "sklearn.neighbors._ball_tree.BallTree": 13,
     **{f"sklearn.metrics._dist_metrics.{m}Distance64": 3 for m in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")},
 }
+# Nodes whose children skops reads from named content fields, in its order.
+_NAMED_CHILDREN = {
+    "DefaultDictNode": ("main", "default_factory"),
+    "PartialNode": ("func", "args", "kwds", "namespace"),
+    "RandomGeneratorNode": ("bit_generator", "seed_seq"),
+}
 # HistGradientBoosting with categorical features keeps partial(check_array, ...) in a
 # FunctionTransformer; no other function is ever accepted (validators check its arguments).
 FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
@@ -197,6 +203,10 @@ class _Scanner:
         if loader not in ALLOWED_LOADERS:
             raise refuse(f"its schema uses skops node kind {loader!r}, which no allowlisted estimator needs")
         node_id = state.get("__id__")
+        # skops shares a node only under a truthy id (and hashes whatever it gets): the ids it
+        # writes are positive integers, and nothing else is accepted.
+        if node_id is not None and (type(node_id) is not int or node_id <= 0):
+            raise refuse(f"its schema holds a node id {node_id!r} that is not a positive integer")
         if node_id is not None and (node_id in self.open_ids or (loader == "CachedNode" and node_id not in self.expanded)):
             raise refuse(f"a shared reference to node {node_id!r} points at an enclosing or unknown node")
         if node_id is not None and node_id in self.expanded:
@@ -260,17 +270,23 @@ class _Scanner:
         return []
 
     def _children(self, loader: str, state: dict[str, Any]) -> list[Any]:
+        # In the order skops' get_tree builds them: with shared ids, the node skops builds first
+        # is the one it keeps, so it must be the one visited first here.
         content = state.get("content")
         if loader in ("TreeNode", "LossNode"):
             reduce = state.get("__reduce__")
             if not isinstance(reduce, dict) or "args" not in reduce:
                 raise refuse("a reduced object in its schema has no arguments")
-            return [reduce["args"], content]
-        if loader in ("DictNode", "DefaultDictNode"):
-            if not isinstance(content, dict):
-                raise refuse("a dict node in its schema has no content")
-            extra = [state[k] for k in ("key_types", "default_factory") if k in state]
-            return [*content.values(), *extra]
+            return [content, reduce["args"]]
+        if loader in _NAMED_CHILDREN:
+            names = _NAMED_CHILDREN[loader]
+            if not isinstance(content, dict) or set(content) != set(names):
+                raise refuse(f"a {loader} in its schema does not hold exactly {list(names)}")
+            return [content[name] for name in names]
+        if loader == "DictNode":
+            if not isinstance(content, dict) or "key_types" not in state:
+                raise refuse("a dict node in its schema has no content or key types")
+            return [state["key_types"], *content.values()]
         if loader in ("ListNode", "TupleNode", "SetNode"):
             if not isinstance(content, list):
                 raise refuse(f"a {loader} in its schema has no item list")
@@ -337,7 +353,7 @@ def open_archive(data: Source, kind: type[_Archive]) -> _Archive:
     """The skops archive in `data` opened for reading (422 if it is not a zip)."""
     try:
         return kind(open_buffer(data))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:  # ValueError: e.g. a name that is not UTF-8
         raise ModelRefused(f"the converted model is not a skops archive: {exc}", 422) from None
 
 
@@ -372,7 +388,8 @@ def scan(archive: zipfile.ZipFile) -> ScanResult:
         raise refuse("its schema.json has no protocol version")
     try:
         result = _Scanner(archive).scan(schema)
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:  # a member zipfile cannot read
+    # A member zipfile cannot read (bad headers, encryption or compression flags, ...).
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise refuse(f"its archive is damaged: {type(exc).__name__}: {exc}") from None
     result.schema = schema
     return result

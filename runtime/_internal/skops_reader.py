@@ -43,7 +43,8 @@ class SkopsArchive(zipfile.ZipFile):
         numpy can read from it directly and the member is stored, else a copy of the member."""
         info = self.getinfo(name)
         source = self.fp
-        if info.compress_type != zipfile.ZIP_STORED or not isinstance(source, (io.BufferedReader, io.FileIO)):
+        stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size
+        if not stored or not isinstance(source, (io.BufferedReader, io.FileIO)):
             yield io.BytesIO(self.read(name))
             return
         with self._lock:  # type: ignore[attr-defined] # zipfile's lock over the shared file
@@ -56,7 +57,11 @@ class SkopsArchive(zipfile.ZipFile):
             local_name = source.read(fields[zipfile._FH_FILENAME_LENGTH])  # type: ignore[attr-defined]
             if local_name != info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"):
                 raise zipfile.BadZipFile(f"member {name!r} has another name in its local header")
-            source.seek(fields[zipfile._FH_EXTRA_FIELD_LENGTH], io.SEEK_CUR)  # type: ignore[attr-defined]
+            start = source.seek(fields[zipfile._FH_EXTRA_FIELD_LENGTH], io.SEEK_CUR)  # type: ignore[attr-defined]
+            # The data must end before the central directory: numpy reads as many bytes as the
+            # (pre-scanned) header declares, and they must all be the member's.
+            if start + info.file_size > self.start_dir:  # type: ignore[attr-defined]
+                raise zipfile.BadZipFile(f"member {name!r} runs past the end of the archive's data")
             yield source
 
 
