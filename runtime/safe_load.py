@@ -59,7 +59,12 @@ def load_model(data: Source, trusted_types: list[str] | tuple[str, ...] = ()) ->
         raise ModelRefused("the converted model could not be loaded by skops: it nests too deeply", 422) from None
     except Exception as exc:  # noqa: BLE001 - malformed archives raise many kinds of errors
         raise ModelRefused(f"the converted model could not be loaded by skops: {type(exc).__name__}: {exc}", 422) from None
-    validate_model(model, trusted)
+    try:
+        validate_model(model, trusted)
+    except ModelRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile state can trip anything a validator calls
+        raise ModelRefused(f"the converted model is refused: validating it failed: {type(exc).__name__}: {exc}", 422) from None
     return model
 
 

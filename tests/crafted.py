@@ -19,7 +19,7 @@ import skops.io
 from scipy import sparse
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -285,6 +285,52 @@ def key_types_share_an_array_id() -> bytes:
     return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit, {"evil.npy": header_only})
 
 
+def tree_state_behind_a_shared_id() -> bytes:
+    """A KDTree's 13-item state tuple carries the id of an empty tuple built earlier: skops
+    passes the empty one to `__setstate__` (which indexes it without bounds checks)."""
+    data = skops.io.dumps(KNeighborsClassifier(algorithm="kd_tree").fit(X, Y))
+
+    def edit(schema: dict[str, Any]) -> None:
+        holder = schema["content"]
+        stub = {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode", "content": [], "__id__": 4242}
+        holder["content"]["_tree"]["content"]["__id__"] = 4242
+        holder["content"] = {"aaa": stub, **holder["content"]}  # built before _tree
+        key_types = holder["key_types"]["content"]
+        key_types.append(dict(key_types[0]))
+    return rewrite(data, edit)
+
+
+def list_node_naming_ndarray() -> bytes:
+    """`coef_` as a list node naming numpy.ndarray: skops calls `ndarray([4])`, an uninitialised
+    array whose leftover heap bytes predict() hands back."""
+    model = LinearRegression().fit(X, X @ [1.0, 2, 3, 4])
+
+    def edit(schema: dict[str, Any]) -> None:
+        attrs(schema)["coef_"] = {"__class__": "ndarray", "__module__": "numpy", "__loader__": "ListNode",
+                                  "content": [json_node(4, 515151)], "__id__": 515152}
+    return rewrite(skops.io.dumps(model), edit)
+
+
+def seed_sequence_pool_of_a_million() -> bytes:
+    """A Generator whose seed sequence has pool size 10**6: numpy's set-up is quadratic in it."""
+    model = StandardScaler().fit(X)
+    model.rng_ = np.random.default_rng(0)
+
+    def edit(schema: dict[str, Any]) -> None:
+        seed_seq = attrs(schema)["rng_"]["content"]["seed_seq"]["content"]
+        seed_seq["pool_size"] = json_node(10**6, 626262)  # its own id (honest dumps share small ints')
+    return rewrite(skops.io.dumps(model), edit)
+
+
+def fitted_hook_hides_a_model() -> bytes:
+    """`__sklearn_is_fitted__ = bool` in a KNN's state: the model looks unfitted, so its validator
+    would skip `n_neighbors` = 10**6."""
+    model = KNeighborsClassifier().fit(X, Y)
+    model.n_neighbors = 10**6
+    model.__sklearn_is_fitted__ = bool
+    return skops.io.dumps(model)
+
+
 def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
     """The archive with `value` written at the given offsets of the local and central headers of
     the first member `pick` accepts (flags, compression method)."""
@@ -336,6 +382,10 @@ CASES: dict[str, Case] = {
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
     "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV while skops builds the tree", "signal"),
     "key_types_share_an_array_id": Case(key_types_share_an_array_id, "declares 32 bytes of data but its member holds 0", "an array read from the bytes after its member"),
+    "tree_state_behind_a_shared_id": Case(tree_state_behind_a_shared_id, "KDTree is a shared reference", "SIGSEGV while skops builds the tree", "signal"),
+    "list_node_naming_ndarray": Case(list_node_naming_ndarray, "ListNode in its schema names the type numpy.ndarray", "leftover heap bytes returned by predict"),
+    "seed_sequence_pool_of_a_million": Case(seed_sequence_pool_of_a_million, "pool size 1000000", "half an hour of CPU at load", "timeout"),
+    "fitted_hook_hides_a_model": Case(fitted_hook_hides_a_model, r"special attributes \['__sklearn_is_fitted__'\]", "an unchecked KNN with n_neighbors 10**6"),
     "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal"),
     "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal"),
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),

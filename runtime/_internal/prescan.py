@@ -46,6 +46,18 @@ STATE_ARITY = {
     "sklearn.neighbors._ball_tree.BallTree": 13,
     **{f"sklearn.metrics._dist_metrics.{m}Distance64": 3 for m in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")},
 }
+# Node kinds whose type skops calls with the node's content: the types honest dumps name.
+FIXED_TYPES: dict[str, Any] = {
+    "ListNode": {"builtins.list"}.__contains__,
+    "TupleNode": {"builtins.tuple"}.__contains__,
+    "SetNode": {"builtins.set", "builtins.frozenset"}.__contains__,
+    "DefaultDictNode": {"collections.defaultdict"}.__contains__,
+    "PartialNode": {"functools.partial"}.__contains__,
+    "RandomStateNode": {"numpy.random.mtrand.RandomState"}.__contains__,
+    "RandomGeneratorNode": {"numpy.random._generator.Generator"}.__contains__,
+    "LossNode": lambda name: name.startswith("sklearn."),  # loss classes (sklearn._loss, _sgd_fast)
+}
+MAX_SEED_POOL = 64
 # Nodes whose children skops reads from named content fields, in its order.
 _NAMED_CHILDREN = {
     "DefaultDictNode": ("main", "default_factory"),
@@ -180,6 +192,7 @@ class _Scanner:
         self.result = ScanResult()
         self.expanded: dict[Any, int] = {}  # id -> expanded node count of its (finished) definition
         self.open_ids: set[Any] = set()
+        self.definitions: dict[int, dict[str, Any]] = {}  # id -> the node skops builds for it
         self.files_used: set[str] = set()
         self.total = 0
 
@@ -222,13 +235,30 @@ class _Scanner:
         if loader == "FunctionNode" and f"{module}.{name}" not in FUNCTIONS:
             raise refuse(f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} may appear")
         self._count(1)
+        fixed = FIXED_TYPES.get(loader)
+        if fixed is not None and not fixed(f"{module}.{name}"):
+            # skops calls the named type with the node's content (a list node naming
+            # numpy.ndarray would build an uninitialised array of the list's shape).
+            raise refuse(f"a {loader} in its schema names the type {module}.{name}")
+        content = state.get("content")
         arity = STATE_ARITY.get(f"{module}.{name}")
         if arity is not None:
-            content = state.get("content")
             if loader != "ObjectNode" or not isinstance(content, dict) or content.get("__loader__") != "TupleNode" or not isinstance(content.get("content"), list) or len(content["content"]) != arity:
                 raise refuse(f"the state of {module}.{name} is not a tuple of {arity} items")
+            if content.get("__id__") in self.expanded:
+                # skops would pass the earlier node of that id, whatever its length.
+                raise refuse(f"the state of {module}.{name} is a shared reference, not its own tuple")
+        if loader == "ObjectNode" and isinstance(content, dict) and isinstance(content.get("content"), dict):
+            hooks = sorted(k for k in content["content"] if isinstance(k, str) and k.startswith("__") and k.endswith("__"))
+            if hooks:
+                # An instance attribute such as __sklearn_is_fitted__ would shadow the class's
+                # method (and make a fitted model look unfitted to its validator).
+                raise refuse(f"{module}.{name} sets the special attributes {hooks}")
+        if loader == "RandomGeneratorNode":
+            self._check_seed_sequence(state)
         if node_id is not None:
             self.open_ids.add(node_id)
+            self.definitions[node_id] = state
         size = 1
         children = self._leaf(loader, state) if loader in LEAF_LOADERS else self._children(loader, state)
         for child in children:
@@ -268,6 +298,18 @@ class _Scanner:
             if self.result.array_bytes > MAX_UNCOMPRESSED_BYTES:
                 raise refuse(f"its arrays declare more than {MAX_UNCOMPRESSED_BYTES} bytes")
         return []
+
+    def _check_seed_sequence(self, state: dict[str, Any]) -> None:
+        # numpy's SeedSequence takes time quadratic in its pool size (numpy's default is 4).
+        try:
+            pool = state["content"]["seed_seq"]["content"]["pool_size"]
+            # A shared id (honest dumps share small ints) is built from its first definition.
+            pool = self.definitions.get(pool.get("__id__"), pool)
+            size = json.loads(pool["content"]) if pool.get("__loader__") == "JsonNode" else None
+        except (KeyError, TypeError, ValueError):
+            size = None
+        if type(size) is not int or not 1 <= size <= MAX_SEED_POOL:
+            raise refuse(f"a random generator's seed sequence has pool size {size!r} (at most {MAX_SEED_POOL})")
 
     def _children(self, loader: str, state: dict[str, Any]) -> list[Any]:
         # In the order skops' get_tree builds them: with shared ids, the node skops builds first
