@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import heapq
 import io
+import itertools
 import mmap
 import os
-import queue
+import secrets
 import socket
 import stat
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +34,8 @@ import grpc
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 FD_SOCKET_SUFFIX = ".fd"
+# A line `wait <handle>` on the side channel waits for the model of a call still running.
+WAIT_PREFIX = "wait "
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _HASH_CHUNK = 8 << 20
 
@@ -106,36 +111,44 @@ class FetchedModel:
             self._map = None
 
 
-_background_calls: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+_background_due: list[tuple[float, int, Callable[[], object]]] = []
+_background_order = itertools.count()
+_background_cond = threading.Condition()
 _background_thread: list[threading.Thread] = []
-_background_lock = threading.Lock()
 
 
-def run_in_background(call: Callable[[], object]) -> None:
-    """Run `call` on this process's one background thread, after those queued before it
-    (starting a thread per call costs milliseconds on a busy interpreter)."""
-    _background_calls.put(call)
-    with _background_lock:
+def run_in_background(call: Callable[[], object], after: float = 0.0) -> None:
+    """Run `call` on this process's one background thread, `after` seconds from now and after
+    those due before it (starting a thread per call costs milliseconds on a busy interpreter)."""
+    with _background_cond:
+        heapq.heappush(_background_due, (time.monotonic() + after, next(_background_order), call))
+        _background_cond.notify()
         if not _background_thread or not _background_thread[0].is_alive():
             try:
-                thread = threading.Thread(target=_run_queued, daemon=True, name="background")
+                thread = threading.Thread(target=_run_due, daemon=True, name="background")
                 thread.start()
-            except RuntimeError:  # interpreter shutdown: run them here
-                _run_queued(block=False)
+            except RuntimeError:  # interpreter shutdown: run them here, now
+                calls = [heapq.heappop(_background_due)[2] for _ in range(len(_background_due))]
+                for queued in calls:
+                    _call_quietly(queued)
                 return
             _background_thread[:] = [thread]
 
 
-def _run_queued(block: bool = True) -> None:
+def _run_due() -> None:
     while True:
-        try:
-            call = _background_calls.get(block=block)
-        except queue.Empty:
-            return
-        try:
-            call()
-        except Exception as exc:  # noqa: BLE001 - one failed call must not end the thread
-            print(f"background call failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        with _background_cond:
+            while not _background_due or _background_due[0][0] > time.monotonic():
+                _background_cond.wait(_background_due[0][0] - time.monotonic() if _background_due else None)
+            call = heapq.heappop(_background_due)[2]
+        _call_quietly(call)
+
+
+def _call_quietly(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - one failed call must not end the thread
+        print(f"background call failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 def close_in_background(fd: int) -> None:
@@ -162,7 +175,8 @@ def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
     _check_digest(_hash_fd(fd, header.size, expected[0]), expected)
 
 
-def _check_sealed(fd: int, size: int) -> None:
+def _check_sealed(fd: int, size: int | None) -> int:
+    """Check the passed file is sealed (and of `size`, if given); return its size."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise LoaderCallError("the loader passed a descriptor that is not a regular file")
@@ -172,8 +186,9 @@ def _check_sealed(fd: int, size: int) -> None:
         seals = 0
     if seals & _SEALED != _SEALED:
         raise LoaderCallError("the loader passed a model file that is not sealed against changes")
-    if info.st_size != size:
+    if size is not None and info.st_size != size:
         raise LoaderCallError("the model file passed does not have the size in the loader's header")
+    return info.st_size
 
 
 def _hasher(algorithm: str, size: int) -> Any:
@@ -214,16 +229,18 @@ def _check_digest(actual: str, expected: tuple[str, str]) -> None:
         raise LoaderCallError("the model bytes received do not match the loader's header")
 
 
-async def receive_fd(path: Path, handle: str, timeout: float) -> int:
+async def receive_fd(path: Path, handle: str, timeout: float, wait: bool = False) -> int:
     """Claim the descriptor offered under `handle` on the side-channel socket `path` (on the
-    running event loop: a local socket needs no thread)."""
+    running event loop: a local socket needs no thread). With `wait`, `handle` is the request's
+    `fd_claim` and the loader passes the model once it is ready."""
     loop = asyncio.get_running_loop()
+    line = (WAIT_PREFIX + handle if wait else handle).encode() + b"\n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.setblocking(False)
         try:
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(conn, str(path))
-                await loop.sock_sendall(conn, handle.encode() + b"\n")
+                await loop.sock_sendall(conn, line)
                 while True:
                     try:
                         message, fds, _, _ = socket.recv_fds(conn, 512, 1)
@@ -287,6 +304,44 @@ async def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: floa
     fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))
     _check_sealed(fetched.fileno, header.size)
     return await asyncio.to_thread(_read_early, fetched, consume)
+
+
+async def _wait_for_model(
+    path: Path, claim: str, timeout: float, consume: Consumer | None, max_bytes: int
+) -> _Early | None:
+    """Wait on the side channel for the model of the running call and read it at once (before
+    its header has arrived); None if the loader did not pass it there."""
+    try:
+        fd = await receive_fd(path, claim, timeout, wait=True)
+    except LoaderCallError:
+        return None  # an older loader, or the offer came first: the header's handle is claimed
+    # Provisional header: the size is checked against the loader's own when the header comes.
+    fetched = FetchedModel(loader_pb2.LoadedModel(), fd=fd)
+    size = _check_sealed(fd, None)
+    if size > max_bytes:
+        raise LoaderCallError(f"the loader returned a {size}-byte model; the limit is {max_bytes}", too_large=True)
+    fetched.header.size = size
+    if size >= _HASH_CHUNK:
+        return await asyncio.to_thread(_read_early, fetched, consume)
+    # A small model is hashed and read in less time than a handoff to a worker thread takes.
+    consumed, error = None, None
+    if consume is not None:
+        try:
+            consumed = _consume(fetched, consume)
+        except Exception as exc:  # noqa: BLE001 - reported after the digest is known
+            error = exc
+    return _Early(fetched, _hash_fd(fd, size, "blake3"), consumed, error)
+
+
+async def _pushed_or_claimed(
+    waiting: asyncio.Task[_Early | None], path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None
+) -> _Early:
+    done = await waiting
+    if done is None:
+        return await _claim_early(path, header, timeout, consume)
+    _check_sealed(done.fetched.fileno, header.size)
+    done.fetched.header = header
+    return done
 
 
 def _read_early(fetched: FetchedModel, consume: Consumer | None) -> _Early:
@@ -376,12 +431,18 @@ async def verify_and_load(
     asked.CopyFrom(request)
     asked.accept_blake3 = True
     asked.accept_fd = asked.digest_after_handle = side_channel is not None and side_channel.is_socket()
+    # The model is waited for on the side channel while the call runs: it arrives the moment
+    # the loader has sealed it, and is read while the header and the digest are on their way.
+    asked.fd_claim = secrets.token_hex(24) if asked.accept_fd else ""
     header: loader_pb2.LoadedModel | None = None
     trailer: loader_pb2.ModelDigest | None = None
     early: asyncio.Task[_Early] | None = None
+    waiting: asyncio.Task[_Early | None] | None = None
     chunks: list[bytes] = []
     channel = _channel(endpoint, reuse_channel)
     call = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(asked, timeout=timeout, wait_for_ready=False)
+    if asked.fd_claim and side_channel is not None:
+        waiting = asyncio.create_task(_wait_for_model(side_channel, asked.fd_claim, timeout, consume, max_bytes))
     try:
         received = 0
         async for message in call:
@@ -393,7 +454,12 @@ async def verify_and_load(
                         f"the loader returned a {header.size}-byte model; the limit is {max_bytes}",
                         too_large=True,
                     )
-                if header.fd_handle and not (header.model_blake3 or header.model_sha256):
+                if header.fd_handle and waiting is not None and header.fd_handle == asked.fd_claim:
+                    early = asyncio.create_task(
+                        _pushed_or_claimed(waiting, side_channel, header, min(timeout, 30.0), consume)  # type: ignore[arg-type]
+                    )
+                    waiting = None
+                elif header.fd_handle and not (header.model_blake3 or header.model_sha256):
                     if side_channel is None:
                         raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
                     early = asyncio.create_task(_claim_early(side_channel, header, min(timeout, 30.0), consume))
@@ -407,7 +473,7 @@ async def verify_and_load(
             else:
                 raise LoaderCallError(f"the loader sent an unexpected {part or 'empty'} message")
     except grpc.aio.AioRpcError as exc:
-        await _drop(early)
+        await _drop(early, waiting)
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
             _forget(endpoint, channel)
@@ -415,15 +481,19 @@ async def verify_and_load(
         raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
     except BaseException:
         call.cancel()  # the channel may outlive this call: the stream must not
-        await _drop(early)
+        await _drop(early, waiting)
         raise
     finally:
         if not reuse_channel:
             await channel.close()
+    if waiting is not None:  # the loader did not use the claim (an older one, or streamed)
+        await _drop(waiting)
     if header is None:
         raise LoaderCallError("the loader closed the stream without a model")
     if early is not None:
-        return await _accept_early(early, trailer, header.size)
+        # The digest ends the stream, or (a small model) came in the header.
+        announced = trailer if trailer is not None or not (header.model_blake3 or header.model_sha256) else header
+        return await _accept_early(early, announced, header.size)
     # A small model is hashed and read in less time than a handoff to a worker thread takes; a
     # large one off the caller's event loop (hashlib frees the GIL).
     small = header.size < _HASH_CHUNK
@@ -438,7 +508,9 @@ async def verify_and_load(
     return fetched
 
 
-async def _accept_early(early: asyncio.Task[_Early], trailer: loader_pb2.ModelDigest | None, size: int) -> FetchedModel:
+async def _accept_early(
+    early: asyncio.Task[_Early], trailer: loader_pb2.ModelDigest | loader_pb2.LoadedModel | None, size: int
+) -> FetchedModel:
     done = await early
     if trailer is None:
         raise LoaderCallError("the loader closed the stream without the model's digest")
@@ -451,10 +523,14 @@ async def _accept_early(early: asyncio.Task[_Early], trailer: loader_pb2.ModelDi
     return done.fetched
 
 
-async def _drop(early: asyncio.Task[_Early] | None) -> None:
-    """Wait for a claim in progress (a thread cannot be cancelled) and let its descriptor go."""
-    if early is not None:
+async def _drop(*claims: asyncio.Task[Any] | None) -> None:
+    """Stop claims in progress and let their descriptors go (one reading on a thread is waited
+    for: a thread cannot be cancelled)."""
+    for claim in claims:
+        if claim is None:
+            continue
+        claim.cancel()  # takes effect only while it waits on the side channel
         try:
-            await early
+            await claim
         except BaseException:  # noqa: BLE001 - the call already failed for another reason
             pass

@@ -46,7 +46,7 @@ class SigstoreModel(SKLearnModel):
 
     async def load(self) -> bool:
         policy = SigstorePolicy.from_model_settings(self._settings)
-        env = RuntimeSettings()
+        env = RuntimeSettings.current()
         artefact = Path(await get_model_uri(self._settings, wellknown_filenames=WELLKNOWN_MODEL_FILENAMES))
         if not artefact.is_file():
             raise ModelRefused(f"model {self.name!r}: no model file found at {artefact}", 404)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal
 
@@ -88,6 +89,22 @@ class RuntimeSettings(BaseSettings):
     docker_image: str = "mlserver-sigstore/loader:dev"
     docker_trust_configs: str = ""
     docker_start_seconds: float = 60.0
+
+    @classmethod
+    def current(cls) -> RuntimeSettings:
+        """The settings for the environment as it is now (built once per distinct environment:
+        reading them through pydantic-settings takes most of a millisecond)."""
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        snapshot = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(prefix)))
+        found = _RUNTIME_SETTINGS.get(snapshot)
+        if found is None:
+            found = _RUNTIME_SETTINGS[snapshot] = cls()
+            while len(_RUNTIME_SETTINGS) > 8:
+                del _RUNTIME_SETTINGS[next(iter(_RUNTIME_SETTINGS))]
+        return found.model_copy()
+
+
+_RUNTIME_SETTINGS: dict[tuple[tuple[str, str], ...], RuntimeSettings] = {}
 
 
 class SigstorePolicy(BaseModel):

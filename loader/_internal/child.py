@@ -7,6 +7,7 @@ skops, ...) already; this module itself stays light so that the gRPC server can 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -39,6 +40,10 @@ _HANDOFF_FDS = 2
 REPORT_TYPES, NO_TYPES = b"t", b"-"
 # Sent on `status` once the child is confined and about to wait for its artefact.
 READY = b'{"ready": true}'
+# A model from a pickle smaller than this is converted in memory and written with one call.
+_IN_MEMORY_BELOW = 8 << 20
+# After its result, a child waits this long to be ended by the loader before it exits itself.
+_ENDED_WITHIN_SECONDS = 30
 # A small trusted model, pickled by the fork server (see `prepare_warm_up`).
 _warm_up_sample = b""
 
@@ -52,7 +57,6 @@ def prepare_warm_up() -> None:
     rather than on a load.
     """
     global _warm_up_sample
-    import io
 
     import joblib
     import numpy as np
@@ -72,7 +76,6 @@ def prepare_warm_up() -> None:
 def _warm_up() -> None:
     if not _warm_up_sample:
         return
-    import io
 
     import joblib
 
@@ -92,6 +95,8 @@ def _convert(artefact_fd: int, result_fd: int, report_types: bool) -> tuple[int,
     from loader._internal import skops_writer
 
     started = time.perf_counter()
+    # An uncompressed pickle's skops form is about its size (a compressed joblib file's is not).
+    expected_size = os.fstat(artefact_fd).st_size if os.pread(artefact_fd, 1, 0) == b"\x80" else None
     with os.fdopen(artefact_fd, "rb") as source:
         source.seek(0)  # the offset is shared with the loader, which filled the memfd
         model = joblib.load(source)
@@ -102,7 +107,13 @@ def _convert(artefact_fd: int, result_fd: int, report_types: bool) -> tuple[int,
             "not a scikit-learn estimator"
         )
     with os.fdopen(result_fd, "w+b") as sink:
-        skops_writer.dump(model, sink)
+        if expected_size is not None and expected_size < _IN_MEMORY_BELOW:
+            # zipfile's many small writes and seeks per member cost more than one copy.
+            buffer = io.BytesIO()
+            skops_writer.dump(model, buffer)
+            sink.write(buffer.getbuffer())
+        else:
+            skops_writer.dump(model, sink)
         sink.flush()
         size = sink.tell()
         converted = time.perf_counter()
@@ -119,7 +130,6 @@ def _reported_types(archive_file: Any) -> list[str]:
     same answer without a second pass over the model's bytes. For information only: the
     runtime's allowlist decides.
     """
-    import io
     import zipfile
 
     import skops.io
@@ -180,4 +190,7 @@ def run(control: PassedFd, status: Connection, output: Connection, limits: Child
         os._exit(5)
     status.send_bytes(json.dumps({"ok": True, "untrusted_types": untrusted, "size": size, "timings": timings}).encode())
     sys.stdout.flush()
+    # The loader seals the result, then ends this process: exiting now would tear the address
+    # space down (milliseconds) while the loader seals and hands the model on.
+    time.sleep(_ENDED_WITHIN_SECONDS)
     os._exit(0)

@@ -34,6 +34,11 @@ _START_SECONDS = 60  # the first child waits for the fork server's imports
 # dry): forking, confining and warming a child would otherwise compete for the CPU with the
 # load that just took one, while its client reads the result.
 _REFILL_DELAY_SECONDS = 0.1
+# A child whose result is smaller than this is ended a moment after its result is sealed rather
+# than at once: tearing its address space down takes a core for milliseconds, which the client
+# reading the model needs more. A larger model's child is ended at once (its memory counts).
+_END_LATER_BELOW = 8 << 20
+_END_AFTER_SECONDS = 0.05
 
 # Formats people hand over instead of a pickle, by their first bytes. A pickle (protocol 2+)
 # starts with 0x80; joblib's compressed files with zlib, gzip, bz2, xz, lzma or lz4 magic.
@@ -276,13 +281,16 @@ class Sandbox:
             if header is None:
                 raise self._died(child)
             meta = self._parse(header)
-            # The child has nothing left to do: end it now rather than wait for it to exit. Once
-            # sealed, the result cannot change, even through a descriptor the child still holds.
-            child.proc.kill()
             if reserving is not None:
                 reserving.join()
                 release_beyond_end(sink, reserved)
+            # Sealed while the child waits to be ended: once sealed, the result cannot change,
+            # even through a descriptor the child still holds. Ended only then: its teardown
+            # (milliseconds, with scikit-learn mapped) would hold up the seal, which waits for
+            # the CPU the child wrote from.
             model = self._seal(sink, child)
+            if model.size >= _END_LATER_BELOW:
+                child.proc.kill()
             sink = -1
             if model.size > limits.max_result_bytes:
                 raise LimitExceeded(f"the converted model is {model.size} bytes; the limit is {limits.max_result_bytes}")
@@ -294,7 +302,7 @@ class Sandbox:
             return Converted(model, untrusted, timings, child.output.text(wait=0))
         finally:
             # Reaping a large child takes a while (its address space is torn down): not on this path.
-            run_in_background(child.discard)
+            run_in_background(child.discard, after=_END_AFTER_SECONDS if child.proc.is_alive() else 0.0)
             # Refilled once this child is done, not while it works (and, with another child
             # still waiting, a moment later): a new child would compete with it for the CPU.
             self._refill_now()
@@ -311,6 +319,7 @@ class Sandbox:
             if exc.errno != errno.EBUSY:
                 raise
         # The child mapped the result writable: the seal holds once that mapping is gone.
+        child.proc.kill()
         child.proc.join(5)
         return seal(sink)
 

@@ -36,16 +36,24 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
     def VerifyAndLoad(  # noqa: N802 - gRPC method name
         self, request: loader_pb2.VerifyAndLoadRequest, context: grpc.ServicerContext
     ) -> Iterator[loader_pb2.VerifyAndLoadResponse]:
+        handoff = self._handoff if request.accept_fd else None
+        claim = request.fd_claim if handoff is not None else ""
         try:
             result = self._service.load(_to_load_request(request))
-        except LoaderError as exc:
-            context.abort(exc.code, str(exc))
-        header = _header(result)
+        except BaseException as exc:
+            if claim:
+                handoff.withdraw(claim, str(exc) if isinstance(exc, LoaderError) else "the load failed")  # type: ignore[union-attr]
+            if isinstance(exc, LoaderError):
+                context.abort(exc.code, str(exc))
+            raise
         algorithm = "blake3" if request.accept_blake3 else "sha256"
-        if request.accept_fd and self._handoff is not None:
-            # The client claims the sealed memfd on the side channel: no chunks follow.
-            header.fd_handle = self._handoff.offer(result.converted.model)
-            header.fd_handle_ttl_seconds = self._handoff.ttl_seconds
+        if handoff is not None:
+            # The client claims the sealed memfd on the side channel (or is waiting there for
+            # it already, and gets it now, before the header): no chunks follow.
+            handle = handoff.offer(result.converted.model, claim)
+            header = _header(result)
+            header.fd_handle = handle
+            header.fd_handle_ttl_seconds = handoff.ttl_seconds
             if request.digest_after_handle and result.converted.size >= DIGEST_LAST_FROM_BYTES:
                 # The client reads the model while the digest is taken; it accepts it only once
                 # the digest that ends the stream matches.
@@ -55,6 +63,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             _set_digest(header, result, algorithm)
             yield loader_pb2.VerifyAndLoadResponse(header=header)
             return
+        header = _header(result)
         _set_digest(header, result, algorithm)
         yield loader_pb2.VerifyAndLoadResponse(header=header)
         with result.converted.model.mapped(populate=False) as data:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -18,7 +19,7 @@ from prometheus_client import Counter, Histogram
 from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
-from loader._internal.verify import Signer, TrustRoots, Verified, verify_artefact
+from loader._internal.verify import SignedBundle, Signer, TrustRoots, Verified, verify_bundle
 from loader.errors import LimitExceeded, LoaderError
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
@@ -107,6 +108,8 @@ class LoaderService:
         self._cache = _ResultCache(self.limits.cache_bytes)
         self._inflight: dict[tuple, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
+        # One reader per load that may run at once (gRPC serves a few more calls than that).
+        self._readers = ThreadPoolExecutor(self.limits.max_concurrent_loads + 4, thread_name_prefix="artefact-read")
 
     def load(self, request: LoadRequest) -> LoadResult:
         """Verify and convert one artefact; raise a LoaderError subclass on any refusal."""
@@ -150,11 +153,39 @@ class LoaderService:
         # A model directory is loaded through its well-known model file; the file's directory
         # is what a model-signing bundle covering more than one file must match.
         model_path = self.root.model_file(artefact_path)
-        # Read once into the sealed memfd that is verified here and unpickled by the child,
-        # hashed on the way (one pass: the stage is "read" and includes hashing).
-        artefact, digest = read_sealed(model_path, "artefact", self.limits.max_artefact_bytes)
         bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
+        # Read once into the sealed memfd that is verified here and unpickled by the child,
+        # hashed on the way (one pass: the stage is "read" and includes hashing), on another
+        # thread while the bundle's signature is verified here.
+        reading = self._readers.submit(read_sealed, model_path, "artefact", self.limits.max_artefact_bytes)
+        return self._verify_and_convert(request, record, timings, t0, model_path, bundle, reading)
+
+    def _verify_and_convert(
+        self,
+        request: LoadRequest,
+        record: dict[str, object],
+        timings: dict[str, float],
+        t0: float,
+        model_path: Path,
+        bundle: bytearray,
+        reading: Future[tuple[SealedFile, str]],
+    ) -> LoadResult:
+        record["stage"] = "verify"
+        t1 = time.perf_counter()
+        try:
+            signed: SignedBundle | LoaderError = verify_bundle(
+                bundle, list(request.signers), self.trust_roots, request.trust_root
+            )
+        except LoaderError as exc:
+            signed = exc
+        timings["verify"] = time.perf_counter() - t1
+        record["stage"] = "read"
+        # A file that cannot be read is the first thing to fix: its error wins.
+        artefact, digest = reading.result()
         timings["read"] = time.perf_counter() - t0
+        if isinstance(signed, LoaderError):
+            record["stage"] = "verify"
+            raise signed
         record["sha256"] = digest
         key = (
             digest,
@@ -170,7 +201,7 @@ class LoaderService:
             with gate:
                 # Verified on every load, cached or not: the rest of a model directory may
                 # have changed although the model file and the bundle did not.
-                verified = self._verify(artefact, digest, bundle, request, model_path, timings, record)
+                verified = self._bind(signed, artefact, digest, request, model_path, timings, record)
                 cached = self._cache.get(key)
                 if cached is not None and (cached.converted.untrusted_types is not None or not request.report_types):
                     result = LoadResult(verified, cached.converted, timings, cached=True)
@@ -183,11 +214,11 @@ class LoaderService:
         # The loader only reports types; the runtime's allowlist (runtime/safe_load.py) decides.
         return result
 
-    def _verify(
+    def _bind(
         self,
+        signed: SignedBundle,
         artefact: SealedFile,
         digest: str,
-        bundle: bytes | bytearray,
         request: LoadRequest,
         model_path: Path,
         timings: dict[str, float],
@@ -197,12 +228,12 @@ class LoaderService:
         t0 = time.perf_counter()
         # The sealed memfd's bytes cannot change any more: verified here, unpickled by the child.
         with artefact.mapped(populate=False) as view:
-            verified = verify_artefact(
-                cast(bytes, view), bundle, list(request.signers), self.trust_roots, request.trust_root, digest,
+            verified = signed.bind(
+                cast(bytes, view), digest,
                 directory=model_path.parent, model_file=model_path.name, ignore_paths=request.ignore_paths,
                 max_bytes=self.limits.max_artefact_bytes,
             )
-        timings["verify"] = time.perf_counter() - t0
+        timings["verify"] += time.perf_counter() - t0
         return verified
 
     def _convert(

@@ -54,7 +54,10 @@ def _write_npy(member: BinaryIO, array: np.ndarray) -> None:
 
 def dump(model: Any, sink: BinaryIO) -> None:
     """Write `model` as an uncompressed skops archive into the seekable file `sink`."""
-    _get_state.register(np.ndarray)(_ndarray_state)  # this process is one child's: never restored
+    # This process is one child's (or the fork server's): never restored. Registered once:
+    # each registration empties singledispatch's cache, and the next walk rebuilds it.
+    if _get_state.dispatch(np.ndarray) is not _ndarray_state:
+        _get_state.register(np.ndarray)(_ndarray_state)
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
         context = SaveContext(zip_file=archive)
         state = get_state(model, context)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import sigstore
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from OpenSSL.crypto import X509StoreContextError
 from sigstore.errors import Error as SigstoreError
+from sigstore.errors import VerificationError as SigstoreVerificationError
 from sigstore.hashes import Hashed
 from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
 from sigstore.verify import Verifier
@@ -28,9 +31,12 @@ from loader._internal.keys import SigningKeys
 from loader._internal.policy import Method, Signer, certificate_facts, describe_certificate, holds
 from loader.errors import BadRequest, LoaderError, VerificationFailed
 
-__all__ = ["PRODUCTION", "Signer", "TrustConfigError", "TrustRoots", "Verified", "verify_artefact"]
+__all__ = [
+    "PRODUCTION", "SignedBundle", "Signer", "TrustConfigError", "TrustRoots", "Verified", "verify_artefact", "verify_bundle",
+]
 
 PRODUCTION = "production"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -137,55 +143,95 @@ def verify_artefact(
     VerificationFailed naming the failed check. `digest` is the artefact's sha256 (hex) if the
     caller already has it.
     """
+    signed = verify_bundle(bundle_json, signers, roots, trust_root)
+    return signed.bind(
+        artefact, digest or hashlib.sha256(artefact).hexdigest(),
+        directory=directory, model_file=model_file, ignore_paths=ignore_paths, max_bytes=max_bytes,
+    )
+
+
+class SignedBundle:
+    """A bundle whose signature and signer are verified; `bind` checks that it signs the
+    artefact's bytes. Together they are `verify_artefact`; apart, the bundle is verified while
+    the artefact is still being read."""
+
+    def __init__(self, bind: Callable[[bytes | bytearray, str, Path | None, str, tuple[str, ...] | list[str], int], Verified]) -> None:
+        self._bind = bind
+
+    def bind(
+        self,
+        artefact: bytes | bytearray,
+        digest: str,
+        *,
+        directory: Path | None = None,
+        model_file: str = "",
+        ignore_paths: tuple[str, ...] | list[str] = (),
+        max_bytes: int = 4 << 30,
+    ) -> Verified:
+        """The verification facts, once `artefact` (whose sha256 hex is `digest`) is the one signed;
+        raises VerificationFailed otherwise."""
+        return self._bind(artefact, digest, directory, model_file, ignore_paths, max_bytes)
+
+
+def verify_bundle(
+    bundle_json: bytes | bytearray, signers: list[Signer], roots: TrustRoots, trust_root: str = ""
+) -> SignedBundle:
+    """Verify everything about `bundle_json` that does not depend on the artefact's bytes (see
+    `verify_artefact`); raises VerificationFailed naming the failed check."""
     if not signers:
         raise BadRequest("no accepted signers in the policy; name at least one signer")
     for index, signer in enumerate(signers):
         signer.check(f"signers[{index}]")
     bundle_json = bytes(bundle_json)
     shape = signed_manifest.bundle_shape(bundle_json)
-    digest = digest or hashlib.sha256(artefact).hexdigest()
     bundle_sha256 = hashlib.sha256(bundle_json).hexdigest()
     if not shape.model_signing:
-        return _verify_sigstore_bundle(artefact, bundle_json, signers, roots, trust_root, digest, shape.media_type)
+        return _verify_sigstore_bundle(bundle_json, bundle_sha256, signers, roots, trust_root, shape.media_type)
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
-    name = model_file or "artefact"
-    if signed_manifest.covers_one_file(signed):
-        signed_manifest.check_file(signed, artefact, name, digest)
-        files = [model_file or signed_manifest.SINGLE_FILE]
-    elif directory is None:
-        covered = signed_manifest.signed_files(signed)
-        raise VerificationFailed(
-            f"the signature covers a model directory ({len(covered)} files: {', '.join(covered[:5])}"
-            f"{', ...' if len(covered) > 5 else ''}), but only one file was given: verify the directory"
+
+    def bind(
+        artefact: bytes | bytearray, digest: str, directory: Path | None, model_file: str,
+        ignore_paths: tuple[str, ...] | list[str], max_bytes: int,
+    ) -> Verified:
+        name = model_file or "artefact"
+        if signed_manifest.covers_one_file(signed):
+            signed_manifest.check_file(signed, artefact, name, digest)
+            files = [model_file or signed_manifest.SINGLE_FILE]
+        elif directory is None:
+            covered = signed_manifest.signed_files(signed)
+            raise VerificationFailed(
+                f"the signature covers a model directory ({len(covered)} files: {', '.join(covered[:5])}"
+                f"{', ...' if len(covered) > 5 else ''}), but only one file was given: verify the directory"
+            )
+        else:
+            files = signed_manifest.check_directory(
+                signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest
+            )
+        return Verified(
+            artefact_sha256=digest,
+            bundle_sha256=bundle_sha256,
+            identity=by.identity,
+            issuer=by.issuer,
+            log_index=by.log_index,
+            integrated_time=by.integrated_time,
+            bundle_media_type=shape.media_type,
+            trust_root=by.trust,
+            signing_method=by.method,
+            model_file=model_file,
+            verified_files=tuple(files),
         )
-    else:
-        files = signed_manifest.check_directory(
-            signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest
-        )
-    return Verified(
-        artefact_sha256=digest,
-        bundle_sha256=bundle_sha256,
-        identity=by.identity,
-        issuer=by.issuer,
-        log_index=by.log_index,
-        integrated_time=by.integrated_time,
-        bundle_media_type=shape.media_type,
-        trust_root=by.trust,
-        signing_method=by.method,
-        model_file=model_file,
-        verified_files=tuple(files),
-    )
+
+    return SignedBundle(bind)
 
 
 def _verify_sigstore_bundle(
-    artefact: bytes | bytearray,
     bundle_json: bytes,
+    bundle_sha256: str,
     signers: list[Signer],
     roots: TrustRoots,
     trust_root: str,
-    digest: str,
     media_type: str,
-) -> Verified:
+) -> SignedBundle:
     """`sigstore sign` (hashedrekord) or `sigstore attest` (in-toto statement) over one file."""
     keyless = _only(signers, "sigstore", "a Sigstore keyless bundle")
     root_name, verifier = roots.verifier(trust_root)
@@ -194,28 +240,64 @@ def _verify_sigstore_bundle(
     except (ValueError, SigstoreError, AttributeError) as exc:
         raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
     policy = AnyOf([signer.policy() for signer in keyless])
-    try:
-        if bundle._dsse_envelope is None:
-            # The digest of these exact bytes, computed once: sigstore would otherwise hash again.
-            hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest))
-            verifier.verify_artifact(input_=hashed, bundle=bundle, policy=policy)
-        else:
-            payload_type, payload = verifier.verify_dsse(bundle, policy)
-            _require_subject(payload_type, payload, digest)
-    except SigstoreError as exc:
-        raise _keyless_failure(exc, bundle.signing_certificate, keyless, root_name) from None
+
+    def checked(check: Callable[[], _T]) -> _T:
+        try:
+            return check()
+        except SigstoreError as exc:
+            raise _keyless_failure(exc, bundle.signing_certificate, keyless, root_name) from None
+
+    def artefact_hashed(digest: str) -> Hashed:
+        return Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest))
+
+    # Checked without the artefact: the DSSE envelope, or a hashedrekord signature over the
+    # digest the bundle names (sigstore-python then requires the artefact's to equal it).
+    claimed = _signed_sha256(bundle)
+    payload_type, payload = "", b""
+    failed: VerificationFailed | None = None
+    if bundle._dsse_envelope is not None:
+        payload_type, payload = checked(lambda: verifier.verify_dsse(bundle, policy))
+    elif claimed is not None:
+        try:
+            checked(lambda: verifier.verify_artifact(input_=artefact_hashed(claimed), bundle=bundle, policy=policy))
+        except VerificationFailed as exc:
+            failed = exc
     facts = certificate_facts(bundle.signing_certificate)
     entry = bundle.log_entry._inner
-    return Verified(
-        artefact_sha256=digest,
-        bundle_sha256=hashlib.sha256(bundle_json).hexdigest(),
-        identity=facts["identity"],
-        issuer=facts["issuer"],
-        log_index=int(entry.log_index or 0),
-        integrated_time=int(entry.integrated_time or 0),
-        bundle_media_type=media_type,
-        trust_root=root_name,
-    )
+
+    def bind(artefact: bytes | bytearray, digest: str, *_: object) -> Verified:
+        if bundle._dsse_envelope is not None:
+            _require_subject(payload_type, payload, digest)
+        elif claimed is None or (failed is not None and digest != claimed):
+            # sigstore-python's verdict on the artefact itself, with its own order of checks.
+            checked(lambda: verifier.verify_artifact(input_=artefact_hashed(digest), bundle=bundle, policy=policy))
+        elif failed is not None:
+            raise failed
+        elif digest != claimed:
+            # What sigstore-python reports when the artefact's digest is not the bundle's.
+            mismatch = SigstoreVerificationError("Bundle message digest mismatch")
+            raise _keyless_failure(mismatch, bundle.signing_certificate, keyless, root_name)
+        return Verified(
+            artefact_sha256=digest,
+            bundle_sha256=bundle_sha256,
+            identity=facts["identity"],
+            issuer=facts["issuer"],
+            log_index=int(entry.log_index or 0),
+            integrated_time=int(entry.integrated_time or 0),
+            bundle_media_type=media_type,
+            trust_root=root_name,
+        )
+
+    return SignedBundle(bind)
+
+
+def _signed_sha256(bundle: Bundle) -> str | None:
+    """The SHA-256 (hex) a hashedrekord bundle says it signs; None if it names none."""
+    signature = bundle._inner.message_signature
+    named = signature.message_digest if signature is not None else None
+    if named is None or named.algorithm != HashAlgorithm.SHA2_256 or len(named.digest or b"") != 32:
+        return None
+    return bytes(named.digest).hex()
 
 
 _SIGNED_WITH = {

@@ -87,50 +87,69 @@ class ScanResult:
 # The header numpy writes for a plain dtype (format 1.0-3.0): parsed here without `literal_eval`
 # (which compiles each header); anything else goes through numpy's own parser.
 _PLAIN_HEADER = re.compile(
-    rb"\{'descr': '([<>|=]?[A-Za-z][0-9]*)', 'fortran_order': (?:True|False), "
+    rb"\{'descr': '([<>|=]?[A-Za-z][0-9]*)', 'fortran_order': (True|False), "
     rb"'shape': \((|[0-9]{1,19},|[0-9]{1,19}(?:, [0-9]{1,19}){1,63})\), \} *\n"
 )
 _MAX_HEADER = 10_000  # numpy's own default bound on an .npy header
 
 
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an `.npy` header declares about the data that follows it."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    length: int  # bytes from the magic string to the data
+
+    @property
+    def count(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= int(dim)
+        return count
+
+
+def read_npy_header(stream: Any) -> NpyHeader:
+    """Read an `.npy` header from `stream` (left at the data); ValueError if it is not one."""
+    magic = stream.read(8)
+    if len(magic) != 8 or magic[:6] != b"\x93NUMPY" or magic[6] not in (1, 2, 3) or magic[7] != 0:
+        raise ValueError(f"not an .npy header: {magic!r}")
+    width = 2 if magic[6] == 1 else 4
+    length_bytes = stream.read(width)
+    length = int.from_bytes(length_bytes, "little")
+    if len(length_bytes) != width or length > _MAX_HEADER:
+        raise ValueError(f"an .npy header of {length} bytes")
+    header = stream.read(length)
+    plain = _PLAIN_HEADER.fullmatch(header)
+    if plain is not None:
+        dtype = np.dtype(plain[1].decode())
+        shape: tuple[int, ...] = tuple(int(d) for d in plain[3].split(b",") if d.strip())
+        fortran = plain[2] == b"True"
+    else:
+        shape, fortran, dtype = _numpy_header(magic + length_bytes + header)
+    if any(dim < 0 for dim in shape):
+        raise ValueError("a negative dimension")
+    return NpyHeader(dtype, tuple(shape), bool(fortran), 8 + width + length)
+
+
 def _npy_size(stream: Any, where: str) -> tuple[int, int]:
     """(declared data bytes, header bytes) of an .npy stream; object dtypes are refused."""
     try:
-        magic = stream.read(8)
-        if len(magic) != 8 or magic[:6] != b"\x93NUMPY" or magic[6] not in (1, 2, 3) or magic[7] != 0:
-            raise ValueError(f"not an .npy header: {magic!r}")
-        width = 2 if magic[6] == 1 else 4
-        length_bytes = stream.read(width)
-        length = int.from_bytes(length_bytes, "little")
-        if len(length_bytes) != width or length > _MAX_HEADER:
-            raise ValueError(f"an .npy header of {length} bytes")
-        header = stream.read(length)
-        plain = _PLAIN_HEADER.fullmatch(header)
-        if plain is not None:
-            dtype = np.dtype(plain[1].decode())
-            shape: tuple[int, ...] = tuple(int(d) for d in plain[2].split(b",") if d.strip())
-        else:
-            shape, dtype = _numpy_header(magic + length_bytes + header)
+        header = read_npy_header(stream)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for a bad header
         raise refuse(f"array {where} has an unreadable header: {exc}") from None
-    if dtype.hasobject:
+    if header.dtype.hasobject:
         raise refuse(f"array {where} has an object dtype")
-    count = 1
-    for dim in shape:
-        if dim < 0:
-            raise refuse(f"array {where} declares a negative dimension")
-        count *= int(dim)
-    return count * dtype.itemsize, 8 + width + length
+    return header.count * header.dtype.itemsize, header.length
 
 
-def _numpy_header(raw: bytes) -> tuple[tuple[int, ...], np.dtype]:
+def _numpy_header(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     stream = io.BytesIO(raw)
     version = npy_format.read_magic(stream)
     if version == (1, 0):
-        shape, _, dtype = npy_format.read_array_header_1_0(stream)
-    else:
-        shape, _, dtype = npy_format.read_array_header_2_0(stream)
-    return shape, dtype
+        return npy_format.read_array_header_1_0(stream)  # type: ignore[no-any-return]
+    return npy_format.read_array_header_2_0(stream)  # type: ignore[no-any-return]
 
 
 def _check_member_size(info: zipfile.ZipInfo, where: str) -> None:

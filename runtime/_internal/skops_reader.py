@@ -21,12 +21,14 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 from skops.io._audit import NODE_TYPE_MAPPING, Node, audit_tree, get_tree
 from skops.io._numpy import NdArrayNode
 from skops.io._protocol import PROTOCOL
 from skops.io._trusted_types import NUMPY_DTYPE_TYPE_NAMES
 from skops.io._utils import LoadContext
 
+from runtime._internal.prescan import read_npy_header
 from runtime.errors import ModelRefused
 
 # zipfile's own description of a local file header (not in its public API).
@@ -85,8 +87,42 @@ class _InPlaceArrayNode(NdArrayNode):
         if self._member is None:
             return super()._construct()
         with self._archive.member_data(self._member) as data:
+            if f"{self.module_name}.{self.class_name}" == "numpy.ndarray":
+                return _read_array(data)
             self.buffer = data  # what skops' own construct reads the array from
             return super()._construct()
+
+
+def _read_array(data: IO[bytes]) -> np.ndarray:
+    """The array of an `.npy` stream, as `np.load(allow_pickle=False)` reads it, its header
+    parsed as the pre-scan parsed it (numpy's parser compiles each header)."""
+    header = read_npy_header(data)
+    if header.dtype.hasobject:
+        raise ValueError("an array with an object dtype")
+    count = header.count
+    if npy_format.isfileobj(data):  # the model file: numpy reads it straight into the array
+        array = np.fromfile(data, dtype=header.dtype, count=count) if count else np.empty(0, header.dtype)
+        if array.size != count:
+            raise ValueError(f"an array member holds {array.size} of its {count} items")
+    else:  # an archive in memory, or a member copied out of one
+        array = np.empty(count, header.dtype)
+        read = _read_into(data, array.view(np.uint8)) if array.nbytes else 0
+        if read != array.nbytes:
+            raise ValueError(f"an array member holds {read} of its {array.nbytes} bytes")
+    if header.fortran_order:
+        return array.reshape(header.shape[::-1]).transpose()
+    return array.reshape(header.shape)
+
+
+def _read_into(data: IO[bytes], target: np.ndarray) -> int:
+    view = target.data.cast("B")
+    filled = 0
+    while filled < len(view):
+        n = data.readinto(view[filled:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 # A key no schema.json can name (theirs are integers): the node classes of skops' current

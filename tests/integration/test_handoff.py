@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import io
 import os
+import secrets
 import time
 import zipfile
 from collections.abc import Iterator
@@ -145,6 +146,121 @@ def test_an_unclaimed_handle_expires(tmp_path: Path) -> None:
         with pytest.raises(LoaderCallError, match="expired"):
             asyncio.run(receive_fd(handoff.path, handle, 5))
     finally:
+        handoff.stop()
+
+
+def _sealed(content: bytes) -> SealedFile:
+    fd = new_memfd("t")
+    os.write(fd, content)
+    return seal(fd)
+
+
+def test_a_client_waiting_on_its_claim_gets_the_model_the_moment_it_is_offered(tmp_path: Path) -> None:
+    """`wait <claim>` before the offer, or after it: either way the descriptor is passed once."""
+    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd")
+    handoff.start()
+    early, late = secrets.token_hex(24), secrets.token_hex(24)
+
+    async def scenario() -> tuple[int, int]:
+        waiting = asyncio.create_task(receive_fd(handoff.path, early, 5, wait=True))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "the side channel answered before anything was offered"
+        assert handoff.offer(_sealed(b"first model"), early) == early
+        assert handoff.offer(_sealed(b"second model"), late) == late
+        return await waiting, await receive_fd(handoff.path, late, 5, wait=True)
+
+    try:
+        first, second = asyncio.run(scenario())
+        assert os.pread(first, 64, 0) == b"first model" and os.pread(second, 64, 0) == b"second model"
+        os.close(first)
+        os.close(second)
+        for used in (early, late):  # single use, as handles the loader chose
+            with pytest.raises(LoaderCallError, match="unknown, used or expired handle"):
+                asyncio.run(receive_fd(handoff.path, used, 5))
+    finally:
+        handoff.stop()
+
+
+def test_a_claim_in_use_or_ill_formed_is_not_taken_over(tmp_path: Path) -> None:
+    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd")
+    handoff.start()
+    claim = secrets.token_hex(24)
+    try:
+        assert handoff.offer(_sealed(b"a"), claim) == claim
+        # A second offer under the same claim gets a handle of the loader's own.
+        other = handoff.offer(_sealed(b"b"), claim)
+        assert other != claim and len(other) == 48
+        assert handoff.offer(_sealed(b"c"), "short") not in ("short", claim)
+        with pytest.raises(LoaderCallError, match="cannot wait for this handle"):
+            asyncio.run(receive_fd(handoff.path, "not-hex" * 7, 5, wait=True))
+    finally:
+        handoff.stop()
+
+
+def test_a_failed_call_ends_the_wait_with_its_reason(tmp_path: Path) -> None:
+    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd")
+    handoff.start()
+    claim = secrets.token_hex(24)
+
+    async def scenario() -> None:
+        waiting = asyncio.create_task(receive_fd(handoff.path, claim, 5, wait=True))
+        await asyncio.sleep(0.2)
+        handoff.withdraw(claim, "signer policy failed")
+        await waiting
+
+    try:
+        with pytest.raises(LoaderCallError, match="no model: signer policy failed"):
+            asyncio.run(scenario())
+    finally:
+        handoff.stop()
+
+
+class _PushingLoader(loader_pb2_grpc.LoaderServicer):
+    """A loader that passes the model to the client's waiting connection, then takes its time
+    over the header (as the real one hashes the model meanwhile)."""
+
+    def __init__(self, handoff: Handoff, model: bytes, announced: bytes) -> None:
+        self.handoff, self.model, self.announced, self.header_sent_at = handoff, model, announced, 0.0
+
+    def VerifyAndLoad(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        handle = self.handoff.offer(_sealed(self.model), request.fd_claim)
+        time.sleep(0.3)
+        self.header_sent_at = time.monotonic()
+        header = loader_pb2.LoadedModel(
+            format="skops", size=len(self.model), fd_handle=handle, model_blake3=blake3.blake3(self.announced).hexdigest()
+        )
+        yield loader_pb2.VerifyAndLoadResponse(header=header)
+
+
+@pytest.mark.parametrize("digest_of", ["the model", "other bytes"])
+def test_the_client_reads_a_pushed_model_before_its_header_arrives(tmp_path: Path, digest_of: str) -> None:
+    """...and keeps it only if the header's digest matches."""
+    model = b"model bytes " * 1000
+    sock = Path(os.path.realpath(tmp_path)) / "fake.sock"
+    handoff = Handoff(Handoff.path_for(sock))
+    handoff.start()
+    servicer = _PushingLoader(handoff, model, model if digest_of == "the model" else b"other bytes")
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    loader_pb2_grpc.add_LoaderServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix://{sock}")
+    server.start()
+    read_at: list[float] = []
+
+    def consume(file: BinaryIO) -> bytes:
+        read_at.append(time.monotonic())
+        return file.read()
+
+    fetch = verify_and_load(f"unix://{sock}", loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
+    try:
+        if digest_of == "the model":
+            fetched = asyncio.run(fetch)
+            assert fetched.consumed == model and fetched.header.fd_handle and len(fetched.header.fd_handle) == 48
+        else:
+            with pytest.raises(LoaderCallError, match="do not match"):
+                asyncio.run(fetch)
+        assert read_at[0] < servicer.header_sent_at, "the client waited for the header before reading the model"
+    finally:
+        server.stop(0)
         handoff.stop()
 
 

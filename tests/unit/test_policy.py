@@ -251,3 +251,18 @@ def test_keys_and_cas_are_checked_at_start_and_picked_by_name(tmp_path: Path, re
         roots.keys.key("other")
     with pytest.raises(BadRequest, match="unknown certificate authority 'acme'"):
         roots.keys.authority("acme")
+
+
+def test_server_settings_follow_the_environment_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`RuntimeSettings.current()` is built once per environment, never stale."""
+    from runtime.settings import RuntimeSettings
+
+    monkeypatch.delenv("MLSERVER_SIGSTORE_TIMEOUT_SECONDS", raising=False)
+    assert RuntimeSettings.current().timeout_seconds == RuntimeSettings().timeout_seconds
+    monkeypatch.setenv("MLSERVER_SIGSTORE_TIMEOUT_SECONDS", "7.5")
+    first = RuntimeSettings.current()
+    assert first.timeout_seconds == 7.5
+    first.timeout_seconds = 1.0  # a caller's copy: the next one is unchanged
+    assert RuntimeSettings.current().timeout_seconds == 7.5
+    monkeypatch.setenv("mlserver_sigstore_endpoint", "unix:///tmp/other.sock")  # as pydantic-settings: any case
+    assert RuntimeSettings.current().endpoint == "unix:///tmp/other.sock"

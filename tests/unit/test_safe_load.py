@@ -133,7 +133,9 @@ def test_buffers_other_than_bytes_are_read_in_place() -> None:
         assert load_model(mapped, []).predict(X).shape == (len(X),)
 
 
-def test_arrays_read_in_place_from_a_file_equal_the_arrays_skops_reads() -> None:
+def test_arrays_read_in_place_equal_the_arrays_skops_reads() -> None:
+    """Arrays are read with the pre-scan's header parse (from the model file, or from a member
+    copied out of bytes); they must equal what skops' own `np.load` makes of the same archive."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -143,17 +145,62 @@ def test_arrays_read_in_place_from_a_file_equal_the_arrays_skops_reads() -> None
     # Other dtypes, byte orders and layouts than a fit produces: read in place, they must match.
     model.coef_ = np.asfortranarray(np.arange(8, dtype=">f8").reshape(2, 4)[:1])
     model.classes_ = np.array([3, 7], dtype=np.int16)
+    labelled = LogisticRegression().fit(X, np.where(Y, "yes", "no"))  # classes_ of dtype <U3
     scaler = StandardScaler().fit(X.astype(np.float32))
-    for fitted in (model, scaler, SVC().fit(X, Y)):
+    for fitted in (model, labelled, scaler, SVC().fit(X, Y)):
         data = skops.io.dumps(fitted)
+        expected = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
         with memfd_file(data) as file:
-            in_place = load_model(file, [])
-        copied = load_model(data, [])
-        for name, value in vars(copied).items():
-            if isinstance(value, np.ndarray):
-                kept = getattr(in_place, name)
-                assert kept.dtype == value.dtype and kept.shape == value.shape and (kept == value).all(), name
-                assert kept.flags.f_contiguous == value.flags.f_contiguous, name
+            from_file = load_model(file, [])
+        for loaded in (from_file, load_model(data, [])):
+            for name, value in vars(expected).items():
+                if isinstance(value, np.ndarray):
+                    kept = getattr(loaded, name)
+                    assert kept.dtype == value.dtype and kept.shape == value.shape, name
+                    assert np.array_equal(kept, value), name
+                    assert kept.flags.f_contiguous == value.flags.f_contiguous, name
+                    assert kept.flags.c_contiguous == value.flags.c_contiguous, name
+                    assert kept.flags.writeable, name
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array(60),
+        np.empty((0, 4), dtype=np.float32),
+        np.asfortranarray(np.arange(24.0).reshape(2, 3, 4)),
+        np.arange(6, dtype=">i4").reshape(3, 2),
+        np.array(["no", "yes"]),
+        np.zeros(3, dtype=[("a", "<f8"), ("b", "<i2")]),
+        np.ones((2, 2), dtype=np.complex64),
+    ],
+    ids=["0-d", "empty", "fortran-3d", "big-endian", "unicode", "structured", "complex"],
+)
+def test_the_array_reader_reads_what_np_load_reads(array: np.ndarray) -> None:
+    from runtime._internal.skops_reader import _read_array
+    from tests.support import memfd_file
+
+    stored = io.BytesIO()
+    np.save(stored, array, allow_pickle=False)
+    expected = np.load(io.BytesIO(stored.getvalue()), allow_pickle=False)
+    with memfd_file(stored.getvalue()) as file:
+        from_file = _read_array(file)
+    for read in (from_file, _read_array(io.BytesIO(stored.getvalue()))):
+        assert read.dtype == expected.dtype and read.shape == expected.shape and np.array_equal(read, expected)
+        assert read.flags.f_contiguous == expected.flags.f_contiguous and read.flags.writeable
+
+
+def test_the_array_reader_refuses_a_short_member() -> None:
+    from runtime._internal.skops_reader import _read_array
+    from tests.support import memfd_file
+
+    stored = io.BytesIO()
+    np.save(stored, np.arange(100.0), allow_pickle=False)
+    short = stored.getvalue()[:-8]
+    with memfd_file(short) as file, pytest.raises(ValueError, match="99 of its 100 items"):
+        _read_array(file)
+    with pytest.raises(ValueError, match="792 of its 800 bytes"):
+        _read_array(io.BytesIO(short))
 
 
 def test_an_archive_of_another_skops_protocol_is_refused_naming_both() -> None:

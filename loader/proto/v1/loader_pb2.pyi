@@ -49,7 +49,7 @@ class Signer(_message.Message):
     def __init__(self, identity: _Optional[str] = ..., issuer: _Optional[str] = ..., workflow_repository: _Optional[str] = ..., workflow_ref: _Optional[str] = ..., workflow_sha: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_trigger: _Optional[str] = ..., identity_regexp: _Optional[str] = ..., key: _Optional[str] = ..., certificate_authority: _Optional[str] = ...) -> None: ...
 
 class VerifyAndLoadRequest(_message.Message):
-    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd", "accept_blake3", "omit_untrusted_types", "digest_after_handle")
+    __slots__ = ("artefact", "bundle", "signers", "trust_root", "model_name", "trusted_types", "ignore_paths", "accept_fd", "accept_blake3", "omit_untrusted_types", "digest_after_handle", "fd_claim")
     ARTEFACT_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SIGNERS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class VerifyAndLoadRequest(_message.Message):
     ACCEPT_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     OMIT_UNTRUSTED_TYPES_FIELD_NUMBER: _ClassVar[int]
     DIGEST_AFTER_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    FD_CLAIM_FIELD_NUMBER: _ClassVar[int]
     artefact: str
     bundle: str
     signers: _containers.RepeatedCompositeFieldContainer[Signer]
@@ -72,7 +73,8 @@ class VerifyAndLoadRequest(_message.Message):
     accept_blake3: bool
     omit_untrusted_types: bool
     digest_after_handle: bool
-    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ..., accept_blake3: _Optional[bool] = ..., omit_untrusted_types: _Optional[bool] = ..., digest_after_handle: _Optional[bool] = ...) -> None: ...
+    fd_claim: str
+    def __init__(self, artefact: _Optional[str] = ..., bundle: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[Signer, _Mapping]]] = ..., trust_root: _Optional[str] = ..., model_name: _Optional[str] = ..., trusted_types: _Optional[_Iterable[str]] = ..., ignore_paths: _Optional[_Iterable[str]] = ..., accept_fd: _Optional[bool] = ..., accept_blake3: _Optional[bool] = ..., omit_untrusted_types: _Optional[bool] = ..., digest_after_handle: _Optional[bool] = ..., fd_claim: _Optional[str] = ...) -> None: ...
 
 class VerificationFacts(_message.Message):
     __slots__ = ("artefact_sha256", "bundle_sha256", "identity", "issuer", "log_index", "integrated_time", "bundle_media_type", "trust_root", "signing_method", "model_file", "verified_files")
