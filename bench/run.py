@@ -62,6 +62,18 @@ def timed(fn: Callable[[], object], repeat: int, pause: float = 0.0) -> list[flo
     return samples
 
 
+def alternating(
+    first: Callable[[], object], second: Callable[[], object], repeat: int, pause: float
+) -> tuple[list[float], list[float]]:
+    """`timed` for two calls taken in turns: first, second, first, ..."""
+    firsts: list[float] = []
+    seconds: list[float] = []
+    for _ in range(repeat):
+        firsts += timed(first, 1, pause)
+        seconds += timed(second, 1, pause)
+    return firsts, seconds
+
+
 # Load latency samples are taken this far apart, baseline and ours alike, so that what one load
 # leaves to background threads (freeing a large memfd's pages, reaping the child, refilling the
 # pool; the plain load's freed arrays) is not billed to the next. The concurrency rows measure
@@ -107,9 +119,11 @@ class Bench:
     def load_latency(self, label: str, path: Path, endpoint: str, repeat: int, docker_repeat: int) -> None:
         # One event loop per series, as MLServer loads models on its own loop.
         loop = asyncio.new_event_loop()
-        plain = timed(lambda: loop.run_until_complete(SKLearnModel(self.settings(path, SKLearnModel, None)).load()), repeat, LOAD_PAUSE)
         sha = _sha256_times(path, repeat)
         stages: dict[str, list[float]] = {}
+
+        def plain_load() -> None:
+            loop.run_until_complete(SKLearnModel(self.settings(path, SKLearnModel, None)).load())
 
         def signed_load() -> None:
             model = SigstoreModel(self.settings(path, SigstoreModel, endpoint))
@@ -143,7 +157,8 @@ class Bench:
 
         model_module.verify_and_load, model_module.load_model = fetch_timed, load_timed
         try:
-            signed = timed(signed_load, repeat, LOAD_PAUSE)
+            # Taken in turns, so that whatever else the host does at the time slows both alike.
+            plain, signed = alternating(plain_load, signed_load, repeat, LOAD_PAUSE)
         finally:
             model_module.verify_and_load, model_module.load_model = original_fetch, original_load
         entry: dict[str, object] = {
@@ -491,7 +506,7 @@ def main() -> int:
                               "--max-result-mb=4096", "--max-concurrent-loads=2")
         try:
             print("load latency, small ...", flush=True)
-            bench.load_latency("small", small, loader.endpoint, 10 if args.quick else 30, 2 if args.quick else 5)
+            bench.load_latency("small", small, loader.endpoint, 10 if args.quick else 40, 2 if args.quick else 5)
             print("load latency, large ...", flush=True)
             bench.load_latency("large", large, loader.endpoint, 3 if args.quick else 9, 1 if args.quick else 3)
             bench.hash_throughput(large)

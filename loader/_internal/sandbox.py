@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import Any
@@ -255,9 +256,12 @@ class Sandbox:
         with self._cond:
             self._cond.notify_all()
 
-    def convert(self, artefact: SealedFile, report_types: bool = True) -> Converted:
+    def convert(
+        self, artefact: SealedFile, report_types: bool = True, on_sealed: Callable[[SealedFile], None] | None = None
+    ) -> Converted:
         """Unpickle the sealed `artefact` in a fresh confined child; return the skops conversion
-        (with skops' untrusted types if `report_types`)."""
+        (with skops' untrusted types if `report_types`). `on_sealed` is called with the result as
+        soon as it is sealed and checked, before the child is ended and the pool refilled."""
         what = not_a_pickle(artefact.head(16))
         if what is not None:
             raise UnpicklingFailed(
@@ -297,6 +301,8 @@ class Sandbox:
             untrusted = meta.get("untrusted_types")
             if untrusted is not None and (not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted)):
                 raise UnpicklingFailed("the confined child reported malformed type information")
+            if on_sealed is not None:
+                on_sealed(model)
             timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
             timings["child_total"] = time.perf_counter() - started
             return Converted(model, untrusted, timings, child.output.text(wait=0))

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
+from loader._internal.memfd import SealedFile
 from loader._internal.service import LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
 from loader.errors import LoaderError
@@ -38,8 +39,14 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
     ) -> Iterator[loader_pb2.VerifyAndLoadResponse]:
         handoff = self._handoff if request.accept_fd else None
         claim = request.fd_claim if handoff is not None else ""
+        handles: list[str] = []
+
+        def offer(model: SealedFile) -> None:
+            # Passed to a client waiting on its claim now, before the loader's own bookkeeping.
+            handles.append(handoff.offer(model, claim))  # type: ignore[union-attr]
+
         try:
-            result = self._service.load(_to_load_request(request))
+            result = self._service.load(_to_load_request(request), offer if handoff is not None else None)
         except BaseException as exc:
             if claim:
                 handoff.withdraw(claim, str(exc) if isinstance(exc, LoaderError) else "the load failed")  # type: ignore[union-attr]
@@ -50,7 +57,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
         if handoff is not None:
             # The client claims the sealed memfd on the side channel (or is waiting there for
             # it already, and gets it now, before the header): no chunks follow.
-            handle = handoff.offer(result.converted.model, claim)
+            handle = handles[0] if handles else handoff.offer(result.converted.model, claim)
             header = _header(result)
             header.fd_handle = handle
             header.fd_handle_ttl_seconds = handoff.ttl_seconds

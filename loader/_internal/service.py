@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,12 +112,13 @@ class LoaderService:
         # One reader per load that may run at once (gRPC serves a few more calls than that).
         self._readers = ThreadPoolExecutor(self.limits.max_concurrent_loads + 4, thread_name_prefix="artefact-read")
 
-    def load(self, request: LoadRequest) -> LoadResult:
-        """Verify and convert one artefact; raise a LoaderError subclass on any refusal."""
+    def load(self, request: LoadRequest, on_sealed: Callable[[SealedFile], None] | None = None) -> LoadResult:
+        """Verify and convert one artefact; raise a LoaderError subclass on any refusal.
+        `on_sealed` gets a freshly converted model the moment it is sealed (not a cached one)."""
         started = time.perf_counter()
         record: dict[str, object] = {"model": request.model_name, "artefact": request.artefact}
         try:
-            result = self._load(request, record)
+            result = self._load(request, record, on_sealed)
         except LoaderError as exc:
             VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
             record.update(verdict="refused", code=exc.code.name, reason=str(exc))
@@ -143,7 +145,9 @@ class LoaderService:
                 record["timings"] = {k: round(v, 4) for k, v in stage_timings.items()}
             print(json.dumps({"event": "verify_and_load", **record}), file=sys.stderr, flush=True)
 
-    def _load(self, request: LoadRequest, record: dict[str, object]) -> LoadResult:
+    def _load(
+        self, request: LoadRequest, record: dict[str, object], on_sealed: Callable[[SealedFile], None] | None
+    ) -> LoadResult:
         timings: dict[str, float] = {}
         record["timings"] = timings  # filled in as stages complete, refused requests included
         record["stage"] = "read"
@@ -158,7 +162,7 @@ class LoaderService:
         # hashed on the way (one pass: the stage is "read" and includes hashing), on another
         # thread while the bundle's signature is verified here.
         reading = self._readers.submit(read_sealed, model_path, "artefact", self.limits.max_artefact_bytes)
-        return self._verify_and_convert(request, record, timings, t0, model_path, bundle, reading)
+        return self._verify_and_convert(request, record, timings, t0, model_path, bundle, reading, on_sealed)
 
     def _verify_and_convert(
         self,
@@ -169,6 +173,7 @@ class LoaderService:
         model_path: Path,
         bundle: bytearray,
         reading: Future[tuple[SealedFile, str]],
+        on_sealed: Callable[[SealedFile], None] | None,
     ) -> LoadResult:
         record["stage"] = "verify"
         t1 = time.perf_counter()
@@ -206,7 +211,7 @@ class LoaderService:
                 if cached is not None and (cached.converted.untrusted_types is not None or not request.report_types):
                     result = LoadResult(verified, cached.converted, timings, cached=True)
                 else:
-                    result = self._convert(artefact, verified, request.report_types, timings, record)
+                    result = self._convert(artefact, verified, request.report_types, timings, record, on_sealed)
                     self._cache.put(key, result)
         finally:
             with self._inflight_lock:
@@ -243,6 +248,7 @@ class LoaderService:
         report_types: bool,
         timings: dict[str, float],
         record: dict[str, object],
+        on_sealed: Callable[[SealedFile], None] | None,
     ) -> LoadResult:
         t1 = time.perf_counter()
         # Nothing is unpickled before this line, and only the bytes just verified are.
@@ -255,7 +261,7 @@ class LoaderService:
             record["stage"] = "unpickle"
             t2 = time.perf_counter()
             timings["queue"] = t2 - t1
-            converted = self.sandbox.convert(artefact, report_types)
+            converted = self.sandbox.convert(artefact, report_types, on_sealed)
             timings.update({f"child_{k}" if k in ("unpickle", "convert") else k: v for k, v in converted.timings.items()})
         finally:
             self._slots.release()
