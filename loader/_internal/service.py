@@ -153,15 +153,16 @@ class LoaderService:
         record["stage"] = "read"
         t0 = time.perf_counter()
         artefact_path = self.root.resolve(request.artefact, "artefact")
-        bundle_path = self.root.bundle_for(artefact_path, request.bundle)
         # A model directory is loaded through its well-known model file; the file's directory
         # is what a model-signing bundle covering more than one file must match.
         model_path = self.root.model_file(artefact_path)
-        bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
         # Read once into the sealed memfd that is verified here and unpickled by the child,
         # hashed on the way (one pass: the stage is "read" and includes hashing), on another
         # thread while the bundle's signature is verified here.
         reading = self._readers.submit(read_sealed, model_path, "artefact", self.limits.max_artefact_bytes)
+        # (On a refusal the memfd read meanwhile closes when it is dropped, as on any other.)
+        bundle_path = self.root.bundle_for(artefact_path, request.bundle)
+        bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
         return self._verify_and_convert(request, record, timings, t0, model_path, bundle, reading, on_sealed)
 
     def _verify_and_convert(
