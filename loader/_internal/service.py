@@ -91,6 +91,12 @@ class _ResultCache:
                 self._size -= evicted.converted.size
 
 
+def _timed_read(path: Path, max_bytes: int) -> tuple[SealedFile, str, float]:
+    started = time.perf_counter()
+    artefact, digest = read_sealed(path, "artefact", max_bytes)
+    return artefact, digest, time.perf_counter() - started
+
+
 class LoaderService:
     """Everything one VerifyAndLoad does, independent of the transport."""
 
@@ -151,7 +157,6 @@ class LoaderService:
         timings: dict[str, float] = {}
         record["timings"] = timings  # filled in as stages complete, refused requests included
         record["stage"] = "read"
-        t0 = time.perf_counter()
         artefact_path = self.root.resolve(request.artefact, "artefact")
         # A model directory is loaded through its well-known model file; the file's directory
         # is what a model-signing bundle covering more than one file must match.
@@ -159,21 +164,20 @@ class LoaderService:
         # Read once into the sealed memfd that is verified here and unpickled by the child,
         # hashed on the way (one pass: the stage is "read" and includes hashing), on another
         # thread while the bundle's signature is verified here.
-        reading = self._readers.submit(read_sealed, model_path, "artefact", self.limits.max_artefact_bytes)
+        reading = self._readers.submit(_timed_read, model_path, self.limits.max_artefact_bytes)
         # (On a refusal the memfd read meanwhile closes when it is dropped, as on any other.)
         bundle_path = self.root.bundle_for(artefact_path, request.bundle)
         bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
-        return self._verify_and_convert(request, record, timings, t0, model_path, bundle, reading, on_sealed)
+        return self._verify_and_convert(request, record, timings, model_path, bundle, reading, on_sealed)
 
     def _verify_and_convert(
         self,
         request: LoadRequest,
         record: dict[str, object],
         timings: dict[str, float],
-        t0: float,
         model_path: Path,
         bundle: bytearray,
-        reading: Future[tuple[SealedFile, str]],
+        reading: Future[tuple[SealedFile, str, float]],
         on_sealed: Callable[[SealedFile], None] | None,
     ) -> LoadResult:
         record["stage"] = "verify"
@@ -187,8 +191,7 @@ class LoaderService:
         timings["verify"] = time.perf_counter() - t1
         record["stage"] = "read"
         # A file that cannot be read is the first thing to fix: its error wins.
-        artefact, digest = reading.result()
-        timings["read"] = time.perf_counter() - t0
+        artefact, digest, timings["read"] = reading.result()
         if isinstance(signed, LoaderError):
             record["stage"] = "verify"
             raise signed

@@ -162,7 +162,11 @@ def _check_member_size(info: zipfile.ZipInfo, where: str) -> None:
 def _check_npy(archive: zipfile.ZipFile, name: str, where: str) -> int:
     info = archive.getinfo(name)
     _check_member_size(info, where)
-    with archive.open(info) as stream:
+    # Where the array reader reads a member in place (`skops_reader.SkopsArchive`), its header
+    # is read here the same way: what is checked is what will be read.
+    in_place = getattr(archive, "in_place", None)
+    opened = archive.member_data(name) if in_place is not None and in_place(info) else archive.open(info)  # type: ignore[attr-defined]
+    with opened as stream:
         declared, header = _npy_size(stream, where)
     if declared + header != info.file_size:
         raise refuse(

@@ -39,14 +39,24 @@ _LOCAL_MAGIC = zipfile.stringFileHeader  # type: ignore[attr-defined]
 class SkopsArchive(zipfile.ZipFile):
     """A skops archive whose stored array members can be read in place."""
 
+    def in_place(self, info: zipfile.ZipInfo) -> bool:
+        """True for a member whose bytes are read where they are, from the archive's file:
+        stored, not encrypted, and as long as it says (zipfile's own reader refuses or
+        decompresses the others, and reads archives held in memory)."""
+        return (
+            isinstance(self.fp, (io.BufferedReader, io.FileIO))
+            and info.compress_type == zipfile.ZIP_STORED
+            and info.compress_size == info.file_size
+            and not info.flag_bits & 0x1
+        )
+
     @contextmanager
     def member_data(self, name: str) -> Iterator[IO[bytes]]:
         """A file positioned at the start of member `name`'s bytes: the archive's own file when
         numpy can read from it directly and the member is stored, else a copy of the member."""
         info = self.getinfo(name)
         source = self.fp
-        stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size
-        if not stored or not isinstance(source, (io.BufferedReader, io.FileIO)):
+        if source is None or not self.in_place(info):
             yield io.BytesIO(self.read(name))
             return
         with self._lock:  # type: ignore[attr-defined] # zipfile's lock over the shared file
