@@ -11,10 +11,11 @@ import os
 import secrets
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import blake3
 import grpc
@@ -33,6 +34,7 @@ from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from runtime.safe_load import load_model
 from tests.support import SIGNER, Authority, LoaderProcess, call, put, start_loader, stop_process
 
+_Servicer = TypeVar("_Servicer", bound=Any)
 DIGITS = datasets.load_digits()
 X = DIGITS.images.reshape((len(DIGITS.images), -1))
 
@@ -135,30 +137,25 @@ def test_a_handle_is_single_use_and_unguessable(handoff_loader: LoaderProcess, m
             asyncio.run(receive_fd(side, attempt, 5))
 
 
-def test_an_unclaimed_handle_expires(tmp_path: Path) -> None:
-    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd", ttl_seconds=0.2)
-    handoff.start()
-    try:
-        fd = new_memfd("t")
-        os.write(fd, b"model")
-        handle = handoff.offer(seal(fd))
-        time.sleep(0.4)
-        with pytest.raises(LoaderCallError, match="expired"):
-            asyncio.run(receive_fd(handoff.path, handle, 5))
-    finally:
-        handoff.stop()
+@pytest.fixture
+def handoff(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Handoff]:
+    """A side channel of its own (time to live from `@pytest.mark.parametrize("handoff", [s], indirect=True)`)."""
+    side = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd", ttl_seconds=getattr(request, "param", 60.0))
+    side.start()
+    yield side
+    side.stop()
 
 
-def _sealed(content: bytes) -> SealedFile:
-    fd = new_memfd("t")
-    os.write(fd, content)
-    return seal(fd)
+@pytest.mark.parametrize("handoff", [0.2], indirect=True)
+def test_an_unclaimed_handle_expires(handoff: Handoff) -> None:
+    handle = handoff.offer(_sealed(b"model"))
+    time.sleep(0.4)
+    with pytest.raises(LoaderCallError, match="expired"):
+        asyncio.run(receive_fd(handoff.path, handle, 5))
 
 
-def test_a_client_waiting_on_its_claim_gets_the_model_the_moment_it_is_offered(tmp_path: Path) -> None:
+def test_a_client_waiting_on_its_claim_gets_the_model_the_moment_it_is_offered(handoff: Handoff) -> None:
     """`wait <claim>` before the offer, or after it: either way the descriptor is passed once."""
-    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd")
-    handoff.start()
     early, late = secrets.token_hex(24), secrets.token_hex(24)
 
     async def scenario() -> tuple[int, int]:
@@ -169,37 +166,27 @@ def test_a_client_waiting_on_its_claim_gets_the_model_the_moment_it_is_offered(t
         assert handoff.offer(_sealed(b"second model"), late) == late
         return await waiting, await receive_fd(handoff.path, late, 5, wait=True)
 
-    try:
-        first, second = asyncio.run(scenario())
-        assert os.pread(first, 64, 0) == b"first model" and os.pread(second, 64, 0) == b"second model"
-        os.close(first)
-        os.close(second)
-        for used in (early, late):  # single use, as handles the loader chose
-            with pytest.raises(LoaderCallError, match="unknown, used or expired handle"):
-                asyncio.run(receive_fd(handoff.path, used, 5))
-    finally:
-        handoff.stop()
+    first, second = asyncio.run(scenario())
+    assert os.pread(first, 64, 0) == b"first model" and os.pread(second, 64, 0) == b"second model"
+    os.close(first)
+    os.close(second)
+    for used in (early, late):  # single use, as handles the loader chose
+        with pytest.raises(LoaderCallError, match="unknown, used or expired handle"):
+            asyncio.run(receive_fd(handoff.path, used, 5))
 
 
-def test_a_claim_in_use_or_ill_formed_is_not_taken_over(tmp_path: Path) -> None:
-    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd")
-    handoff.start()
+def test_a_claim_in_use_or_ill_formed_is_not_taken_over(handoff: Handoff) -> None:
     claim = secrets.token_hex(24)
-    try:
-        assert handoff.offer(_sealed(b"a"), claim) == claim
-        # A second offer under the same claim gets a handle of the loader's own.
-        other = handoff.offer(_sealed(b"b"), claim)
-        assert other != claim and len(other) == 48
-        assert handoff.offer(_sealed(b"c"), "short") not in ("short", claim)
-        with pytest.raises(LoaderCallError, match="cannot wait for this handle"):
-            asyncio.run(receive_fd(handoff.path, "not-hex" * 7, 5, wait=True))
-    finally:
-        handoff.stop()
+    assert handoff.offer(_sealed(b"a"), claim) == claim
+    # A second offer under the same claim gets a handle of the loader's own.
+    other = handoff.offer(_sealed(b"b"), claim)
+    assert other != claim and len(other) == 48
+    assert handoff.offer(_sealed(b"c"), "short") not in ("short", claim)
+    with pytest.raises(LoaderCallError, match="cannot wait for this handle"):
+        asyncio.run(receive_fd(handoff.path, "not-hex" * 7, 5, wait=True))
 
 
-def test_a_failed_call_ends_the_wait_with_its_reason(tmp_path: Path) -> None:
-    handoff = Handoff(Path(os.path.realpath(tmp_path)) / "x.fd")
-    handoff.start()
+def test_a_failed_call_ends_the_wait_with_its_reason(handoff: Handoff) -> None:
     claim = secrets.token_hex(24)
 
     async def scenario() -> None:
@@ -208,10 +195,26 @@ def test_a_failed_call_ends_the_wait_with_its_reason(tmp_path: Path) -> None:
         handoff.withdraw(claim, "signer policy failed")
         await waiting
 
+    with pytest.raises(LoaderCallError, match="no model: signer policy failed"):
+        asyncio.run(scenario())
+
+
+@contextmanager
+def _loader_double(tmp_path: Path, servicer: Callable[[Handoff], _Servicer]) -> Iterator[tuple[str, _Servicer]]:
+    """A loader that answers as `servicer` does, with a real side channel and a real gRPC server
+    on a Unix socket (the client under test is the real one); yields its endpoint."""
+    sock = Path(os.path.realpath(tmp_path)) / "fake.sock"
+    handoff = Handoff(Handoff.path_for(sock))
+    handoff.start()
+    double = servicer(handoff)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    loader_pb2_grpc.add_LoaderServicer_to_server(double, server)
+    server.add_insecure_port(f"unix://{sock}")
+    server.start()
     try:
-        with pytest.raises(LoaderCallError, match="no model: signer policy failed"):
-            asyncio.run(scenario())
+        yield f"unix://{sock}", double
     finally:
+        server.stop(0)
         handoff.stop()
 
 
@@ -236,32 +239,22 @@ class _PushingLoader(loader_pb2_grpc.LoaderServicer):
 def test_the_client_reads_a_pushed_model_before_its_header_arrives(tmp_path: Path, digest_of: str) -> None:
     """...and keeps it only if the header's digest matches."""
     model = b"model bytes " * 1000
-    sock = Path(os.path.realpath(tmp_path)) / "fake.sock"
-    handoff = Handoff(Handoff.path_for(sock))
-    handoff.start()
-    servicer = _PushingLoader(handoff, model, model if digest_of == "the model" else b"other bytes")
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    loader_pb2_grpc.add_LoaderServicer_to_server(servicer, server)
-    server.add_insecure_port(f"unix://{sock}")
-    server.start()
+    announced = model if digest_of == "the model" else b"other bytes"
     read_at: list[float] = []
 
     def consume(file: BinaryIO) -> bytes:
         read_at.append(time.monotonic())
         return file.read()
 
-    fetch = verify_and_load(f"unix://{sock}", loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
-    try:
+    with _loader_double(tmp_path, lambda handoff: _PushingLoader(handoff, model, announced)) as (endpoint, servicer):
+        fetch = verify_and_load(endpoint, loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
         if digest_of == "the model":
             fetched = asyncio.run(fetch)
             assert fetched.consumed == model and fetched.header.fd_handle and len(fetched.header.fd_handle) == 48
         else:
             with pytest.raises(LoaderCallError, match="do not match"):
                 asyncio.run(fetch)
-        assert read_at[0] < servicer.header_sent_at, "the client waited for the header before reading the model"
-    finally:
-        server.stop(0)
-        handoff.stop()
+    assert read_at[0] < servicer.header_sent_at, "the client waited for the header before reading the model"
 
 
 @pytest.mark.parametrize("sealed", [False, True])
@@ -309,34 +302,24 @@ def test_a_model_read_before_its_digest_is_kept_only_if_the_digest_matches(tmp_p
         "other": loader_pb2.ModelDigest(blake3=blake3.blake3(b"other bytes").hexdigest()),
         "none": None,
     }[sent]
-    sock = Path(os.path.realpath(tmp_path)) / "fake.sock"
-    handoff = Handoff(Handoff.path_for(sock))
-    handoff.start()
-    servicer = _DigestLastLoader(handoff, model, digest)
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    loader_pb2_grpc.add_LoaderServicer_to_server(servicer, server)
-    server.add_insecure_port(f"unix://{sock}")
-    server.start()
     consumed: list[bytes] = []
 
     def consume(file: BinaryIO) -> str:
         consumed.append(file.read())
         return "the loaded model"
 
-    try:
-        fetch = verify_and_load(f"unix://{sock}", loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
+    with _loader_double(tmp_path, lambda handoff: _DigestLastLoader(handoff, model, digest)) as (endpoint, servicer):
+        fetch = verify_and_load(endpoint, loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
         if sent == "matching":
             fetched = asyncio.run(fetch)
             assert fetched.consumed == "the loaded model" and fetched.digest == ("blake3", digest.blake3)  # type: ignore[union-attr]
         else:
             with pytest.raises(LoaderCallError, match="do not match" if sent == "other" else "without the model's digest"):
                 asyncio.run(fetch)
-        # The client asked for the digest last, and did read the bytes before it came.
-        assert servicer.requests[0].digest_after_handle and servicer.requests[0].accept_blake3
-        assert consumed == [model]
-    finally:
-        server.stop(0)
-        handoff.stop()
+    # The client asked for the digest last, and did read the bytes before it came (this loader
+    # offers a handle of its own, as a loader without `fd_claim` does).
+    assert servicer.requests[0].digest_after_handle and servicer.requests[0].accept_blake3
+    assert consumed == [model]
 
 
 def test_tcp_endpoints_have_no_side_channel() -> None:
