@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import blake3
 import grpc
@@ -34,6 +34,7 @@ import grpc
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 FD_SOCKET_SUFFIX = ".fd"
+_T = TypeVar("_T")
 # A line `wait <handle>` on the side channel waits for the model of a call still running.
 WAIT_PREFIX = "wait "
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -268,7 +269,7 @@ async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Non
 
 def _unreachable(path: Path, exc: BaseException) -> LoaderCallError:
     return LoaderCallError(
-        f"UNAVAILABLE at {path}: could not receive the model descriptor: {exc or type(exc).__name__}",
+        f"UNAVAILABLE at {path}: could not receive the model descriptor: {str(exc) or type(exc).__name__}",
         code=grpc.StatusCode.UNAVAILABLE,
     )
 
@@ -303,7 +304,7 @@ class _Early:
 async def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
     fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))
     _check_sealed(fetched.fileno, header.size)
-    return await asyncio.to_thread(_read_early, fetched, consume)
+    return await _in_thread(_read_early, fetched, consume)
 
 
 async def _wait_for_model(
@@ -322,7 +323,7 @@ async def _wait_for_model(
         raise LoaderCallError(f"the loader returned a {size}-byte model; the limit is {max_bytes}", too_large=True)
     fetched.header.size = size
     if size >= _HASH_CHUNK:
-        return await asyncio.to_thread(_read_early, fetched, consume)
+        return await _in_thread(_read_early, fetched, consume)
     # A small model is hashed and read in less time than a handoff to a worker thread takes.
     consumed, error = None, None
     if consume is not None:
@@ -342,6 +343,17 @@ async def _pushed_or_claimed(
     _check_sealed(done.fetched.fileno, header.size)
     done.fetched.header = header
     return done
+
+
+async def _in_thread(call: Callable[..., _T], *args: Any) -> _T:
+    """`asyncio.to_thread`, except that a caller cancelled meanwhile waits for the thread (which
+    cannot be stopped) before it gives up: nothing is left reading a model nobody will use."""
+    running = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        raise
 
 
 def _read_early(fetched: FetchedModel, consume: Consumer | None) -> _Early:
@@ -525,7 +537,7 @@ async def _accept_early(
 
 async def _drop(*claims: asyncio.Task[Any] | None) -> None:
     """Stop claims in progress and let their descriptors go (one reading on a thread is waited
-    for: a thread cannot be cancelled)."""
+    for: a thread cannot be cancelled, see `_in_thread`)."""
     for claim in claims:
         if claim is None:
             continue

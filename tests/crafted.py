@@ -22,9 +22,11 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
+
+from tests.fuzz_cases import INPUTS
 
 X = np.random.default_rng(0).normal(size=(60, 4))
 Y = (X[:, 0] > 0).astype(int)
@@ -175,6 +177,26 @@ def onehot_infrequent_mapping() -> bytes:
     model = OneHotEncoder(max_categories=3, sparse_output=False).fit(codes)
     model._default_to_infrequent_mappings[0][:] = 10**6
     return skops.io.dumps(model)
+
+
+def encoder_categories_of_zero_size_items() -> bytes:
+    """An encoder's categories as 10**12 strings of length 0: no bytes, so no size cap applies."""
+    words = INPUTS["WORDS"]
+    model = make_pipeline(OrdinalEncoder(), LogisticRegression()).fit(words, np.arange(len(words)) % 2)
+
+    def categories(node: Any) -> dict[str, Any] | None:
+        if isinstance(node, dict):
+            if "categories_" in node:
+                return node["categories_"]["content"][0]  # type: ignore[no-any-return]
+            node = list(node.values())
+        if isinstance(node, list):
+            return next((found for child in node if (found := categories(child)) is not None), None)
+        return None
+
+    header = b"{'descr': '<U0', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header += b" " * (63 - len(header) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+    return rewrite(skops.io.dumps(model), lambda schema: categories(schema).update(file="zero-size.npy"), {"zero-size.npy": npy})  # type: ignore[union-attr]
 
 
 # -- hang or exhaust ------------------------------------------------------------------------------
@@ -378,6 +400,7 @@ CASES: dict[str, Case] = {
     "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "SIGSEGV at predict", "signal"),
     "sparse_bad_indices": Case(sparse_bad_indices, "malformed sparse matrix", "SIGSEGV at predict", "signal"),
     "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads"),
+    "encoder_categories_of_zero_size_items": Case(encoder_categories_of_zero_size_items, "zero-size dtype '<U0'", "predict spins over 10**12 empty strings", "timeout", "WORDS"),
     "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "SIGSEGV at transform", "signal", "XC"),
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
     "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV while skops builds the tree", "signal"),

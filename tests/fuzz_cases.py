@@ -42,7 +42,10 @@ TEXTS = ["the cat sat", "a dog ran", "the dog sat", "cats and dogs"] * 10
 MIXED = np.hstack([X[:, :2], XC[:, 2:]])
 # PATHS: what a caller sends to a model that reads files (a request naming the server's own files).
 PATHS = ["/proc/self/environ", "/etc/hostname", "/proc/self/cmdline"] * 2
-INPUTS: dict[str, Any] = {"X": X, "XP": XP, "XC": XC, "XCAT": XCAT, "TEXTS": TEXTS, "MIXED": MIXED, "PATHS": PATHS}
+WORDS = np.array([["red"], ["green"], ["blue"], ["red"]] * 5)  # one categorical string column
+INPUTS: dict[str, Any] = {
+    "X": X, "XP": XP, "XC": XC, "XCAT": XCAT, "TEXTS": TEXTS, "MIXED": MIXED, "PATHS": PATHS, "WORDS": WORDS,
+}
 
 
 @dataclass(frozen=True)

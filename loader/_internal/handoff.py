@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import select
 import socket
 import threading
 import time
@@ -85,6 +86,14 @@ class Handoff:
         gone = [k for k, (_, deadline) in self._waiting.items() if deadline < now]
         return [self._waiting.pop(k)[0] for k in gone]
 
+    def _gone(self) -> list[socket.socket]:
+        """Take out the waiting connections whose client has closed (or sent more)."""
+        conns = {conn.fileno(): key for key, (conn, _) in self._waiting.items()}
+        poller = select.poll()
+        for fd in conns:
+            poller.register(fd, select.POLLIN)
+        return [self._waiting.pop(conns[fd])[0] for fd, _ in poller.poll(0)]
+
     def _claim(self, handle: str) -> SealedFile | None:
         with self._lock:
             found = self._offers.pop(handle, None)
@@ -152,6 +161,8 @@ class Handoff:
         now = time.monotonic()
         with self._lock:
             expired = self._sweep(now)
+            if len(self._waiting) >= _MAX_WAITING:
+                expired += self._gone()
             found = self._offers.pop(handle, None)
             refused = found is None and (
                 not well_formed(handle) or handle in self._waiting or len(self._waiting) >= _MAX_WAITING

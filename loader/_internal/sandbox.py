@@ -285,6 +285,8 @@ class Sandbox:
             if header is None:
                 raise self._died(child)
             meta = self._parse(header)
+            # All the child said is checked before its result goes anywhere.
+            untrusted, timings = self._reported(meta)
             if reserving is not None:
                 reserving.join()
                 release_beyond_end(sink, reserved)
@@ -298,12 +300,8 @@ class Sandbox:
             sink = -1
             if model.size > limits.max_result_bytes:
                 raise LimitExceeded(f"the converted model is {model.size} bytes; the limit is {limits.max_result_bytes}")
-            untrusted = meta.get("untrusted_types")
-            if untrusted is not None and (not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted)):
-                raise UnpicklingFailed("the confined child reported malformed type information")
             if on_sealed is not None:
                 on_sealed(model)
-            timings = {k: float(v) for k, v in dict(meta.get("timings", {})).items()}
             timings["child_total"] = time.perf_counter() - started
             return Converted(model, untrusted, timings, child.output.text(wait=0))
         finally:
@@ -328,6 +326,19 @@ class Sandbox:
         child.proc.kill()
         child.proc.join(5)
         return seal(sink)
+
+    @staticmethod
+    def _reported(meta: dict[str, Any]) -> tuple[list[str] | None, dict[str, float]]:
+        """The untrusted types and stage timings in the child's result header, or a refusal."""
+        untrusted = meta.get("untrusted_types")
+        if untrusted is not None and (not isinstance(untrusted, list) or not all(isinstance(t, str) for t in untrusted)):
+            raise UnpicklingFailed("the confined child reported malformed type information")
+        reported = meta.get("timings", {})
+        if not isinstance(reported, dict) or not all(
+            isinstance(k, str) and type(v) in (int, float) for k, v in reported.items()
+        ):
+            raise UnpicklingFailed("the confined child reported malformed stage timings")
+        return untrusted, {k: float(v) for k, v in reported.items()}
 
     def _parse(self, header: bytes) -> dict[str, Any]:
         try:

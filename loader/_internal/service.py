@@ -10,6 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,13 +162,13 @@ class LoaderService:
         # A model directory is loaded through its well-known model file; the file's directory
         # is what a model-signing bundle covering more than one file must match.
         model_path = self.root.model_file(artefact_path)
-        # Read once into the sealed memfd that is verified here and unpickled by the child,
-        # hashed on the way (one pass: the stage is "read" and includes hashing), on another
-        # thread while the bundle's signature is verified here.
-        reading = self._readers.submit(_timed_read, model_path, self.limits.max_artefact_bytes)
-        # (On a refusal the memfd read meanwhile closes when it is dropped, as on any other.)
+        # The bundle first: a request refused for its bundle must not leave a read behind.
         bundle_path = self.root.bundle_for(artefact_path, request.bundle)
         bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
+        # Read once into the sealed memfd that is verified here and unpickled by the child,
+        # hashed on the way (one pass: the stage is "read" and includes hashing), on another
+        # thread while the bundle's signature is verified here; waited for whatever the verdict.
+        reading = self._readers.submit(_timed_read, model_path, self.limits.max_artefact_bytes)
         return self._verify_and_convert(request, record, timings, model_path, bundle, reading, on_sealed)
 
     def _verify_and_convert(
@@ -188,6 +189,9 @@ class LoaderService:
             )
         except LoaderError as exc:
             signed = exc
+        except BaseException:
+            futures.wait([reading])  # nothing is left reading once the request has its answer
+            raise
         timings["verify"] = time.perf_counter() - t1
         record["stage"] = "read"
         # A file that cannot be read is the first thing to fix: its error wins.

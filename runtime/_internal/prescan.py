@@ -141,6 +141,9 @@ def _npy_size(stream: Any, where: str) -> tuple[int, int]:
         raise refuse(f"array {where} has an unreadable header: {exc}") from None
     if header.dtype.hasobject:
         raise refuse(f"array {where} has an object dtype")
+    if header.dtype.itemsize == 0:
+        # Its items take no bytes, so no size cap bounds how many it declares.
+        raise refuse(f"array {where} has a zero-size dtype {header.dtype.str!r}")
     return header.count * header.dtype.itemsize, header.length
 
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import secrets
+import socket
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -412,3 +413,63 @@ def test_a_file_that_is_not_a_pickle_is_named(pool: Sandbox) -> None:
         zf.writestr("data.pkl", b"\x80\x04N.")
     with pytest.raises(UnpicklingFailed, match="zip archive .* pickle or joblib file .* was expected"):
         pool.convert(_sealed(archive.getvalue()))
+
+
+def test_a_cancelled_read_waits_for_its_thread() -> None:
+    """A failed call gives up on a model only once the thread reading it is done (a thread cannot
+    be stopped; otherwise a retry would start another full read beside it)."""
+    from loader.client import _in_thread
+
+    finished: list[float] = []
+
+    def slow_read() -> None:
+        time.sleep(0.3)
+        finished.append(time.monotonic())
+
+    async def scenario() -> float:
+        reading = asyncio.create_task(_in_thread(slow_read))
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        return time.monotonic()
+
+    given_up = asyncio.run(scenario())
+    assert finished and finished[0] <= given_up
+
+
+def test_closed_waiting_clients_do_not_keep_the_fast_path_full(handoff: Handoff) -> None:
+    from loader._internal.handoff import _MAX_WAITING
+
+    idle = []
+    for _ in range(_MAX_WAITING):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(handoff.path))
+        conn.sendall(f"wait {secrets.token_hex(24)}\n".encode())
+        idle.append(conn)
+    time.sleep(0.5)  # all parked
+    claim = secrets.token_hex(24)
+
+    async def waits() -> int:
+        waiting = asyncio.create_task(receive_fd(handoff.path, claim, 5, wait=True))
+        await asyncio.sleep(0.2)
+        handoff.offer(_sealed(b"model"), claim)
+        return await waiting
+
+    with pytest.raises(LoaderCallError, match="cannot wait for this handle"):
+        asyncio.run(waits())  # every slot taken by a client still there
+    for conn in idle:
+        conn.close()
+    claim = secrets.token_hex(24)
+    fd = asyncio.run(waits())
+    assert os.pread(fd, 16, 0) == b"model"
+    os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "timings", [{"unpickle": "soon"}, {"unpickle": None}, ["unpickle"], {"unpickle": True}], ids=str
+)
+def test_malformed_timings_from_the_child_are_refused_before_its_result_goes_anywhere(timings: object) -> None:
+    with pytest.raises(UnpicklingFailed, match="malformed stage timings"):
+        Sandbox._reported({"ok": True, "timings": timings})
+    assert Sandbox._reported({"ok": True, "timings": {"unpickle": 0.5, "convert": 1}}) == (None, {"unpickle": 0.5, "convert": 1.0})

@@ -43,3 +43,35 @@ def test_a_forest_with_trusted_types_is_not_refused_by_the_loader(
     assert "sklearn.tree._tree.Tree" in result.converted.untrusted_types
     loaded = load_model(result.converted.skops_bytes, list(request.trusted_types))
     assert (loaded.predict(x) == model.predict(x)).all()
+
+
+def test_a_request_refused_for_its_bundle_or_signature_leaves_no_read_behind(
+    service: tuple[LoaderService, Path], authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The artefact is read beside verification; a refusal must not leave a read running."""
+    import threading
+
+    import loader._internal.service as service_module
+    from loader.errors import NotFound, VerificationFailed
+
+    svc, root = service
+    artefact = put(root, "read-once", b"\x80\x04N.", authority)
+    reads: list[threading.Event] = []
+    original = service_module._timed_read
+
+    def counted(path: Path, max_bytes: int):  # type: ignore[no-untyped-def]
+        reads.append(threading.Event())
+        try:
+            return original(path, max_bytes)
+        finally:
+            reads[-1].set()
+
+    monkeypatch.setattr(service_module, "_timed_read", counted)
+    signer = (Signer(identity=SIGNER, issuer=authority.issuer),)
+    with pytest.raises(NotFound):
+        svc.load(LoadRequest(artefact=artefact, bundle="no-such.sigstore.json", signers=signer))
+    assert reads == [], "a request refused for its bundle started reading the artefact"
+    stranger = (Signer(identity="someone-else@example.com", issuer=authority.issuer),)
+    with pytest.raises(VerificationFailed):
+        svc.load(LoadRequest(artefact=artefact, signers=stranger))
+    assert len(reads) == 1 and reads[0].is_set(), "the refusal came back while the artefact was still being read"
