@@ -325,13 +325,7 @@ async def _wait_for_model(
     if size >= _HASH_CHUNK:
         return await _in_thread(_read_early, fetched, consume)
     # A small model is hashed and read in less time than a handoff to a worker thread takes.
-    consumed, error = None, None
-    if consume is not None:
-        try:
-            consumed = _consume(fetched, consume)
-        except Exception as exc:  # noqa: BLE001 - reported after the digest is known
-            error = exc
-    return _Early(fetched, _hash_fd(fd, size, "blake3"), consumed, error)
+    return _Early(fetched, _hash_fd(fd, size, "blake3"), *_consumed(fetched, consume))
 
 
 async def _pushed_or_claimed(
@@ -360,14 +354,19 @@ def _read_early(fetched: FetchedModel, consume: Consumer | None) -> _Early:
     # The loader was asked for BLAKE3; hashed on a second thread while `consume` reads.
     with ThreadPoolExecutor(1, thread_name_prefix="model-digest") as pool:
         digest = pool.submit(_hash_fd, fetched.fileno, fetched.header.size, "blake3")
-        consumed, error = None, None
-        if consume is not None:
-            try:
-                with fetched.open() as file:
-                    consumed = consume(file)
-            except Exception as exc:  # noqa: BLE001 - reported after the digest is known
-                error = exc
+        consumed, error = _consumed(fetched, consume)
         return _Early(fetched, digest.result(), consumed, error)
+
+
+def _consumed(fetched: FetchedModel, consume: Consumer | None) -> tuple[Any, Exception | None]:
+    """What `consume` made of a model read before its digest arrived, or what it raised
+    (reported only once the digest is known: a mismatch outranks it)."""
+    if consume is None:
+        return None, None
+    try:
+        return _consume(fetched, consume), None
+    except Exception as exc:  # noqa: BLE001 - reported after the digest is known
+        return None, exc
 
 
 def _joined(header: loader_pb2.LoadedModel, chunks: list[bytes]) -> FetchedModel:

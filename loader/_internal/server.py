@@ -54,12 +54,13 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
                 context.abort(exc.code, str(exc))
             raise
         algorithm = "blake3" if request.accept_blake3 else "sha256"
+        if handoff is not None and not handles:  # a cached model: offered now
+            offer(result.converted.model)
+        header = _header(result)
         if handoff is not None:
             # The client claims the sealed memfd on the side channel (or is waiting there for
-            # it already, and gets it now, before the header): no chunks follow.
-            handle = handles[0] if handles else handoff.offer(result.converted.model, claim)
-            header = _header(result)
-            header.fd_handle = handle
+            # it already, and got it before this header): no chunks follow.
+            header.fd_handle = handles[0]
             header.fd_handle_ttl_seconds = handoff.ttl_seconds
             if request.digest_after_handle and result.converted.size >= DIGEST_LAST_FROM_BYTES:
                 # The client reads the model while the digest is taken; it accepts it only once
@@ -70,7 +71,6 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             _set_digest(header, result, algorithm)
             yield loader_pb2.VerifyAndLoadResponse(header=header)
             return
-        header = _header(result)
         _set_digest(header, result, algorithm)
         yield loader_pb2.VerifyAndLoadResponse(header=header)
         with result.converted.model.mapped(populate=False) as data:
