@@ -77,29 +77,25 @@ def _warm_up() -> None:
     if not _warm_up_sample:
         return
 
-    import joblib
-
-    from loader._internal import skops_writer
+    from loader._internal import skops_writer, unpickle
 
     try:
-        skops_writer.dump(joblib.load(io.BytesIO(_warm_up_sample)), io.BytesIO())
+        model = unpickle.load_mapped(io.BytesIO(_warm_up_sample), bytearray(_warm_up_sample))
+        skops_writer.dump(model, io.BytesIO())
     except Exception:  # noqa: BLE001, S110 - only a head start: a failure costs speed, nothing else
         pass
 
 
 def _convert(artefact_fd: int, result_fd: int, report_types: bool) -> tuple[int, list[str] | None, dict[str, float]]:
     # Already imported by the fork server (preload), so these cost nothing here.
-    import joblib
     import sklearn.base
 
-    from loader._internal import skops_writer
+    from loader._internal import skops_writer, unpickle
 
     started = time.perf_counter()
     # An uncompressed pickle's skops form is about its size (a compressed joblib file's is not).
     expected_size = os.fstat(artefact_fd).st_size if os.pread(artefact_fd, 1, 0) == b"\x80" else None
-    with os.fdopen(artefact_fd, "rb") as source:
-        source.seek(0)  # the offset is shared with the loader, which filled the memfd
-        model = joblib.load(source)
+    model = unpickle.load_artefact(artefact_fd)
     unpickled = time.perf_counter()
     if not isinstance(model, sklearn.base.BaseEstimator):
         raise TypeError(

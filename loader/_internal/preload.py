@@ -21,6 +21,7 @@ import skops.io  # noqa: F401
 
 import loader._internal.child  # noqa: F401 - what each child runs, compiled once
 import loader._internal.skops_writer  # noqa: F401
+import loader._internal.unpickle  # noqa: F401
 from loader._internal.confine import remember_readable_paths
 from loader._internal.process import set_non_dumpable
 
