@@ -104,3 +104,30 @@ def test_a_truncated_joblib_file_raises_instead_of_mapping_past_its_end(knn: KNe
 def test_an_empty_file_raises() -> None:
     with pytest.raises(EOFError):
         load_artefact(_memfd(b""))
+
+
+def test_the_childs_warm_up_sample_unpickles_and_converts_under_confinement() -> None:
+    """The warm-up swallows its errors (it only buys speed): this shows it does not need them."""
+    from loader._internal import child, skops_writer, unpickle
+    from loader._internal.confine import ChildLimits, confine
+
+    child.prepare_warm_up()
+    sample = child._warm_up_sample
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked child reports through the pipe
+        os.close(read_end)
+        try:
+            confine(ChildLimits())
+            models = unpickle.load_mapped(io.BytesIO(sample), bytearray(sample))
+            skops_writer.dump(models, io.BytesIO())
+            report = "ok " + " ".join(type(model).__name__ for model in models)
+        except BaseException as exc:  # noqa: BLE001
+            report = f"failed: {type(exc).__name__}: {exc}"
+        os.write(write_end, report.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        report = reader.read().decode()
+    os.waitpid(pid, 0)
+    assert report == "ok Pipeline SVC RandomForestClassifier KNeighborsClassifier", report
