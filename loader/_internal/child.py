@@ -104,7 +104,7 @@ def _convert(artefact_fd: int, result_fd: int, report_types: bool) -> tuple[int,
 
     started = time.perf_counter()
     # An uncompressed pickle's skops form is about its size (a compressed joblib file's is not).
-    expected_size = os.fstat(artefact_fd).st_size if os.pread(artefact_fd, 1, 0) == b"\x80" else None
+    expected_size = os.fstat(artefact_fd).st_size if unpickle.is_uncompressed_pickle(artefact_fd) else None
     model = unpickle.load_artefact(artefact_fd)
     unpickled = time.perf_counter()
     if not isinstance(model, sklearn.base.BaseEstimator):

@@ -24,12 +24,17 @@ from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
 _PROTO = pickle.PROTO
 
 
+def is_uncompressed_pickle(fd: int) -> bool:
+    """True if the file `fd` starts like a pickle (a joblib file written without compression)."""
+    return os.pread(fd, 1, 0) == _PROTO
+
+
 def load_artefact(fd: int) -> Any:
     """Unpickle the artefact in the file `fd` (closed on return), mapping its arrays when it is
     an uncompressed joblib pickle."""
     size = os.fstat(fd).st_size
     with os.fdopen(fd, "rb") as source:
-        if size == 0 or os.pread(fd, 1, 0) != _PROTO:
+        if size == 0 or not is_uncompressed_pickle(fd):
             source.seek(0)  # the offset is shared with the loader, which filled the memfd
             return joblib.load(source)
         # Not closed here: the arrays mapped from it keep it open, and it goes with the last.
