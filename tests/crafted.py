@@ -7,6 +7,7 @@ the refusal the server must give, and the call that would hurt the process if th
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
@@ -25,6 +26,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree._tree import Tree
+from sklearn.utils.validation import check_array
 
 from tests.fuzz_cases import INPUTS
 
@@ -353,6 +356,38 @@ def fitted_hook_hides_a_model() -> bytes:
     return skops.io.dumps(model)
 
 
+def method_replaced_by_state() -> bytes:
+    """`_validate_X_predict` set to `partial(check_array)` in a tree's state: predict no longer
+    checks a request's width, and a split on feature 9,999,999 (inside the n_features_in_ the
+    model states, so every validator agrees) reads far past each row."""
+    def edit(state: dict[str, Any]) -> None:
+        state["nodes"]["feature"][0] = 9_999_999
+    model = _tree_with_state(edit)
+    wide = Tree(10_000_000, model.tree_.n_classes, model.tree_.n_outputs)
+    wide.__setstate__(model.tree_.__getstate__())
+    model.tree_, model.n_features_in_ = wide, 10_000_000
+    model._validate_X_predict = functools.partial(check_array, dtype=np.float32)
+    return skops.io.dumps(model)
+
+
+def bit_generator_outside_the_allowlist() -> bytes:
+    """A Generator over MT19937: skops builds the bit generator from a string in the state, so the
+    type never appeared in the types the allowlist was asked about."""
+    model = StandardScaler().fit(X)
+    model.rng_ = np.random.Generator(np.random.MT19937(0))
+    return skops.io.dumps(model)
+
+
+def estimator_inside_a_partial() -> bytes:
+    """A malformed LinearRegression as a keyword of the one accepted function, where the
+    validators' walk did not look."""
+    hidden = LinearRegression().fit(X, X[:, 0])
+    hidden.coef_ = np.zeros(7)
+    model = StandardScaler().fit(X)
+    model.check_ = functools.partial(check_array, dtype=hidden)
+    return skops.io.dumps(model)
+
+
 def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
     """The archive with `value` written at the given offsets of the local and central headers of
     the first member `pick` accepts (flags, compression method)."""
@@ -409,6 +444,9 @@ CASES: dict[str, Case] = {
     "list_node_naming_ndarray": Case(list_node_naming_ndarray, "ListNode in its schema names the type numpy.ndarray", "leftover heap bytes returned by predict"),
     "seed_sequence_pool_of_a_million": Case(seed_sequence_pool_of_a_million, "pool size 1000000", "half an hour of CPU at load", "timeout"),
     "fitted_hook_hides_a_model": Case(fitted_hook_hides_a_model, r"special attributes \['__sklearn_is_fitted__'\]", "an unchecked KNN with n_neighbors 10**6"),
+    "method_replaced_by_state": Case(method_replaced_by_state, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
+    "bit_generator_outside_the_allowlist": Case(bit_generator_outside_the_allowlist, r"outside the allowlist: \['numpy.random._mt19937.MT19937'\]", "a type the allowlist never saw, built at load"),
+    "estimator_inside_a_partial": Case(estimator_inside_a_partial, r"coef_ has shape \(7,\)", "an estimator no validator looked at"),
     "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal"),
     "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal"),
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),

@@ -8,6 +8,9 @@ refused unless it is a plain tree of bounded size whose arrays are exactly as la
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import io
 import json
 import mmap
@@ -19,6 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 from numpy.lib import format as npy_format
 
+from runtime._internal.allowlist import ALLOWLIST
 from runtime.errors import ModelRefused
 
 MAX_ZIP_ENTRIES = 100_000
@@ -67,6 +71,27 @@ _NAMED_CHILDREN = {
 # HistGradientBoosting with categorical features keeps partial(check_array, ...) in a
 # FunctionTransformer; no other function is ever accepted (validators check its arguments).
 FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
+
+
+@functools.lru_cache(maxsize=None)
+def behaviour_of(qualified: str) -> frozenset[str]:
+    """Names under which the allowlisted class `qualified` has methods, properties or other
+    descriptors (what an instance attribute of the same name would replace). Empty for types
+    outside the allowlist: nothing named by a schema is imported before the allowlist has
+    accepted it (types an operator trusts beyond it are taken as they are)."""
+    if qualified not in ALLOWLIST:
+        return frozenset()
+    module, _, name = qualified.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return frozenset()
+    if not isinstance(cls, type):
+        return frozenset()
+    return frozenset(
+        attr for attr in dir(cls)
+        if callable(found := inspect.getattr_static(cls, attr, None)) or hasattr(type(found), "__get__")
+    )
 
 
 def refuse(message: str) -> ModelRefused:
@@ -280,8 +305,16 @@ class _Scanner:
                 # An instance attribute such as __sklearn_is_fitted__ would shadow the class's
                 # method (and make a fitted model look unfitted to its validator).
                 raise refuse(f"{module}.{name} sets the special attributes {hooks}")
+            shadowing = sorted(set(content["content"]) & behaviour_of(f"{module}.{name}"))
+            if shadowing:
+                # `_validate_for_predict = partial(check_array)` on an SVC would let predict hand
+                # libsvm rows of any width: state may hold data, never the class's behaviour.
+                raise refuse(f"{module}.{name} sets attributes that replace its class's methods or properties {shadowing}")
         if loader == "RandomGeneratorNode":
             self._check_seed_sequence(state)
+            # skops builds the bit generator numpy.random.<name> from a string in the state:
+            # declared here as a type, so that the allowlist decides on it like on any other.
+            self.result.types.add(self._bit_generator_type(state))
         if node_id is not None:
             self.open_ids.add(node_id)
             self.definitions[node_id] = state
@@ -324,6 +357,19 @@ class _Scanner:
             if self.result.array_bytes > MAX_UNCOMPRESSED_BYTES:
                 raise refuse(f"its arrays declare more than {MAX_UNCOMPRESSED_BYTES} bytes")
         return []
+
+    def _bit_generator_type(self, state: dict[str, Any]) -> str:
+        """The qualified name of the class skops would build a Generator's bit generator from."""
+        try:
+            node = state["content"]["bit_generator"]["content"]["bit_generator"]
+            node = self.definitions.get(node.get("__id__"), node)
+            name = json.loads(node["content"]) if node.get("__loader__") == "JsonNode" else None
+        except (KeyError, TypeError, AttributeError, ValueError):
+            name = None
+        found = getattr(np.random, name, None) if isinstance(name, str) else None
+        if not (isinstance(found, type) and issubclass(found, np.random.BitGenerator)):
+            raise refuse(f"a random generator's bit generator is named {name!r}, not one of numpy's")
+        return f"{found.__module__}.{found.__qualname__}"
 
     def _check_seed_sequence(self, state: dict[str, Any]) -> None:
         # numpy's SeedSequence takes time quadratic in its pool size (numpy's default is 4).

@@ -65,11 +65,23 @@ def _check_part(obj: Any) -> bool:
         neighbors.check_binary_tree(obj)
     elif isinstance(obj, functools.partial):
         preprocessing.check_partial(obj, obj)
+    elif isinstance(obj, np.random.Generator):
+        pass  # its state is numpy's to check; its bit generator is visited (`_inside_part`)
     elif sparse.issparse(obj):
         common.check_sparse(obj, "a sparse matrix", obj)
     else:
         return False
     return True
+
+
+def _inside_part(obj: Any) -> list[Any]:
+    """What a checked part holds that the walk must still visit: a partial's arguments and
+    attributes; a Generator's bit generator (its type is allowlisted like any other)."""
+    if isinstance(obj, functools.partial):
+        return [*obj.args, *obj.keywords.values(), *vars(obj).values()]
+    if isinstance(obj, np.random.Generator):
+        return [obj.bit_generator]
+    return []
 
 
 def _run(check: Callable[[Any], Any], obj: Any) -> Any:
@@ -141,6 +153,7 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
                 "parameters.extra.sigstore.trusted_types only if you trust its code and data"
             )
         if _run(_check_part, obj):
+            stack.extend(_inside_part(obj))
             continue
         if isinstance(obj, BaseEstimator):
             _n_jobs(obj)
