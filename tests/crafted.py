@@ -7,6 +7,7 @@ the refusal the server must give, and the call that would hurt the process if th
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -54,6 +55,13 @@ def rewrite(data: bytes, edit: Callable[[dict[str, Any]], None], members: dict[s
 def attrs(schema: dict[str, Any]) -> dict[str, Any]:
     """The attribute dict of the estimator at the root of a schema."""
     return schema["content"]["content"]
+
+
+def add_attribute(schema: dict[str, Any], name: str, node: dict[str, Any]) -> None:
+    """A new attribute on the root estimator, with the key type skops pairs with each key."""
+    attrs(schema)[name] = node
+    key_types = schema["content"]["key_types"]["content"]
+    key_types.append(dict(key_types[0]))
 
 
 def json_node(value: Any, node_id: int) -> dict[str, Any]:
@@ -215,7 +223,7 @@ def audit_bomb(levels: int = 40) -> bytes:
             first = node
             node = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
                     "content": [first, stub], "__id__": base + level}
-        attrs(schema)["bomb_"] = node
+        add_attribute(schema, "bomb_", node)
     return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit)
 
 
@@ -226,8 +234,8 @@ def member_referenced_many_times(copies: int = 300) -> bytes:
     def edit(schema: dict[str, Any]) -> None:
         items = [{"__class__": "ndarray", "__module__": "numpy", "__loader__": "NdArrayNode",
                   "type": "numpy", "file": member, "__id__": 770000 + i} for i in range(copies)]
-        attrs(schema)["copies_"] = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
-                                    "content": items, "__id__": 769999}
+        add_attribute(schema, "copies_", {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                                          "content": items, "__id__": 769999})
     return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit, {member: _npy(np.zeros(1 << 17))})
 
 
@@ -294,9 +302,7 @@ def shared_id_zero_hides_a_short_tree_state() -> bytes:
         tree = attrs(schema)["_tree"]
         tree["__id__"] = 0
         short = dict(tree, content=dict(tree["content"], __id__=424242, content=tree["content"]["content"][:1]))
-        attrs(schema)["zzz"] = short
-        key_types = schema["content"]["key_types"]["content"]
-        key_types.append(dict(key_types[0]))
+        add_attribute(schema, "zzz", short)
     return rewrite(data, edit)
 
 
@@ -305,7 +311,7 @@ def key_types_share_an_array_id() -> bytes:
     the definition skops keeps, and it points at a member holding only an `.npy` header."""
     def edit(schema: dict[str, Any]) -> None:
         var = attrs(schema)["var_"]
-        schema["content"]["key_types"]["content"].append(dict(var, file="evil.npy"))
+        schema["content"]["key_types"]["content"][-1] = dict(var, file="evil.npy")
     header_only = _npy(np.zeros(4))[:-32]
     return rewrite(skops.io.dumps(StandardScaler().fit(X)), edit, {"evil.npy": header_only})
 
@@ -356,10 +362,7 @@ def fitted_hook_hides_a_model() -> bytes:
     return skops.io.dumps(model)
 
 
-def method_replaced_by_state() -> bytes:
-    """`_validate_X_predict` set to `partial(check_array)` in a tree's state: predict no longer
-    checks a request's width, and a split on feature 9,999,999 (inside the n_features_in_ the
-    model states, so every validator agrees) reads far past each row."""
+def _tree_replacing_its_check() -> DecisionTreeClassifier:
     def edit(state: dict[str, Any]) -> None:
         state["nodes"]["feature"][0] = 9_999_999
     model = _tree_with_state(edit)
@@ -367,7 +370,14 @@ def method_replaced_by_state() -> bytes:
     wide.__setstate__(model.tree_.__getstate__())
     model.tree_, model.n_features_in_ = wide, 10_000_000
     model._validate_X_predict = functools.partial(check_array, dtype=np.float32)
-    return skops.io.dumps(model)
+    return model
+
+
+def method_replaced_by_state() -> bytes:
+    """`_validate_X_predict` set to `partial(check_array)` in a tree's state: predict no longer
+    checks a request's width, and a split on feature 9,999,999 (inside the n_features_in_ the
+    model states, so every validator agrees) reads far past each row."""
+    return skops.io.dumps(_tree_replacing_its_check())
 
 
 def bit_generator_outside_the_allowlist() -> bytes:
@@ -386,6 +396,68 @@ def estimator_inside_a_partial() -> bytes:
     model = StandardScaler().fit(X)
     model.check_ = functools.partial(check_array, dtype=hidden)
     return skops.io.dumps(model)
+
+
+def state_defined_before_its_object() -> bytes:
+    """`method_replaced_by_state`'s tree inside a Pipeline, its attribute dict defined first under
+    an earlier attribute and the tree's own state an empty dict of the same id: skops builds the
+    tree from the first definition, the check read the empty one."""
+    pipeline = Pipeline([("tree", _tree_replacing_its_check())])
+
+    def edit(schema: dict[str, Any]) -> None:
+        tree = attrs(schema)["steps"]["content"][0]["content"][1]
+        state = tree["content"]
+        tree["content"] = {"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode", "content": {},
+                           "key_types": {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                                         "content": [], "__id__": 515152}, "__id__": state["__id__"]}
+        add_attribute(schema, "aaa_", state)
+        names = attrs(schema)
+        schema["content"]["content"] = {"aaa_": names.pop("aaa_"), **names}  # visited (and built) first
+        key_types = schema["content"]["key_types"]["content"]
+        key_types.insert(0, key_types.pop())
+    return rewrite(skops.io.dumps(pipeline), edit)
+
+
+def estimator_declared_as_a_loss() -> bytes:
+    """`method_replaced_by_state`'s tree declared as a LossNode: skops builds the named class with
+    the node's arguments and sets the state, which only the ObjectNode check looked at."""
+    def edit(schema: dict[str, Any]) -> None:
+        schema["__loader__"] = "LossNode"
+        schema["__reduce__"] = {"args": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+                                         "content": [], "__id__": 616161}}
+    return rewrite(method_replaced_by_state(), edit)
+
+
+def bit_generator_built_without_init() -> bytes:
+    """An allowlisted PCG64 named by a plain ObjectNode with a tuple state: skops calls
+    `PCG64.__new__` (its state pointer stays NULL) and `__setstate__` writes through it."""
+    model = StandardScaler().fit(X)
+    model.rng_ = np.random.default_rng(0)
+
+    def edit(schema: dict[str, Any]) -> None:
+        state = attrs(schema)["rng_"]["content"]["bit_generator"]
+        attrs(schema)["rng_"] = {
+            "__class__": "PCG64", "__module__": "numpy.random._pcg64", "__loader__": "ObjectNode", "__id__": 717171,
+            "content": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode", "__id__": 717172,
+                        "content": [state, json_node(None, 717173)]},
+        }
+    return rewrite(skops.io.dumps(model), edit)
+
+
+def seed_sequence_in_surplus_key_types() -> bytes:
+    """`seed_sequence_pool_of_a_million` with the large seed sequence defined first among surplus
+    key types of the root dict (skops builds them all, pairs what it needs with the keys and drops
+    the rest) and the Generator's own one a stub of the same id with pool size 4."""
+    model = StandardScaler().fit(X)
+    model.rng_ = np.random.default_rng(0)
+
+    def edit(schema: dict[str, Any]) -> None:
+        seed = attrs(schema)["rng_"]["content"]["seed_seq"]
+        first = copy.deepcopy(seed)
+        first["__id__"] = seed["__id__"] = 818181
+        first["content"]["pool_size"] = json_node(10**6, 818182)
+        schema["content"]["key_types"]["content"].append(first)
+    return rewrite(skops.io.dumps(model), edit)
 
 
 def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
@@ -420,7 +492,7 @@ class Case:
     build: Callable[[], bytes]
     refusal: str  # regex the 422 message must match
     harm: str  # what the archive does when loaded by skops alone (tests/integration/test_fuzz.py)
-    unchecked: str = ""  # the fuzz worker's outcome without these checks, where a test shows it
+    unchecked: str = ""  # the fuzz worker's outcome without these checks (a regex), where a test shows it
     input: str = "X"  # the request batch (tests/fuzz_cases.py INPUTS) sent to predict
 
 
@@ -438,7 +510,7 @@ CASES: dict[str, Case] = {
     "encoder_categories_of_zero_size_items": Case(encoder_categories_of_zero_size_items, "zero-size dtype '<U0'", "predict spins over 10**12 empty strings", "timeout", "WORDS"),
     "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "SIGSEGV at transform", "signal", "XC"),
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
-    "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV while skops builds the tree", "signal"),
+    "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV (or a TypeError, by the heap beside it) while skops builds the tree", "signal|load-error"),
     "key_types_share_an_array_id": Case(key_types_share_an_array_id, "declares 32 bytes of data but its member holds 0", "an array read from the bytes after its member"),
     "tree_state_behind_a_shared_id": Case(tree_state_behind_a_shared_id, "KDTree is a shared reference", "SIGSEGV while skops builds the tree", "signal"),
     "list_node_naming_ndarray": Case(list_node_naming_ndarray, "ListNode in its schema names the type numpy.ndarray", "leftover heap bytes returned by predict"),
@@ -447,6 +519,10 @@ CASES: dict[str, Case] = {
     "method_replaced_by_state": Case(method_replaced_by_state, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
     "bit_generator_outside_the_allowlist": Case(bit_generator_outside_the_allowlist, r"outside the allowlist: \['numpy.random._mt19937.MT19937'\]", "a type the allowlist never saw, built at load"),
     "estimator_inside_a_partial": Case(estimator_inside_a_partial, r"coef_ has shape \(7,\)", "an estimator no validator looked at"),
+    "state_defined_before_its_object": Case(state_defined_before_its_object, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
+    "estimator_declared_as_a_loss": Case(estimator_declared_as_a_loss, "a LossNode in its schema names the type sklearn.tree", "SIGSEGV at predict", "signal"),
+    "bit_generator_built_without_init": Case(bit_generator_built_without_init, "ObjectNode in its schema builds numpy.random._pcg64.PCG64", "SIGSEGV while skops builds it", "signal"),
+    "seed_sequence_in_surplus_key_types": Case(seed_sequence_in_surplus_key_types, "key types that do not match its keys one for one", "minutes of CPU at load", "timeout"),
     "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal"),
     "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal"),
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),

@@ -59,7 +59,8 @@ FIXED_TYPES: dict[str, Any] = {
     "PartialNode": {"functools.partial"}.__contains__,
     "RandomStateNode": {"numpy.random.mtrand.RandomState"}.__contains__,
     "RandomGeneratorNode": {"numpy.random._generator.Generator"}.__contains__,
-    "LossNode": lambda name: name.startswith("sklearn."),  # loss classes (sklearn._loss, _sgd_fast)
+    # Loss classes (skops builds the named class with the node's arguments, then sets its state).
+    "LossNode": lambda name: name.startswith(("sklearn._loss.", "sklearn.linear_model._sgd_fast.")),
 }
 MAX_SEED_POOL = 64
 # Nodes whose children skops reads from named content fields, in its order.
@@ -299,17 +300,12 @@ class _Scanner:
             if content.get("__id__") in self.expanded:
                 # skops would pass the earlier node of that id, whatever its length.
                 raise refuse(f"the state of {module}.{name} is a shared reference, not its own tuple")
-        if loader == "ObjectNode" and isinstance(content, dict) and isinstance(content.get("content"), dict):
-            hooks = sorted(k for k in content["content"] if isinstance(k, str) and k.startswith("__") and k.endswith("__"))
-            if hooks:
-                # An instance attribute such as __sklearn_is_fitted__ would shadow the class's
-                # method (and make a fitted model look unfitted to its validator).
-                raise refuse(f"{module}.{name} sets the special attributes {hooks}")
-            shadowing = sorted(set(content["content"]) & behaviour_of(f"{module}.{name}"))
-            if shadowing:
-                # `_validate_for_predict = partial(check_array)` on an SVC would let predict hand
-                # libsvm rows of any width: state may hold data, never the class's behaviour.
-                raise refuse(f"{module}.{name} sets attributes that replace its class's methods or properties {shadowing}")
+        if loader == "ObjectNode" and module.split(".")[:2] == ["numpy", "random"]:
+            # skops would build it with __new__ and no __init__ (a bit generator's state pointer
+            # stays NULL, and its __setstate__ writes through it): only their own node kinds.
+            raise refuse(f"an ObjectNode in its schema builds {module}.{name}, which only its own node kind may")
+        if loader in ("ObjectNode", "LossNode") and arity is None and content is not None:
+            self._check_attributes(f"{module}.{name}", self._resolved(content))
         if loader == "RandomGeneratorNode":
             self._check_seed_sequence(state)
             # skops builds the bit generator numpy.random.<name> from a string in the state:
@@ -358,11 +354,40 @@ class _Scanner:
                 raise refuse(f"its arrays declare more than {MAX_UNCOMPRESSED_BYTES} bytes")
         return []
 
+    def _resolved(self, node: Any) -> Any:
+        """The node skops builds for `node`: the first one defined under its id, if any (skops
+        keeps the first node of an id and reuses it wherever the id appears again)."""
+        if isinstance(node, dict):
+            node_id = node.get("__id__")
+            if type(node_id) is int and node_id in self.definitions:
+                return self.definitions[node_id]
+        return node
+
+    def _check_attributes(self, qualified: str, attrs: Any) -> None:
+        """The state skops hands to a built object (its __setstate__, or its __dict__) must be
+        an attribute dict of data: no special names, none of its class's methods or properties."""
+        if isinstance(attrs, dict) and attrs.get("__loader__") == "JsonNode" and attrs.get("content") == "null":
+            return  # no state (link functions): skops sets nothing
+        if not isinstance(attrs, dict) or attrs.get("__loader__") != "DictNode" or not isinstance(attrs.get("content"), dict):
+            kind = attrs.get("__loader__") if isinstance(attrs, dict) else type(attrs).__name__
+            raise refuse(f"the state of {qualified} is a {kind}, not an attribute dict")
+        names = attrs["content"]
+        hooks = sorted(k for k in names if k.startswith("__") and k.endswith("__"))
+        if hooks:
+            # An instance attribute such as __sklearn_is_fitted__ would shadow the class's
+            # method (and make a fitted model look unfitted to its validator).
+            raise refuse(f"{qualified} sets the special attributes {hooks}")
+        shadowing = sorted(set(names) & behaviour_of(qualified))
+        if shadowing:
+            # `_validate_X_predict = partial(check_array)` on a tree would let predict hand its
+            # Cython code rows of any width: state may hold data, never the class's behaviour.
+            raise refuse(f"{qualified} sets attributes that replace its class's methods or properties {shadowing}")
+
     def _bit_generator_type(self, state: dict[str, Any]) -> str:
         """The qualified name of the class skops would build a Generator's bit generator from."""
         try:
-            node = state["content"]["bit_generator"]["content"]["bit_generator"]
-            node = self.definitions.get(node.get("__id__"), node)
+            inner = self._resolved(state["content"]["bit_generator"])["content"]
+            node = self._resolved(inner["bit_generator"])
             name = json.loads(node["content"]) if node.get("__loader__") == "JsonNode" else None
         except (KeyError, TypeError, AttributeError, ValueError):
             name = None
@@ -374,9 +399,8 @@ class _Scanner:
     def _check_seed_sequence(self, state: dict[str, Any]) -> None:
         # numpy's SeedSequence takes time quadratic in its pool size (numpy's default is 4).
         try:
-            pool = state["content"]["seed_seq"]["content"]["pool_size"]
-            # A shared id (honest dumps share small ints) is built from its first definition.
-            pool = self.definitions.get(pool.get("__id__"), pool)
+            # Shared ids (honest dumps share small ints) are built from their first definition.
+            pool = self._resolved(self._resolved(state["content"]["seed_seq"])["content"]["pool_size"])
             size = json.loads(pool["content"]) if pool.get("__loader__") == "JsonNode" else None
         except (KeyError, TypeError, ValueError):
             size = None
@@ -400,6 +424,11 @@ class _Scanner:
         if loader == "DictNode":
             if not isinstance(content, dict) or "key_types" not in state:
                 raise refuse("a dict node in its schema has no content or key types")
+            key_types = self._resolved(state["key_types"])
+            if not isinstance(key_types, dict) or not isinstance(key_types.get("content"), list) or len(key_types["content"]) != len(content):
+                # skops builds every key type, then pairs them with the keys: surplus ones are
+                # built and dropped, a place to define shared nodes no check would look at.
+                raise refuse("a dict node in its schema has key types that do not match its keys one for one")
             return [state["key_types"], *content.values()]
         if loader in ("ListNode", "TupleNode", "SetNode"):
             if not isinstance(content, list):

@@ -8,6 +8,7 @@ runs a bounded, seeded number of samples here; scripts/fuzz.py runs many more.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -24,7 +25,9 @@ def test_crafted_archives_hurt_a_process_that_loads_them_with_skops_alone() -> N
     shown = {name: case for name, case in sorted(CASES.items()) if case.unchecked}
     results = run_samples(((case.build(), case.input) for case in shown.values()), unchecked=True, wall=5)
     outcomes = {name: result["outcome"] for name, result in zip(shown, results, strict=True)}
-    assert outcomes == {name: case.unchecked for name, case in shown.items()}
+    # `unchecked` may name alternatives ("signal|load-error") where the heap decides how it shows.
+    unharmed = {name: outcome for name, outcome in outcomes.items() if not re.fullmatch(shown[name].unchecked, outcome)}
+    assert not unharmed, f"crafted archives that did not do the harm they are kept for: {unharmed}"
 
 
 def test_crafted_archives_are_refused_in_a_limited_child() -> None:

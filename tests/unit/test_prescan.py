@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 from runtime._internal.prescan import MAX_DEPTH, scan_archive
 from runtime.errors import ModelRefused
-from tests.crafted import X, attrs, json_node, rewrite
+from tests.crafted import X, add_attribute, json_node, rewrite
 
 SCALER = skops.io.dumps(StandardScaler().fit(X))
 
@@ -22,7 +22,7 @@ def _list(items: list[dict[str, Any]], node_id: int) -> dict[str, Any]:
 
 
 def _with_attr(value: dict[str, Any], members: dict[str, bytes] | None = None) -> bytes:
-    return rewrite(SCALER, lambda schema: attrs(schema).__setitem__("extra_", value), members)
+    return rewrite(SCALER, lambda schema: add_attribute(schema, "extra_", value), members)
 
 
 def test_an_honest_dump_is_scanned_and_its_types_collected() -> None:
