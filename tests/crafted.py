@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import skops.io
 from scipy import sparse
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -460,6 +461,30 @@ def seed_sequence_in_surplus_key_types() -> bytes:
     return rewrite(skops.io.dumps(model), edit)
 
 
+def boosting_started_from_one_column() -> bytes:
+    """A 400-class GradientBoosting whose init_ Dummy says "uniform" over n_classes_ 1: its
+    predict_proba gives one column, and predict_stages writes 400 per row into it."""
+    labels = np.repeat(np.arange(400), 2)
+    model = GradientBoostingClassifier(n_estimators=1, max_depth=1, random_state=0)
+    model.fit(np.random.default_rng(0).normal(size=(800, 4)), labels)
+    model.init_._strategy, model.init_.n_classes_ = "uniform", 1
+    return skops.io.dumps(model)
+
+
+def dummy_of_ten_million_classes() -> bytes:
+    """A two-class Dummy stating n_classes_ 10**7: predict_proba fills 10**7 columns per row."""
+    model = DummyClassifier(strategy="uniform").fit(X, Y)
+    model.n_classes_ = 10**7
+    return skops.io.dumps(model)
+
+
+def backtracking_token_pattern() -> bytes:
+    """A CountVectorizer whose token pattern backtracks for ever on each request's text."""
+    model = CountVectorizer().fit(["alpha beta", "gamma delta"])
+    model.token_pattern = ".*" * 100 + "Q"
+    return skops.io.dumps(model)
+
+
 def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
     """The archive with `value` written at the given offsets of the local and central headers of
     the first member `pick` accepts (flags, compression method)."""
@@ -523,6 +548,9 @@ CASES: dict[str, Case] = {
     "estimator_declared_as_a_loss": Case(estimator_declared_as_a_loss, "a LossNode in its schema names the type sklearn.tree", "SIGSEGV at predict", "signal"),
     "bit_generator_built_without_init": Case(bit_generator_built_without_init, "ObjectNode in its schema builds numpy.random._pcg64.PCG64", "SIGSEGV while skops builds it", "signal"),
     "seed_sequence_in_surplus_key_types": Case(seed_sequence_in_surplus_key_types, "key types that do not match its keys one for one", "minutes of CPU at load", "timeout"),
+    "boosting_started_from_one_column": Case(boosting_started_from_one_column, "n_classes_ 1 is not the 400 classes", "SIGSEGV at predict", "signal"),
+    "dummy_of_ten_million_classes": Case(dummy_of_ten_million_classes, "n_classes_ 10000000 is not the 2 classes", "gigabytes per request", "memory"),
+    "backtracking_token_pattern": Case(backtracking_token_pattern, "token_pattern .* is not one of", "transform never returns", "timeout", "TEXTS"),
     "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal"),
     "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal"),
     "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),

@@ -109,7 +109,21 @@ def validate(est: Any) -> None:
     elif name in ("DummyClassifier", "DummyRegressor"):
         optional_n_features(est)
         outputs = integer(est, "n_outputs_", 1, 1 << 16)
-        if name == "DummyClassifier" and outputs == 1:
-            k = classes(est)
-            array(est, "class_prior_", shape=(k,), kinds="f")
+        if name == "DummyClassifier":
             one_of(est, "_strategy", ("most_frequent", "prior", "stratified", "uniform", "constant"))
+            # predict_proba's width is n_classes_ (uniform, most_frequent, constant): it must be the
+            # number of classes, or a boosting model started from it writes past its columns.
+            if outputs == 1:
+                k = classes(est)
+                array(est, "class_prior_", shape=(k,), kinds="f")
+                if type(est.n_classes_) not in (int, np.int64) or est.n_classes_ != k:
+                    raise fail(est, f"n_classes_ {est.n_classes_!r} is not the {k} classes in classes_")
+            else:
+                labels, counts, priors = est.classes_, est.n_classes_, est.class_prior_
+                if not all(isinstance(v, list) and len(v) == outputs for v in (labels, counts, priors)):
+                    raise fail(est, f"classes_, n_classes_ and class_prior_ must each list its {outputs} outputs")
+                for i in range(outputs):
+                    k = len(array(est, f"classes_[{i}]", labels[i], ndim=1, kinds="biufUSO"))
+                    array(est, f"class_prior_[{i}]", priors[i], shape=(k,), kinds="f")
+                    if type(counts[i]) not in (int, np.int64) or counts[i] != k:
+                        raise fail(est, f"n_classes_[{i}] {counts[i]!r} is not the {k} classes in classes_[{i}]")

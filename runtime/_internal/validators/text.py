@@ -10,7 +10,9 @@ import numpy as np
 from runtime._internal.validators.common import array, fail, integer, one_of
 
 MAX_VOCABULARY = 50_000_000
-MAX_PATTERN = 1000
+# The token patterns accepted: the model's pattern runs on every request in the serving process,
+# and a backtracking one (".*" * 100 + "Q") never returns. These run in linear time.
+TOKEN_PATTERNS = frozenset({r"(?u)\b\w\w+\b", r"(?u)\b\w+\b", r"\b\w\w+\b", r"\b\w+\b", r"\S+", r"(?u)\S+"})
 MAX_NGRAM = 20
 
 
@@ -29,8 +31,12 @@ def _check_text_params(est: Any) -> None:
     except LookupError:
         raise fail(est, f"encoding {encoding!r} is not a text encoding") from None
     pattern = getattr(est, "token_pattern", None)
-    if pattern is not None and (not isinstance(pattern, str) or len(pattern) > MAX_PATTERN):
-        raise fail(est, "token_pattern is not a bounded string")
+    if pattern is not None and (not isinstance(pattern, str) or pattern not in TOKEN_PATTERNS):
+        raise fail(
+            est,
+            f"token_pattern {pattern!r} is not one of {sorted(TOKEN_PATTERNS)}: the pattern runs on every "
+            "request in this process, and a backtracking one never returns",
+        )
     low, high = getattr(est, "ngram_range", (0, 0))
     if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= MAX_NGRAM):
         raise fail(est, f"ngram_range {est.ngram_range!r} is outside [1, {MAX_NGRAM}]")
