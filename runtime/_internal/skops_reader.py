@@ -13,7 +13,9 @@ declares exactly the member's size.
 
 from __future__ import annotations
 
+import ctypes
 import io
+import mmap
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -110,7 +112,13 @@ def _read_array(data: IO[bytes]) -> np.ndarray:
     if header.dtype.hasobject:
         raise ValueError("an array with an object dtype")
     count = header.count
-    if npy_format.isfileobj(data):  # the model file: numpy reads it straight into the array
+    if npy_format.isfileobj(data) and count * header.dtype.itemsize >= _SMALL_PAGES_FROM:
+        array = np.empty(count, header.dtype)
+        with _faulted_in_small_pages(array):
+            read = _read_into(data, array.view(np.uint8))
+        if read != array.nbytes:
+            raise ValueError(f"an array member holds {read} of its {array.nbytes} bytes")
+    elif npy_format.isfileobj(data):  # the model file: numpy reads it straight into the array
         array = np.fromfile(data, dtype=header.dtype, count=count) if count else np.empty(0, header.dtype)
         if array.size != count:
             raise ValueError(f"an array member holds {array.size} of its {count} items")
@@ -122,6 +130,31 @@ def _read_array(data: IO[bytes]) -> np.ndarray:
     if header.fortran_order:
         return array.reshape(header.shape[::-1]).transpose()
     return array.reshape(header.shape)
+
+
+# Arrays from this size on are first written in 4 KiB pages. numpy asks for transparent huge
+# pages; where the hypervisor has taken back free memory, faulting in fresh huge pages took
+# 0.3-0.7 s instead of ~30 ms for 200 MB in about half the loads, and 4 KiB pages a steady
+# ~150 ms (docs/decisions/transport.md). Huge pages are allowed again once the array is filled,
+# for the kernel to collapse in the background.
+_SMALL_PAGES_FROM = 64 << 20
+_MADV_HUGEPAGE, _MADV_NOHUGEPAGE = 14, 15
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+@contextmanager
+def _faulted_in_small_pages(array: np.ndarray) -> Iterator[None]:
+    page = mmap.PAGESIZE
+    first = (array.ctypes.data + page - 1) // page * page
+    end = (array.ctypes.data + array.nbytes) // page * page
+    if end > first:
+        _libc.madvise(first, end - first, _MADV_NOHUGEPAGE)  # advice only: a failure changes nothing
+    try:
+        yield
+    finally:
+        if end > first:
+            _libc.madvise(first, end - first, _MADV_HUGEPAGE)
 
 
 def _read_into(data: IO[bytes], target: np.ndarray) -> int:

@@ -173,8 +173,9 @@ def test_arrays_read_in_place_equal_the_arrays_skops_reads() -> None:
         np.array(["no", "yes"]),
         np.zeros(3, dtype=[("a", "<f8"), ("b", "<i2")]),
         np.ones((2, 2), dtype=np.complex64),
+        np.arange((64 << 20) // 8 + 3, dtype=np.float64).reshape(-1, 1),  # read in 4 KiB pages
     ],
-    ids=["0-d", "empty", "fortran-3d", "big-endian", "unicode", "structured", "complex"],
+    ids=["0-d", "empty", "fortran-3d", "big-endian", "unicode", "structured", "complex", "64MiB"],
 )
 def test_the_array_reader_reads_what_np_load_reads(array: np.ndarray) -> None:
     from runtime._internal.skops_reader import _read_array
