@@ -343,10 +343,15 @@ def list_node_naming_ndarray() -> bytes:
     return rewrite(skops.io.dumps(model), edit)
 
 
-def seed_sequence_pool_of_a_million() -> bytes:
-    """A Generator whose seed sequence has pool size 10**6: numpy's set-up is quadratic in it."""
+def _scaler_with_generator() -> StandardScaler:
     model = StandardScaler().fit(X)
     model.rng_ = np.random.default_rng(0)
+    return model
+
+
+def seed_sequence_pool_of_a_million() -> bytes:
+    """A Generator whose seed sequence has pool size 10**6: numpy's set-up is quadratic in it."""
+    model = _scaler_with_generator()
 
     def edit(schema: dict[str, Any]) -> None:
         seed_seq = attrs(schema)["rng_"]["content"]["seed_seq"]["content"]
@@ -432,8 +437,7 @@ def estimator_declared_as_a_loss() -> bytes:
 def bit_generator_built_without_init() -> bytes:
     """An allowlisted PCG64 named by a plain ObjectNode with a tuple state: skops calls
     `PCG64.__new__` (its state pointer stays NULL) and `__setstate__` writes through it."""
-    model = StandardScaler().fit(X)
-    model.rng_ = np.random.default_rng(0)
+    model = _scaler_with_generator()
 
     def edit(schema: dict[str, Any]) -> None:
         state = attrs(schema)["rng_"]["content"]["bit_generator"]
@@ -449,8 +453,7 @@ def seed_sequence_in_surplus_key_types() -> bytes:
     """`seed_sequence_pool_of_a_million` with the large seed sequence defined first among surplus
     key types of the root dict (skops builds them all, pairs what it needs with the keys and drops
     the rest) and the Generator's own one a stub of the same id with pool size 4."""
-    model = StandardScaler().fit(X)
-    model.rng_ = np.random.default_rng(0)
+    model = _scaler_with_generator()
 
     def edit(schema: dict[str, Any]) -> None:
         seed = attrs(schema)["rng_"]["content"]["seed_seq"]

@@ -19,7 +19,7 @@ import mmap
 import struct
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import IO, Any
 
 import numpy as np
@@ -112,19 +112,16 @@ def _read_array(data: IO[bytes]) -> np.ndarray:
     if header.dtype.hasobject:
         raise ValueError("an array with an object dtype")
     count = header.count
-    if npy_format.isfileobj(data) and count * header.dtype.itemsize >= _SMALL_PAGES_FROM:
-        array = np.empty(count, header.dtype)
-        with _faulted_in_small_pages(array):
-            read = _read_into(data, array.view(np.uint8))
-        if read != array.nbytes:
-            raise ValueError(f"an array member holds {read} of its {array.nbytes} bytes")
-    elif npy_format.isfileobj(data):  # the model file: numpy reads it straight into the array
+    from_file = npy_format.isfileobj(data)
+    if from_file and count * header.dtype.itemsize < _SMALL_PAGES_FROM:
+        # The model file: numpy reads it straight into the array.
         array = np.fromfile(data, dtype=header.dtype, count=count) if count else np.empty(0, header.dtype)
         if array.size != count:
             raise ValueError(f"an array member holds {array.size} of its {count} items")
-    else:  # an archive in memory, or a member copied out of one
+    else:  # a large array from the model file, an archive in memory, or a member copied out of one
         array = np.empty(count, header.dtype)
-        read = _read_into(data, array.view(np.uint8)) if array.nbytes else 0
+        with _faulted_in_small_pages(array) if from_file else nullcontext():
+            read = _read_into(data, array.view(np.uint8)) if array.nbytes else 0
         if read != array.nbytes:
             raise ValueError(f"an array member holds {read} of its {array.nbytes} bytes")
     if header.fortran_order:

@@ -114,16 +114,19 @@ def validate(est: Any) -> None:
             # predict_proba's width is n_classes_ (uniform, most_frequent, constant): it must be the
             # number of classes, or a boosting model started from it writes past its columns.
             if outputs == 1:
-                k = classes(est)
-                array(est, "class_prior_", shape=(k,), kinds="f")
-                if type(est.n_classes_) not in (int, np.int64) or est.n_classes_ != k:
-                    raise fail(est, f"n_classes_ {est.n_classes_!r} is not the {k} classes in classes_")
+                _dummy_output(est, "", classes(est), None, est.n_classes_)
             else:
                 labels, counts, priors = est.classes_, est.n_classes_, est.class_prior_
                 if not all(isinstance(v, list) and len(v) == outputs for v in (labels, counts, priors)):
                     raise fail(est, f"classes_, n_classes_ and class_prior_ must each list its {outputs} outputs")
                 for i in range(outputs):
                     k = len(array(est, f"classes_[{i}]", labels[i], ndim=1, kinds="biufUSO"))
-                    array(est, f"class_prior_[{i}]", priors[i], shape=(k,), kinds="f")
-                    if type(counts[i]) not in (int, np.int64) or counts[i] != k:
-                        raise fail(est, f"n_classes_[{i}] {counts[i]!r} is not the {k} classes in classes_[{i}]")
+                    _dummy_output(est, f"[{i}]", k, priors[i], counts[i])
+
+
+def _dummy_output(est: Any, which: str, k: int, prior: Any, count: Any) -> None:
+    """One output of a DummyClassifier: its prior (None: `class_prior_` itself) and its class count
+    agree with its k classes."""
+    array(est, f"class_prior_{which}", prior, shape=(k,), kinds="f")
+    if type(count) not in (int, np.int64) or count != k:
+        raise fail(est, f"n_classes_{which} {count!r} is not the {k} classes in classes_{which}")
