@@ -20,7 +20,8 @@ from runtime.docker_sandbox import hardened_loader_options
 from tests.controls import Outcome, Target, Technique, control_argv, control_outcome
 from tests.support import SIGNER, Authority, wait_for_health
 
-LOADER_IMAGE = "mlserver-sigstore/loader:dev"
+# A helper tree may build and test its own tag (docker build --target loader -t ...).
+LOADER_IMAGE = os.environ.get("MLSERVER_SIGSTORE_TEST_LOADER_IMAGE", "mlserver-sigstore/loader:dev")
 CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it
 
 
