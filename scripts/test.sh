@@ -3,8 +3,15 @@
 #   scripts/test.sh                      every tier (unit, integration, container, e2e)
 #   scripts/test.sh -m unit              one tier; unit and integration need no Docker, so the
 #   scripts/test.sh tests/integration    set-up then installs only the venv (setup.sh --no-docker)
+#   scripts/test.sh --busy [ARGS]        the same, with two CPU hogs and a memory-hungry process
+#                                        running beside the tests for their whole duration (a
+#                                        busy CI runner or build host); CI runs the tiers where
+#                                        concurrency matters this way
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+busy=0
+if [ "${1:-}" = "--busy" ]; then busy=1; shift; fi
 
 # Docker is needed unless the selection names only the unit/integration tiers (by -m or path).
 needs_docker=1
@@ -27,5 +34,12 @@ if [ -n "$selection" ]; then
 fi
 
 if [ "$needs_docker" = 1 ]; then scripts/setup.sh; else scripts/setup.sh --no-docker; fi
-printf '\n==> Running the tests\n'
-exec .venv/bin/pytest "$@"
+if [ "$busy" = 1 ]; then
+  printf '\n==> Competing load: %s\n' "$(scripts/busy.sh start)"
+  trap 'scripts/busy.sh stop' EXIT
+  printf '\n==> Running the tests beside it\n'
+  .venv/bin/pytest "$@"
+else
+  printf '\n==> Running the tests\n'
+  exec .venv/bin/pytest "$@"
+fi

@@ -100,6 +100,31 @@ def test_the_loader_has_no_network_and_a_read_only_root(stack: Compose) -> None:
     assert write.returncode != 0 and "Read-only file system" in write.stderr
 
 
+def _fd_kind(link: str) -> str:
+    """What a descriptor is (socket, pipe, memfd, anon_inode:..., file), to name what grew."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return "gone"
+    if target.startswith("/memfd:"):
+        return "memfd"
+    if target.startswith("/"):
+        return "file"
+    return target.split(":", 1)[0] if not target.startswith("anon_inode") else target.split("[", 1)[0]
+
+
+def _settled_usage(stack: Compose, service: str, baseline: dict[str, int], window: float) -> tuple[dict[str, int], float]:
+    """Usage once it is back at `baseline` (descriptors and processes), or after `window`
+    seconds: the loader closes memfds and ends children in the background, and on a busy host
+    that lags behind the cycles. What is still above the baseline after the window is a leak."""
+    started = time.monotonic()
+    while True:
+        usage = _container_usage(stack, service)
+        waited = time.monotonic() - started
+        if (usage["fds"] <= baseline["fds"] and usage["processes"] <= baseline["processes"]) or waited >= window:
+            return usage, waited
+
+
 def _container_usage(stack: Compose, service: str) -> dict[str, int]:
     """File descriptors, resident memory (KiB) and processes of a service's long-lived processes.
 
@@ -111,10 +136,13 @@ def _container_usage(stack: Compose, service: str) -> dict[str, int]:
     for _ in range(5):
         top = subprocess.run(["docker", "top", cid, "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout.splitlines()[1:]
         pids = [int(line.split(None, 1)[0]) for line in top if "health" not in line and "urlopen" not in line]
-        usage = {"fds": 0, "rss_kib": 0, "processes": 0}
+        usage: dict[str, int] = {"fds": 0, "rss_kib": 0, "processes": 0}
         for pid in pids:
             try:
-                usage["fds"] += len(os.listdir(f"/proc/{pid}/fd"))
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    usage["fds"] += 1
+                    kind = _fd_kind(f"/proc/{pid}/fd/{fd}")
+                    usage[f"fd:{kind}"] = usage.get(f"fd:{kind}", 0) + 1
                 with open(f"/proc/{pid}/status") as status:
                     usage["rss_kib"] += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
                 usage["processes"] += 1
@@ -125,6 +153,11 @@ def _container_usage(stack: Compose, service: str) -> dict[str, int]:
     return min(samples, key=lambda u: (u["processes"], u["fds"]))
 
 
+# Background closes and child exits lag behind the cycles on a busy host; a leak never settles.
+SETTLE_SECONDS = 60.0
+
+
+@pytest.mark.concurrency
 @pytest.mark.parametrize("stack", ["default"], indirect=True)
 def test_soak_load_unload_cycles(stack: Compose) -> None:
     """SOAK_CYCLES load/unload cycles (good loads, tampered refusals): no growth in fds, memory, containers."""
@@ -143,15 +176,26 @@ def test_soak_load_unload_cycles(stack: Compose) -> None:
     for _ in range(cycles):
         cycle()
     elapsed = time.monotonic() - started
-    after = {s: _container_usage(stack, s) for s in ("loader", "mlserver")}
-    report = {"cycles": cycles, "seconds": round(elapsed, 1), "before": before, "after": after}
+    at_end = {s: _container_usage(stack, s) for s in ("loader", "mlserver")}
+    settled = {s: _settled_usage(stack, s, before[s], SETTLE_SECONDS) for s in ("loader", "mlserver")}
+    after = {s: usage for s, (usage, _) in settled.items()}
+    report = {
+        "cycles": cycles,
+        "seconds": round(elapsed, 1),
+        "before": before,
+        "at_end": at_end,
+        "after_settle": after,
+        "settle_seconds": {s: round(waited, 1) for s, (_, waited) in settled.items()},
+    }
     (ROOT / "build").mkdir(exist_ok=True)
     (ROOT / "build" / "soak.json").write_text(json.dumps(report, indent=2))
     print(f"soak: {json.dumps(report)}")
     assert len(stack.containers()) == containers
     for service in ("loader", "mlserver"):
+        # Exact after the settle window: any descriptor or process still above the baseline is
+        # a leak, named by kind in the report.
         assert after[service]["processes"] == before[service]["processes"], report
-        assert after[service]["fds"] <= before[service]["fds"] + 8, report
+        assert after[service]["fds"] <= before[service]["fds"], report
         # Bounded, not exact: allocator caches may keep a few MB.
         assert after[service]["rss_kib"] <= before[service]["rss_kib"] + 64 * 1024, report
 

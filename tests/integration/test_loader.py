@@ -164,6 +164,7 @@ def test_untrusted_types_are_reported_for_the_runtime_to_decide(loader: LoaderPr
     assert "_operator.neg" in header.untrusted_types
 
 
+@pytest.mark.concurrency
 def test_concurrent_loads_all_succeed(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
     artefacts = [put(models_root, f"concurrent-{i}", digits_svm_bytes + b"\n" * i, authority) for i in range(4)]
     with ThreadPoolExecutor(4) as pool:

@@ -142,6 +142,7 @@ def test_a_certificate_expired_at_integrated_time_is_refused(loader: LoaderProce
     assert_refused_at(loader, error, artefact, grpc.StatusCode.PERMISSION_DENIED, EXPIRED, "verify")
 
 
+@pytest.mark.concurrency
 def test_an_artefact_replaced_during_loads_never_loads_other_bytes(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes) -> None:
     """Swap, truncate and delete the artefact while loads run: each load gets the signed bytes or a refusal."""
     artefact = put(models_root, "racing", digits_svm_bytes, authority)
@@ -219,6 +220,7 @@ INTERLEAVINGS: dict[str, tuple[Callable[[Path, bytes], None], str]] = {
 }
 
 
+@pytest.mark.concurrency
 @pytest.mark.parametrize("change", sorted(INTERLEAVINGS))
 def test_an_artefact_changed_between_open_and_read(
     change: str, tmp_path: Path, authority: Authority, digits_svm_bytes: bytes, monkeypatch: pytest.MonkeyPatch

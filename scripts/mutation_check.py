@@ -1,0 +1,360 @@
+"""Mutation proof for the adversarial tests: remove one defence at a time, in a copy of the tree,
+and show that the tests which claim to prove it fail *because of their hostile assertion*.
+
+For every mutation, in this order:
+1. baseline: the selected hostile tests and the honest tests pass on the unmutated copy;
+2. the edit applies exactly (each `old` text occurs exactly once), so a mutation can never go
+   stale silently;
+3. honest run on the mutated tree: honest inputs still load (a mutant that breaks the load is
+   *broken*, never a kill);
+4. hostile run on the mutated tree: a test is killed only when it fails with an assertion
+   (`AssertionError`, or pytest's `Failed:` from `pytest.fail` / `pytest.raises` that did not
+   raise); any other exception or a setup error is a broken mutation, a skip is a tier that
+   could not run, a pass is a survivor (or, for `layered` tests, a case another layer holds).
+
+Exit status 0 only when every selected mutation ran, stayed honest and had every `hostile`
+test killed. Usage:
+
+    .venv/bin/python scripts/mutation_check.py              # every mutation
+    .venv/bin/python scripts/mutation_check.py --list
+    .venv/bin/python scripts/mutation_check.py landlock safe-load
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One pytest invocation: a path and an optional -k expression."""
+
+    path: str
+    k: str = ""
+
+    def argv(self) -> list[str]:
+        return [self.path, "-k", self.k] if self.k else [self.path]
+
+    def __str__(self) -> str:
+        return f"{self.path}" + (f" -k '{self.k}'" if self.k else "")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    removes: str
+    edits: tuple[Edit, ...]
+    hostile: tuple[Selection, ...]  # each must fail by its assertion
+    honest: tuple[Selection, ...]  # each must still pass on the mutated tree
+    layered: tuple[Selection, ...] = ()  # run; survivors are held by another layer (reported)
+    needs_docker: bool = False
+
+
+_NO_SECCOMP = Edit(
+    "loader/_internal/confine.py",
+    "    syscall_filter(seccomp.ERRNO(errno.EPERM), syscalls.ALLOWED + syscalls.RUNTIME).load()\n",
+    "    return None  # mutation-check: no seccomp filter\n",
+)
+_NO_LANDLOCK = Edit(
+    "loader/_internal/confine.py",
+    "        _syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))\n",
+    "        pass  # mutation-check: Landlock ruleset built but never enforced\n",
+)
+_HOSTILE_CATALOGUE = Selection(
+    "tests/integration/test_loader.py",
+    "signed_hostile and not (memory or cpu or sleep or billion or deep or flood or build-patches)",
+)
+_HONEST_LOAD = Selection("tests/integration/test_loader.py", "round_trips or concurrent_loads")
+_HONEST_CONTAINER = Selection("tests/container/test_loader_container.py", "good_model")
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "seccomp",
+        "the confined child's seccomp filter (Landlock and rlimits stay)",
+        (_NO_SECCOMP,),
+        hostile=(Selection("tests/integration/test_confinement.py", "unlisted_syscalls"),),
+        honest=(_HONEST_LOAD,),
+        layered=(_HOSTILE_CATALOGUE,),
+    ),
+    Mutation(
+        "landlock",
+        "the child's Landlock ruleset (seccomp and rlimits stay): shows what they still hold",
+        (_NO_LANDLOCK,),
+        hostile=(Selection("tests/integration/test_confinement.py", "cannot_read_files"),),
+        honest=(_HONEST_LOAD,),
+        layered=(_HOSTILE_CATALOGUE,),
+    ),
+    Mutation(
+        "child-all",
+        "the child's seccomp filter and Landlock (only rlimits stay)",
+        (_NO_SECCOMP, _NO_LANDLOCK),
+        hostile=(
+            _HOSTILE_CATALOGUE,
+            Selection("tests/integration/test_confinement.py", "cannot_read_files or unlisted_syscalls"),
+        ),
+        honest=(_HONEST_LOAD,),
+    ),
+    Mutation(
+        "profile",
+        "the loader container's seccomp profile (runtime/seccomp-loader.json allows everything)",
+        (Edit("runtime/seccomp-loader.json", "", '{"defaultAction": "SCMP_ACT_ALLOW"}\n'),),
+        hostile=(Selection("tests/container/test_loader_container.py", "kernel_surface"),),
+        honest=(_HONEST_CONTAINER,),
+        needs_docker=True,
+    ),
+    Mutation(
+        "safe-load",
+        "the serving side's archive pre-scan, allowlist and validators (skops loads what it is given)",
+        (
+            Edit(
+                "runtime/safe_load.py",
+                "    trusted = frozenset(trusted_types)\n",
+                "    return _naive_load(data)  # mutation-check: no pre-scan, allowlist or validation\n"
+                "    trusted = frozenset(trusted_types)\n",
+            ),
+            Edit(
+                "runtime/safe_load.py",
+                "def load_model(",
+                "def _naive_load(data: Source) -> BaseEstimator:\n"
+                "    import skops.io\n\n"
+                "    raw = data.read() if hasattr(data, 'read') else bytes(data)\n"
+                "    return skops.io.loads(raw, trusted=skops.io.get_untrusted_types(data=raw))\n\n\n"
+                "def load_model(",
+            ),
+        ),
+        hostile=(
+            Selection("tests/container/test_adversarial.py", "forged"),
+            Selection("tests/unit/test_safe_load.py", "zip_bomb or crafted or non_estimator"),
+        ),
+        honest=(
+            Selection("tests/unit/test_safe_load.py", "ordinary_model_round_trips or walkthrough_and_benchmark"),
+            _HONEST_CONTAINER,
+        ),
+        needs_docker=True,
+    ),
+    Mutation(
+        "side-channel-digest",
+        "the client's check that a passed model holds the bytes the loader's header names",
+        (
+            Edit(
+                "loader/client.py",
+                "    if actual != expected[1]:\n",
+                "    if False:  # mutation-check: no digest check\n",
+            ),
+        ),
+        hostile=(
+            Selection("tests/integration/test_handoff.py::test_the_client_refuses_an_unsealed_or_altered_memfd[True]"),
+            Selection("tests/integration/test_handoff.py::test_a_model_read_before_its_digest_is_kept_only_if_the_digest_matches[other]"),
+        ),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "identity",
+        "the keyless signer's identity check (the issuer is still checked)",
+        (
+            Edit(
+                "loader/_internal/policy.py",
+                "        if not any(self._pattern.fullmatch(san) for san in sans):\n",
+                "        if False:  # mutation-check: any identity\n",
+            ),
+            Edit(
+                "loader/_internal/policy.py",
+                "            Identity(identity=self.identity, issuer=self.issuer)\n            if self.identity\n",
+                "            IdentityPattern('.*', self.issuer)  # mutation-check: any identity\n            if self.identity\n",
+            ),
+        ),
+        hostile=(Selection("tests/integration/test_loader.py", "wrong_identity"),),
+        honest=(_HONEST_LOAD,),
+    ),
+)
+
+
+@dataclass
+class Run:
+    """What one pytest run said about each test: passed, killed, broken, skipped."""
+
+    verdicts: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    collected: bool = True
+
+
+def _verdict(case: ET.Element) -> tuple[str, str]:
+    for tag in ("failure", "error"):
+        node = case.find(tag)
+        if node is not None:
+            message = (node.get("message") or "").strip()
+            if tag == "failure" and (message.startswith("AssertionError") or message.startswith("Failed:") or message.startswith("assert ")):
+                return "killed", message.splitlines()[0][:160] if message else ""
+            return "broken", f"{tag}: {message.splitlines()[0][:160] if message else '(no message)'}"
+    if case.find("skipped") is not None:
+        return "skipped", (case.find("skipped").get("message") or "")[:160]  # type: ignore[union-attr]
+    return "passed", ""
+
+
+def run_pytest(tree: Path, selection: Selection, report: Path) -> Run:
+    argv = [str(PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection.argv(), f"--junitxml={report}"]
+    proc = subprocess.run(argv, cwd=tree, env=_env(tree), capture_output=True, text=True, timeout=3600)
+    (report.with_suffix(".log")).write_text(proc.stdout + proc.stderr)
+    run = Run()
+    if not report.exists():
+        run.collected = False
+        return run
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        run.verdicts[name], run.reasons[name] = _verdict(case)
+    if not run.verdicts or proc.returncode in (2, 3, 4, 5):  # interrupted, internal, usage, nothing collected
+        run.collected = False
+    return run
+
+
+def _env(tree: Path) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree)
+    return env
+
+
+def copy_tree(dest: Path) -> None:
+    """The committed tree plus uncommitted edits, without the venv or build output."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for raw in files:
+        if not raw:
+            continue
+        source = ROOT / raw.decode()
+        if not source.is_file():
+            continue
+        target = dest / raw.decode()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    shared = ROOT.parent / "shared"  # tests read the conformance corpus from ../shared
+    if shared.exists() and not (dest.parent / "shared").exists():
+        (dest.parent / "shared").symlink_to(shared)
+
+
+def apply(edits: Iterable[Edit], tree: Path) -> str | None:
+    """Apply the edits; return why a mutation no longer applies, or None."""
+    for edit in edits:
+        path = tree / edit.path
+        text = path.read_text()
+        if edit.old == "":
+            path.write_text(edit.new)
+            continue
+        count = text.count(edit.old)
+        if count != 1:
+            return f"{edit.path}: the text to replace occurs {count} times (the code moved: update the mutation)"
+        path.write_text(text.replace(edit.old, edit.new))
+    return None
+
+
+def docker_available() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def check(mutation: Mutation, work: Path) -> tuple[bool, list[str]]:
+    lines: list[str] = [f"== {mutation.name}: removes {mutation.removes}"]
+    if mutation.needs_docker and not docker_available():
+        return False, [*lines, "   NOT RUN: needs Docker and the images (scripts/setup.sh)"]
+    base_tree, mutant_tree = work / f"{mutation.name}-base" / "repo", work / f"{mutation.name}-mutant" / "repo"
+    for tree in (base_tree, mutant_tree):
+        copy_tree(tree)
+    ok = True
+    # 1. Baseline on the unmutated tree: everything selected passes.
+    for i, selection in enumerate(mutation.hostile + mutation.honest + mutation.layered):
+        run = run_pytest(base_tree, selection, work / f"{mutation.name}-base-{i}.xml")
+        bad = {n: v for n, v in run.verdicts.items() if v != "passed"}
+        if not run.collected or bad:
+            lines.append(f"   BASELINE FAILS on the unmutated tree: {selection}: {bad or 'nothing collected'}")
+            return False, lines
+        lines.append(f"   baseline {selection}: {len(run.verdicts)} passed")
+    # 2. The edit applies exactly.
+    stale = apply(mutation.edits, mutant_tree)
+    if stale:
+        return False, [*lines, f"   BROKEN MUTATION: {stale}"]
+    # 3. Honest inputs still load on the mutated tree.
+    for i, selection in enumerate(mutation.honest):
+        run = run_pytest(mutant_tree, selection, work / f"{mutation.name}-honest-{i}.xml")
+        bad = {n: f"{v} {run.reasons[n]}" for n, v in run.verdicts.items() if v != "passed"}
+        if not run.collected or bad:
+            lines.append(f"   BROKEN MUTATION: honest {selection} does not pass on the mutated tree: {bad or 'nothing collected'}")
+            return False, lines
+        lines.append(f"   honest on the mutant {selection}: {len(run.verdicts)} passed")
+    # 4. Hostile tests fail by their assertion; layered ones are reported.
+    for group, selections in (("hostile", mutation.hostile), ("layered", mutation.layered)):
+        for i, selection in enumerate(selections):
+            run = run_pytest(mutant_tree, selection, work / f"{mutation.name}-{group}-{i}.xml")
+            if not run.collected:
+                ok = False
+                lines.append(f"   NOT RUN: {selection} collected nothing on the mutated tree")
+                continue
+            for name, verdict in sorted(run.verdicts.items()):
+                if verdict == "killed":
+                    label = "KILLED"
+                elif verdict == "passed":
+                    label = "held by another layer" if group == "layered" else "SURVIVED"
+                    ok = ok and group == "layered"
+                elif verdict == "skipped":
+                    label, ok = "NOT RUN (skipped)", False
+                else:
+                    label = "broken (crashed, not a kill)"
+                    ok = ok and group == "layered"
+                detail = f"  [{run.reasons[name]}]" if run.reasons.get(name) and verdict != "killed" else ""
+                lines.append(f"   {group:8} {label:24} {name}{detail}")
+    return ok, lines
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, junit reports)")
+    args = parser.parse_args(argv)
+    known = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:22} {m.removes}")
+        return 0
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown mutations {unknown}; known: {sorted(known)}")
+    selected = [known[n] for n in args.names] if args.names else list(MUTATIONS)
+    work = Path(tempfile.mkdtemp(prefix="mutation-check."))
+    results: dict[str, bool] = {}
+    try:
+        for mutation in selected:
+            ok, lines = check(mutation, work)
+            results[mutation.name] = ok
+            print("\n".join(lines), flush=True)
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    for name, ok in results.items():
+        print(f"{name:22} {'every hostile test killed, honest loads intact' if ok else 'FAILED (see above)'}")
+    return 0 if all(results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
