@@ -134,8 +134,11 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "runtime/safe_load.py",
                 "def load_model(",
                 "def _naive_load(data: Source) -> BaseEstimator:\n"
+                "    import io, pickle, zipfile\n\n"
                 "    import skops.io\n\n"
                 "    raw = data.read() if hasattr(data, 'read') else bytes(data)\n"
+                "    if not zipfile.is_zipfile(io.BytesIO(raw)):\n"
+                "        return pickle.loads(raw)  # what a server without the defence does with a pickle\n"
                 "    return skops.io.loads(raw, trusted=skops.io.get_untrusted_types(data=raw))\n\n\n"
                 "def load_model(",
             ),
