@@ -153,3 +153,14 @@ def corpus(large_megabytes: int = 0) -> dict[str, bytes]:
     if large_megabytes:
         models[f"knn-{large_megabytes}mb"] = dump(_large(large_megabytes)())
     return models
+
+
+def large_estimator(megabytes: int) -> object:
+    """A k-NN classifier stores its training data: `megabytes` of float64 arrays (the bench's
+    large model)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rows = megabytes * 2**20 // (64 * 8)
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, 64))
+    return KNeighborsClassifier(algorithm="brute").fit(x, rng.integers(0, 10, rows))

@@ -103,7 +103,7 @@ def test_every_allowlisted_family_round_trips_without_a_false_refusal() -> None:
 def test_the_walkthrough_and_benchmark_models_load(digits_svm_bytes: bytes) -> None:
     import joblib
 
-    from bench.run import large_estimator
+    from tests.model_corpus import large_estimator
 
     digits = joblib.load(io.BytesIO(digits_svm_bytes))
     assert type(load_model(skops.io.dumps(digits), [])).__name__ == "SVC"
