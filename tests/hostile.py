@@ -247,11 +247,14 @@ CONTAINED = "contained:"  # what the probes below raise when every step was refu
 def inherited_pipes() -> bytes:
     """Writes to the pipes a fork-server child inherits from multiprocessing: one byte on the fork
     server's "alive" pipe (which ends the fork server) and a line on the resource tracker's
-    (an unconfined loader process that acts on what it reads). Raises FIRED-style
-    "FIRED: ..." if either write went through, else "contained: ..." with each refusal."""
+    (an unconfined loader process that acts on what it reads), found through multiprocessing's
+    references and, whatever those say, by trying every pipe the process holds other than its
+    output and its own live Connections. Raises "FIRED: ..." if any write went through, else
+    "contained: ..." with each refusal."""
     return run_python(
-        "import os\n"
+        "import gc, os, stat\n"
         "from multiprocessing import forkserver, resource_tracker\n"
+        "from multiprocessing.connection import Connection\n"
         "steps, written = [], False\n"
         "for name, fd, data in (('alive', forkserver._forkserver._forkserver_alive_fd, b'x'),\n"
         "                       ('tracker', resource_tracker._resource_tracker._fd, b'PROBE:h1-probe:noop\\n')):\n"
@@ -260,6 +263,14 @@ def inherited_pipes() -> bytes:
         "        steps.append(name + ' written'); written = True\n"
         "    except (OSError, TypeError) as exc:\n"
         "        steps.append(name + ' refused: ' + type(exc).__name__)\n"
+        "own = {1, 2} | {c.fileno() for c in gc.get_objects() if isinstance(c, Connection) and not c.closed}\n"
+        "for fd in range(3, 1024):\n"
+        "    try:\n"
+        "        if fd in own or not stat.S_ISFIFO(os.fstat(fd).st_mode): continue\n"
+        "        os.write(fd, b'\\n')\n"
+        "        steps.append(f'pipe {fd} written'); written = True\n"
+        "    except OSError:\n"
+        "        pass\n"
         "raise RuntimeError(('FIRED:' if written else 'contained:') + ' ' + '; '.join(steps))\n"
     )
 
