@@ -21,7 +21,14 @@ import docker
 from loader._internal.confine import LANDLOCK_SETTING
 from tests import controls, hostile, hostile_reads
 from tests.container.conftest import ControlContainer, LoaderContainer, running_loader
-from tests.integration.test_confinement import _check_holds_only_its_own, _cmdline, _fds, _helpers, _proc_children, _waiting_children
+from tests.integration.test_confinement import (
+    _check_holds_only_its_own,
+    _cmdline,
+    _fds,
+    _helpers,
+    _proc_children,
+    _waiting_children,
+)
 from tests.support import Authority, call, refused
 
 TRUST = "/trust/trust_config.json"
