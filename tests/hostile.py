@@ -248,7 +248,8 @@ def inherited_pipes() -> bytes:
     """Writes to the pipes a fork-server child inherits from multiprocessing: one byte on the fork
     server's "alive" pipe (which ends the fork server) and a line on the resource tracker's
     (an unconfined loader process that acts on what it reads), found through multiprocessing's
-    references and, whatever those say, by trying every pipe the process holds other than its
+    references, then registers a name with the tracker (which would start one if none were
+    reachable) and, whatever those say, by trying every pipe the process holds other than its
     output and its own live Connections. Raises "FIRED: ..." if any write went through, else
     "contained: ..." with each refusal."""
     return run_python(
@@ -263,6 +264,11 @@ def inherited_pipes() -> bytes:
         "        steps.append(name + ' written'); written = True\n"
         "    except (OSError, TypeError) as exc:\n"
         "        steps.append(name + ' refused: ' + type(exc).__name__)\n"
+        "try:\n"
+        "    resource_tracker.register('/h1-probe', 'semaphore')  # a tracker is there to take it\n"
+        "    steps.append('register written'); written = True\n"
+        "except Exception as exc:\n"
+        "    steps.append('register refused: ' + type(exc).__name__)\n"
         "own = {1, 2} | {c.fileno() for c in gc.get_objects() if isinstance(c, Connection) and not c.closed}\n"
         "for fd in range(3, 1024):\n"
         "    try:\n"

@@ -131,7 +131,7 @@ def test_a_signed_model_in_the_container_cannot_write_to_the_fork_server_or_the_
     loader = _loader_pid(loader_container)
     helpers = _helpers(loader)
     error = refused(loader_container, name, authority)  # type: ignore[arg-type]
-    assert hostile.CONTAINED + " alive refused" in error.details() and "written" not in error.details(), error.details()
+    assert hostile.CONTAINED + " alive refused" in error.details() and "register refused" in error.details() and "written" not in error.details(), error.details()
     assert _helpers(loader) == helpers
     assert loader_container.container.status == "running"
 

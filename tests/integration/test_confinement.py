@@ -202,7 +202,7 @@ def test_a_signed_model_cannot_write_to_the_fork_server_or_the_resource_tracker(
 
     forkserver, tracker = _helpers(loader.process.pid)
     error = refused(loader, name, authority)
-    assert hostile.CONTAINED + " alive refused" in error.details() and "written" not in error.details(), error.details()
+    assert hostile.CONTAINED + " alive refused" in error.details() and "register refused" in error.details() and "written" not in error.details(), error.details()
     assert controls.FIRED not in error.details()
     assert _helpers(loader.process.pid) == (forkserver, tracker), "the fork server or the tracker was replaced"
     assert loader.process.poll() is None
