@@ -252,9 +252,13 @@ def fallback_loader(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 def test_the_loader_says_when_landlock_is_off_or_below_the_kernel(fallback_loader: tuple[str, LoaderProcess]) -> None:
     mode, loader = fallback_loader
-    assert FALLBACK_STATUS[mode] in loader.log_text()
-    if mode == "abi:5":
-        assert "without signal and abstract-socket scoping" in loader.log_text()
+    details = subprocess.run(
+        [PYTHON, "-m", "loader", "health", f"--endpoint={loader.endpoint}", "--details"], capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    for text in (loader.log_text(), details):
+        assert FALLBACK_STATUS[mode] in text, text
+        if mode == "abi:5":
+            assert "without signal and abstract-socket scoping" in text, text
 
 
 def test_a_signed_model_cannot_have_the_kernel_signal_the_loader_without_landlock(fallback_loader: tuple[str, LoaderProcess], models_root: Path, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
