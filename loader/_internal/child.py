@@ -38,8 +38,13 @@ class PassedFd:
 # plus two descriptors over `control`.
 _HANDOFF_FDS = 2
 REPORT_TYPES, NO_TYPES = b"t", b"-"
-# Sent on `status` once the child is confined and about to wait for its artefact.
-READY = b'{"ready": true}'
+
+
+def ready_message(landlock: str) -> bytes:
+    """Sent on `status` once the child is confined and about to wait for its artefact, with the
+    Landlock status line of what it applied (the loader checks it is what it announced)."""
+    return json.dumps({"ready": True, "landlock": landlock}).encode()
+
 # A model from a pickle smaller than this is converted in memory and written with one call.
 _IN_MEMORY_BELOW = 8 << 20
 # After its result, a child waits this long to be ended by the loader before it exits itself.
@@ -196,12 +201,12 @@ def run(control: PassedFd, status: Connection, output: Connection, limits: Child
         # Exactly: /dev/null as stdin, the output pipe as stdout and stderr, control, status.
         hold_only(child_descriptors(channel.fileno(), status.fileno()))
         _forget_closed_descriptors()
-        confine(limits)
+        landlock = confine(limits)
     except Exception as exc:  # noqa: BLE001 - report any confinement failure, never run unconfined
         status.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())
         os._exit(3)
     _warm_up()  # confined already: it is our own model, but nothing runs unconfined here
-    status.send_bytes(READY)
+    status.send_bytes(ready_message(landlock))
     try:
         received = _receive(channel)
     except OSError:

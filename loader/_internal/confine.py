@@ -310,8 +310,10 @@ def confinement_summary(limits: ChildLimits) -> list[str]:
     ]
 
 
-def confine(limits: ChildLimits) -> None:
-    """Apply rlimits, the filesystem restriction and the syscall filter, in that order."""
+def confine(limits: ChildLimits) -> str:
+    """Apply rlimits, the filesystem restriction and the syscall filter, in that order; return
+    the Landlock status line of what was applied."""
     apply_limits(limits)
-    restrict_filesystem()
+    landlock = restrict_filesystem()
     install_syscall_filter()
+    return landlock

@@ -261,6 +261,21 @@ def test_the_loader_says_when_landlock_is_off_or_below_the_kernel(fallback_loade
             assert "without signal and abstract-socket scoping" in text, text
 
 
+def test_the_children_apply_what_the_loader_announces(fallback_loader: tuple[str, LoaderProcess], models_root: Path, authority: Authority) -> None:
+    """Without Landlock a child reads what the loader's user may (seccomp allows read-only
+    opens); at ABI 5 Landlock still refuses. (A child whose Landlock differs from the loader's
+    status line is never used: the pool refuses it.)"""
+    mode, loader = fallback_loader
+    secret = Path("/etc/passwd").read_bytes()
+    name = put(models_root, f"fallback-reads-{mode.replace(':', '-')}", hostile_reads.read_file("/etc/passwd"), authority)
+    header, data = call(loader, name, authority)
+    stolen = bytes(skops.io.loads(data, trusted=list(header.untrusted_types)).stolen_)
+    if mode == "abi:5":
+        assert stolen.startswith(b"refused: PermissionError"), stolen[:200]
+    else:
+        assert stolen == secret, stolen[:200]
+
+
 def test_a_signed_model_cannot_have_the_kernel_signal_the_loader_without_landlock(fallback_loader: tuple[str, LoaderProcess], models_root: Path, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path) -> None:
     """fcntl(F_SETOWN -pgrp, F_SETSIG, O_ASYNC) on the output pipe: unconfined, the process that
     reads the pipe is signalled; confined, every step is refused and the loader keeps serving."""
