@@ -35,6 +35,7 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
     from loader._internal.process import set_non_dumpable
@@ -42,8 +43,6 @@ def _serve(args: argparse.Namespace) -> int:
     from loader._internal.server import build_server
     from loader._internal.service import LoaderService, ServiceLimits
     from loader._internal.verify import PRODUCTION, TrustConfigError, TrustRoots
-
-    from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
 
     set_non_dumpable()
     try:
