@@ -35,6 +35,7 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
     from loader._internal.process import set_non_dumpable
@@ -44,7 +45,13 @@ def _serve(args: argparse.Namespace) -> int:
     from loader._internal.verify import PRODUCTION, TrustConfigError, TrustRoots
 
     set_non_dumpable()
-    for name in set(os.environ) - _ENV_KEPT:
+    try:
+        forced_landlock_abi()
+    except ValueError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
+    # The fork server, so every child, reads the Landlock setting (tests and diagnosis only).
+    for name in set(os.environ) - _ENV_KEPT - {LANDLOCK_SETTING}:
         del os.environ[name]
     # `python -m` puts the launch directory first on sys.path, and the fork server (so every
     # child) inherits sys.path: code lying there must never become importable by a payload.
