@@ -94,6 +94,10 @@ def test_every_signer_kind_parses_and_reaches_the_request_unchanged(signer: dict
     [
         ({"identity": "a", "identity_regexp": "a.*", "issuer": "https://i"}, "signers.0.identity"),
         ({"identity_regexp": "(", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        # Matched with RE2 (linear time): no backreferences or lookaround, at most 1024 characters.
+        ({"identity_regexp": r"(a)\1", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        ({"identity_regexp": r"(?!a).*", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        ({"identity_regexp": "a" * 1025, "issuer": "https://i"}, "signers.0.identity_regexp"),
         ({"identity_regexp": "a.*"}, "signers.0.issuer"),
         ({"key": "k", "issuer": "https://i"}, "signers.0.issuer"),
         ({"key": "k", "certificate_authority": "c"}, "signers.0.certificate_authority"),
