@@ -17,6 +17,7 @@ from typing import TypeVar
 import sigstore
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL.crypto import X509StoreContextError
 from sigstore.errors import Error as SigstoreError
 from sigstore.errors import VerificationError as SigstoreVerificationError
@@ -368,8 +369,32 @@ def _verify_manifest_signature(
         except _SignatureRejected as exc:
             refusals.append(_trust_refusal(signer, exc.cause))
             continue
+        if method == "certificate":
+            _require_code_signing(_leaf(signature))
         return signed, _signed_by(signer, signature)
     raise VerificationFailed("; ".join(refusals))
+
+
+def _leaf(signature: signed_manifest.signing.Signature) -> x509.Certificate:
+    chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
+    return x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
+
+
+def _require_code_signing(leaf: x509.Certificate) -> None:
+    """RFC 5280 4.2.1.12: a leaf whose extended key usage is given may serve only those uses, so
+    it must list codeSigning (model_signing accepts any leaf with digitalSignature, such as a TLS
+    server certificate); a leaf without the extension is not restricted by it."""
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CODE_SIGNING in usage:
+        return
+    named = ", ".join(getattr(oid, "_name", "") or oid.dotted_string for oid in usage) or "(empty)"
+    raise VerificationFailed(
+        f"the signing certificate {leaf.subject.rfc4514_string()!r} has extended key usage {named}, not codeSigning: "
+        "it was not issued for signing code or models (RFC 5280 4.2.1.12); sign with a code-signing certificate"
+    )
 
 
 def _manifest(
@@ -399,8 +424,7 @@ def _trust_refusal(signer: Signer, cause: Exception) -> str:
 def _signed_by(signer: Signer, signature: signed_manifest.signing.Signature) -> _SignedBy:
     if signer.key:
         return _SignedBy("key", f"public key {signer.key!r}", "", signer.key)
-    chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
-    leaf = x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
+    leaf = _leaf(signature)
     identity = certificate_facts(leaf)["identity"] or leaf.subject.rfc4514_string()
     return _SignedBy("certificate", identity, leaf.issuer.rfc4514_string(), signer.certificate_authority)
 
