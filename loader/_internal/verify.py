@@ -27,13 +27,14 @@ from sigstore.verify import Verifier
 from sigstore.verify.policy import AnyOf
 from sigstore_models.common.v1 import HashAlgorithm
 
-from loader._internal import signed_manifest
+from loader._internal import oms, signed_manifest
 from loader._internal.keys import SigningKeys
 from loader._internal.policy import Method, Signer, certificate_facts, describe_certificate, holds
 from loader.errors import BadRequest, LoaderError, VerificationFailed
 
 __all__ = [
     "PRODUCTION", "SignedBundle", "Signer", "TrustConfigError", "TrustRoots", "Verified", "verify_artefact", "verify_bundle",
+    "verify_directory",
 ]
 
 PRODUCTION = "production"
@@ -135,6 +136,7 @@ def verify_artefact(
     model_file: str = "",
     ignore_paths: tuple[str, ...] | list[str] = (),
     max_bytes: int = 4 << 30,
+    signature: Path | None = None,
 ) -> Verified:
     """Verify `artefact` (the exact bytes that will be deserialized) against its bundle.
 
@@ -147,7 +149,7 @@ def verify_artefact(
     signed = verify_bundle(bundle_json, signers, roots, trust_root)
     return signed.bind(
         artefact, digest or hashlib.sha256(artefact).hexdigest(),
-        directory=directory, model_file=model_file, ignore_paths=ignore_paths, max_bytes=max_bytes,
+        directory=directory, model_file=model_file, ignore_paths=ignore_paths, max_bytes=max_bytes, signature=signature,
     )
 
 
@@ -156,7 +158,9 @@ class SignedBundle:
     artefact's bytes. Together they are `verify_artefact`; apart, the bundle is verified while
     the artefact is still being read."""
 
-    def __init__(self, bind: Callable[[bytes | bytearray, str, Path | None, str, tuple[str, ...] | list[str], int], Verified]) -> None:
+    def __init__(
+        self, bind: Callable[[bytes | bytearray, str, Path | None, str, tuple[str, ...] | list[str], int, Path | None], Verified]
+    ) -> None:
         self._bind = bind
 
     def bind(
@@ -168,10 +172,29 @@ class SignedBundle:
         model_file: str = "",
         ignore_paths: tuple[str, ...] | list[str] = (),
         max_bytes: int = 4 << 30,
+        signature: Path | None = None,
     ) -> Verified:
         """The verification facts, once `artefact` (whose sha256 hex is `digest`) is the one signed;
-        raises VerificationFailed otherwise."""
-        return self._bind(artefact, digest, directory, model_file, ignore_paths, max_bytes)
+        raises VerificationFailed otherwise. `signature`: the bundle's file, skipped in `directory`."""
+        return self._bind(artefact, digest, directory, model_file, ignore_paths, max_bytes, signature)
+
+    def bind_directory(
+        self, directory: Path, ignore_paths: tuple[str, ...] | list[str] = (), max_bytes: int = 4 << 30,
+        signature: Path | None = None,
+    ) -> Verified:
+        """The verification facts, once every file of `directory` is the one signed (a model-signing
+        bundle over a directory, whatever its files are); raises VerificationFailed otherwise."""
+        return self._bind(b"", "", directory, "", ignore_paths, max_bytes, signature)
+
+
+def verify_directory(
+    bundle_json: bytes | bytearray, signers: list[Signer], roots: TrustRoots, directory: Path, *,
+    trust_root: str = "", ignore_paths: tuple[str, ...] | list[str] = (), max_bytes: int = 4 << 30,
+    signature: Path | None = None,
+) -> Verified:
+    """Verify a model-signing directory as OMS v1.0 says, whatever files it holds (no model file
+    needed: nothing is loaded)."""
+    return verify_bundle(bundle_json, signers, roots, trust_root).bind_directory(directory, ignore_paths, max_bytes, signature)
 
 
 def verify_bundle(
@@ -188,14 +211,22 @@ def verify_bundle(
     bundle_sha256 = hashlib.sha256(bundle_json).hexdigest()
     if not shape.model_signing:
         return _verify_sigstore_bundle(bundle_json, bundle_sha256, signers, roots, trust_root, shape.media_type)
+    oms.check_bundle(bundle_json)
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
+    oms.check_statement(oms.payload(bundle_json))  # the payload whose signature was just verified
 
     def bind(
         artefact: bytes | bytearray, digest: str, directory: Path | None, model_file: str,
-        ignore_paths: tuple[str, ...] | list[str], max_bytes: int,
+        ignore_paths: tuple[str, ...] | list[str], max_bytes: int, signature: Path | None,
     ) -> Verified:
         name = model_file or "artefact"
-        if signed_manifest.covers_one_file(signed):
+        if not model_file and directory is not None:
+            if signed_manifest.covers_one_file(signed):
+                raise VerificationFailed("the signature covers one file, not a directory: give that file")
+            files = signed_manifest.check_directory(
+                signed, directory, None, b"", list(ignore_paths), max_bytes, signature=signature
+            )
+        elif signed_manifest.covers_one_file(signed):
             signed_manifest.check_file(signed, artefact, name, digest)
             files = [model_file or signed_manifest.SINGLE_FILE]
         elif directory is None:
@@ -206,7 +237,7 @@ def verify_bundle(
             )
         else:
             files = signed_manifest.check_directory(
-                signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest
+                signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest, signature
             )
         return Verified(
             artefact_sha256=digest,
@@ -266,7 +297,9 @@ def _verify_sigstore_bundle(
     facts = certificate_facts(bundle.signing_certificate)
     entry = bundle.log_entry._inner
 
-    def bind(artefact: bytes | bytearray, digest: str, *_: object) -> Verified:
+    def bind(artefact: bytes | bytearray, digest: str, directory: Path | None, model_file: str, *_: object) -> Verified:
+        if directory is not None and not model_file:
+            raise VerificationFailed("a Sigstore bundle signs one file, not a model directory: give the file it signs")
         if bundle._dsse_envelope is not None:
             _require_subject(payload_type, payload, digest)
         elif claimed is None or (failed is not None and digest != claimed):
