@@ -213,7 +213,6 @@ def verify_bundle(
         return _verify_sigstore_bundle(bundle_json, bundle_sha256, signers, roots, trust_root, shape.media_type)
     oms.check_bundle(bundle_json)
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
-    oms.check_statement(oms.payload(bundle_json))  # the payload whose signature was just verified
 
     def bind(
         artefact: bytes | bytearray, digest: str, directory: Path | None, model_file: str,
@@ -365,9 +364,12 @@ class _Staged(signed_manifest.signing.Verifier):
 
     def _verify_signed_content(self, signature: signed_manifest.signing.Signature) -> tuple[str, bytes]:
         try:
-            return self._inner._verify_signed_content(signature)
+            payload_type, payload = self._inner._verify_signed_content(signature)
         except (SigstoreError, ValueError, InvalidSignature, X509StoreContextError) as exc:
             raise _SignatureRejected(exc) from exc
+        # The statement whose signature was just verified, before model_signing reads it.
+        oms.check_statement(payload)
+        return payload_type, payload
 
 
 def _verify_manifest_signature(
