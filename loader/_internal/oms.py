@@ -219,8 +219,11 @@ def _check_resources(resources: list[Any], hash_type: str, shard: int) -> None:
             raise _refuse("6.1.2", problem)
         keys.append((path, start))
     if shard:
-        if keys != sorted(set(keys)):
-            raise _refuse("6.4", "resources are not sorted by file (code-point order) and byte range, or repeat one")
+        names = [str(r["name"]) for r in resources]
+        # The specification's order (code points of the whole name), or model_signing's (by file,
+        # then by byte range: `a:900:1000` before `a:1000:1100`); either way, no repeats.
+        if keys != sorted(set(keys)) and names != sorted(set(names)):
+            raise _refuse("6.4", "resources are not sorted by name (or by file and byte range), or repeat one")
     elif [path for path, _ in keys] != sorted({path for path, _ in keys}):
         raise _refuse("5.2.1", "resources are not sorted by name in code-point order, or name a file twice")
 

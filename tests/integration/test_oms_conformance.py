@@ -308,8 +308,16 @@ def test_shards_follow_the_shard_size(crafter: Crafter, tmp_path: Path) -> None:
     (A path holding ':' is refused by model_signing 1.1.1's parser: fail closed, see the docs.)"""
     files = {**FILES, "w.bin": b"colon" * 50, "empty": b""}
     model = _model(tmp_path, files)
-    statement = _shards(files, 100)
+    statement = _shards(files, 100)  # byte order within a file: a:0:100, a:100:200, ..., a:1000:1100
     assert sorted(crafter.verify(crafter.bundle(statement), model).verified_files) == sorted(files)
+    lexicographic = copy.deepcopy(statement)  # the specification's order: a:0:100, a:1000:1100, a:100:200
+    _resources(lexicographic).sort(key=lambda r: r["name"])
+    assert _resources(lexicographic) != _resources(statement)
+    assert sorted(crafter.verify(crafter.bundle(lexicographic), model).verified_files) == sorted(files)
+    shuffled = copy.deepcopy(statement)
+    _resources(shuffled)[0], _resources(shuffled)[1] = _resources(shuffled)[1], _resources(shuffled)[0]
+    with pytest.raises(VerificationFailed, match=r"§6\.4: resources are not sorted"):
+        crafter.verify(crafter.bundle(shuffled), model)
     wrong_size = copy.deepcopy(statement)
     _serialization(wrong_size)["shard_size"] = 50
     with pytest.raises(VerificationFailed, match=r"§6\.3\.2: shard resource 'a\.bin:0:100' is not a range of at most 50 bytes"):
