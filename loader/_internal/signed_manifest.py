@@ -63,9 +63,12 @@ def bundle_shape(bundle_json: bytes) -> BundleShape:
     else:
         method = "sigstore"
     predicate = oms.predicate_type(bundle_json) if isinstance(envelope, dict) else ""
-    # A key or a certificate chain is only ever a model-signing bundle: a wrong predicate is refused
-    # as such (OMS §5.1) rather than read as a Sigstore bundle.
-    model_signing = predicate in PREDICATES or predicate.startswith("https://model_signing/") or method != "sigstore"
+    # A key or a chain without a message signature (`sigstore sign` with a managed key) is only
+    # ever a model-signing bundle: a wrong predicate or a missing envelope is refused as such (OMS).
+    signs_a_message = "messageSignature" in document
+    model_signing = predicate in PREDICATES or predicate.startswith("https://model_signing/") or (
+        method != "sigstore" and not signs_a_message
+    )
     return BundleShape(method, model_signing, media_type)
 
 
