@@ -7,6 +7,7 @@ their sigstore-python policies live in policy.py, the model-signing formats in s
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from collections.abc import Callable
@@ -406,6 +407,7 @@ def _verify_manifest_signature(
             continue
         if method == "certificate":
             _require_code_signing(_leaf(signature))
+            _require_current(_leaf(signature))
         return signed, _signed_by(signer, signature)
     raise VerificationFailed("; ".join(refusals))
 
@@ -413,6 +415,18 @@ def _verify_manifest_signature(
 def _leaf(signature: signed_manifest.signing.Signature) -> x509.Certificate:
     chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
     return x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
+
+
+def _require_current(leaf: x509.Certificate) -> None:
+    """OMS v1.0 §8.2: the leaf must be within its validity period. model_signing checks the chain
+    at the leaf's notBefore only; with no timestamp to say when it signed, that period is now."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise VerificationFailed(
+            f"OMS v1.0 §8.2: the signing certificate {leaf.subject.rfc4514_string()!r} is not valid now (valid "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC); "
+            "renew the signing certificate and sign again"
+        )
 
 
 def _require_code_signing(leaf: x509.Certificate) -> None:

@@ -55,7 +55,7 @@ def _key_pem(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
 
 def _issue(
     subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey, ca: bool, start: datetime.datetime,
-    usage: list[x509.ObjectIdentifier] | None = None,
+    usage: list[x509.ObjectIdentifier] | None = None, lifetime: datetime.timedelta = datetime.timedelta(days=1),
 ) -> x509.Certificate:
     """A certificate; a leaf's extended key usage is `usage` (default codeSigning, [] for none)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -66,7 +66,7 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=1))
+        .not_valid_after(start + lifetime)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -113,6 +113,10 @@ def _pki(folder: Path, name: str) -> Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(f"{name}-{usage_name}", key, inter, inter_key, False, now - datetime.timedelta(minutes=5), usage)
         others[usage_name] = (_pem(folder / f"{usage_name}.pem", cert), _key_pem(folder / f"{usage_name}.key", key))
+    # A code-signing leaf whose validity ended a minute ago (OMS v1.0 §8.2).
+    key = ec.generate_private_key(ec.SECP256R1())
+    expired = _issue(f"{name}-expired", key, inter, inter_key, False, now - datetime.timedelta(minutes=10), lifetime=datetime.timedelta(minutes=9))
+    others["expired"] = (_pem(folder / "expired.pem", expired), _key_pem(folder / "expired.key", key))
     return Pki(
         _pem(folder / "ca.pem", root), _pem(folder / "leaf.pem", leaf), _key_pem(folder / "leaf.key", leaf_key),
         _pem(folder / "chain.pem", inter), others,
@@ -366,6 +370,14 @@ def test_loader_verify_refuses_another_key_or_ca_by_name(signed: Signed) -> None
     assert wrong_key.returncode == 1 and "signed by another key" in wrong_key.stderr
     other_ca = _verify(signed, "certificate", signed.artefacts / "certificate-other-ca")
     assert other_ca.returncode == 1 and "signed under another CA" in other_ca.stderr
+
+
+def test_loader_verify_refuses_a_leaf_past_its_validity(signed: Signed) -> None:
+    """OMS v1.0 §8.2: the leaf must be within its validity period (model_signing checks the chain
+    at the leaf's notBefore only, so an expired leaf would pass)."""
+    expired = _verify(signed, "certificate", signed.artefacts / "certificate-expired")
+    assert expired.returncode == 1, expired.stdout
+    assert "OMS v1.0 §8.2: the signing certificate" in expired.stderr and "is not valid now" in expired.stderr
 
 
 def test_loader_verify_takes_a_code_signing_leaf_only_where_the_leaf_restricts_its_use(signed: Signed) -> None:
