@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-trust", help="trust root used when a request names none")
     p.add_argument(
         "--public-key", action="append", default=[], metavar="NAME=FILE",
-        help="an EC P-256/P-384 PEM public key that policies may name (`key`); repeatable",
+        help="an EC P-256/P-384/P-521 PEM public key that policies may name (`key`); repeatable",
     )
     p.add_argument(
         "--certificate-authority", action="append", default=[], metavar="NAME=FILE",

@@ -42,8 +42,9 @@ MT_IDENTITY = ("stefanb@us.ibm.com", "https://sigstore.verify.ibm.com/oauth2")
 class Crafter:
     """Signs any statement as an OMS `key` bundle with one P-256 key the loader knows as 'k'."""
 
-    def __init__(self, folder: Path) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
+    def __init__(self, folder: Path, curve: ec.EllipticCurve | None = None) -> None:
+        self.key = ec.generate_private_key(curve or ec.SECP256R1())
+        self.hash = {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}[self.key.curve.key_size]
         public = self.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         (folder / "k.pub").write_bytes(public)
         self.roots = TrustRoots({"production": production_root_file()}, "production", SigningKeys({"k": folder / "k.pub"}))
@@ -53,7 +54,7 @@ class Crafter:
         payload = json.dumps(_sealed(statement)).encode()
         payload_type = "application/vnd.in-toto+json"
         pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
-        signature: dict[str, object] = {"sig": base64.b64encode(self.key.sign(pae, ec.ECDSA(hashes.SHA256()))).decode()}
+        signature: dict[str, object] = {"sig": base64.b64encode(self.key.sign(pae, ec.ECDSA(self.hash))).decode()}
         if keyid != "absent":
             signature["keyid"] = keyid
         bundle: dict[str, Any] = {
@@ -206,6 +207,13 @@ def test_a_bundle_breaking_a_must_is_refused_naming_the_rule(crafter: Crafter, t
     with pytest.raises(VerificationFailed, match="OMS v1.0 §") as refused:
         crafter.verify(crafter.bundle(_statement(), alter), _model(tmp_path))
     assert words in str(refused.value)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()], ids=lambda c: c.name)
+def test_every_key_type_of_the_registry_verifies(tmp_path: Path, curve: ec.EllipticCurve) -> None:
+    """Algorithm registry: P-256, P-384 and P-521 MUST be supported for the key method."""
+    crafter = Crafter(tmp_path, curve)
+    assert crafter.verify(crafter.bundle(_statement()), _model(tmp_path)).verified_files
 
 
 @pytest.mark.parametrize("keyid", ["absent", "", None])
