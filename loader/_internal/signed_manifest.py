@@ -31,7 +31,7 @@ from loader.errors import BadRequest, LimitExceeded, NotFound, VerificationFaile
 
 PREDICATES = (oms.PREDICATE_TYPE, oms.LEGACY_PREDICATE_TYPE)
 SINGLE_FILE = oms.SINGLE_FILE
-_ENGINES: dict[str, Callable[[], ms_hashing.StreamingHashEngine]] = {"sha256": memory.SHA256, "blake2": memory.BLAKE2, "blake2b": memory.BLAKE2, "blake3": memory.BLAKE3}
+_ENGINES: dict[str, Callable[[], ms_hashing.StreamingHashEngine]] = {"sha256": memory.SHA256, "blake2b": memory.BLAKE2, "blake3": memory.BLAKE3}
 _CHUNK = 1 << 20
 MAX_FILES = 100_000
 
