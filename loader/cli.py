@@ -162,7 +162,7 @@ def _signer_fields(args: argparse.Namespace, key: str = "", authority: str = "")
 def _verify(args: argparse.Namespace) -> int:
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import read_once
-    from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact
+    from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact, verify_directory
     from loader.bundles import describe_candidates, find_bundle, model_file_in
     from loader.errors import LoaderError
 
@@ -178,30 +178,39 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
     target: Path = args.file
-    model = model_file_in(target) if target.is_dir() else target
     bundle = args.bundle or find_bundle(target)
-    if model is None or bundle is None:
-        missing = f"a bundle ({describe_candidates(target)})" if model else "a model file (model.joblib, model.pickle, model.pkl)"
-        print(f"FAIL: {target}: found no {missing}", file=sys.stderr)
+    if bundle is None:
+        print(f"FAIL: {target}: found no bundle ({describe_candidates(target)}); give one with --bundle", file=sys.stderr)
         return 1
+    # Verification only: a signed directory verifies whatever its files are (OMS v1.0); a model
+    # file, when there is one, is checked as `load` will read it.
+    model = model_file_in(target) if target.is_dir() else target
     try:
-        verified = verify_artefact(
-            read_once(model, "artefact", 1 << 40),
-            read_once(bundle, "bundle", 1 << 20),
-            [signer],
-            roots,
-            directory=model.parent,
-            model_file=model.name,
-            ignore_paths=args.ignore_path,
-            max_bytes=1 << 40,
-        )
+        bundle_json = read_once(bundle, "bundle", 1 << 20)
+        if model is None:
+            verified = verify_directory(
+                bundle_json, [signer], roots, target, ignore_paths=args.ignore_path, max_bytes=1 << 40, signature=bundle
+            )
+        else:
+            verified = verify_artefact(
+                read_once(model, "artefact", 1 << 40),
+                bundle_json,
+                [signer],
+                roots,
+                directory=model.parent,
+                model_file=model.name,
+                ignore_paths=args.ignore_path,
+                max_bytes=1 << 40,
+                signature=bundle,
+            )
     except LoaderError as exc:
         print(f"FAIL: {target}: {exc}", file=sys.stderr)
         return 1
     covered = f"; {len(verified.verified_files)} files verified" if len(verified.verified_files) > 1 else ""
     where = f", log index {verified.log_index}" if verified.signing_method == "sigstore" else ""
+    digest = f" sha256:{verified.artefact_sha256}" if verified.artefact_sha256 else ""
     print(
-        f"OK: {target} sha256:{verified.artefact_sha256} signed by {verified.identity}"
+        f"OK: {target}{digest} signed by {verified.identity}"
         + (f" ({verified.issuer})" if verified.issuer else "")
         + f"{where}{covered}"
     )
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-trust", help="trust root used when a request names none")
     p.add_argument(
         "--public-key", action="append", default=[], metavar="NAME=FILE",
-        help="an EC P-256/P-384 PEM public key that policies may name (`key`); repeatable",
+        help="an EC P-256/P-384/P-521 PEM public key that policies may name (`key`); repeatable",
     )
     p.add_argument(
         "--certificate-authority", action="append", default=[], metavar="NAME=FILE",
