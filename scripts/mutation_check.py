@@ -113,6 +113,98 @@ MUTATIONS: tuple[Mutation, ...] = (
         honest=(_HONEST_LOAD,),
     ),
     Mutation(
+        "fcntl-commands",
+        "the seccomp filter on fcntl's command (F_SETOWN, F_SETSIG, O_ASYNC allowed again)",
+        (
+            Edit(
+                "loader/_internal/confine.py",
+                "    for command in _FCNTL_ALLOWED:\n        f.add_rule(seccomp.ALLOW, \"fcntl\", seccomp.Arg(1, seccomp.EQ, command))\n"
+                "    f.add_rule(seccomp.ALLOW, \"fcntl\", seccomp.Arg(1, seccomp.EQ, _F_SETFL), seccomp.Arg(2, seccomp.MASKED_EQ, _O_ASYNC, 0))\n",
+                "    f.add_rule(seccomp.ALLOW, \"fcntl\")  # mutation-check: any fcntl command\n",
+            ),
+        ),
+        hostile=(Selection("tests/integration/test_confinement.py", "kernel_signal_the_loader"),),
+        honest=(_HONEST_LOAD,),
+    ),
+    Mutation(
+        "child-descriptors",
+        "the child's descriptor cleanup (it keeps what the fork server inherited)",
+        (
+            Edit(
+                "loader/_internal/child.py",
+                "        hold_only(child_descriptors(channel.fileno(), status.fileno()))\n",
+                "        pass  # mutation-check: inherited descriptors kept\n",
+            ),
+        ),
+        hostile=(
+            Selection("tests/integration/test_confinement.py", "holds_exactly_its_descriptors or fork_server_or_the_resource_tracker"),
+        ),
+        honest=(_HONEST_LOAD,),
+    ),
+    Mutation(
+        "child-process-group",
+        "the child's own session and process group (it stays in the loader's)",
+        (Edit("loader/_internal/child.py", "        leave_loader_group()\n", "        pass  # mutation-check: loader's process group\n"),),
+        hostile=(Selection("tests/integration/test_confinement.py", "holds_exactly_its_descriptors"),),
+        honest=(_HONEST_LOAD,),
+    ),
+    Mutation(
+        "identity-regexp-engine",
+        "linear-time matching of identity_regexp (Python's backtracking re instead of RE2)",
+        (Edit("loader/_internal/policy.py", "        return re2.compile(pattern, options)\n", "        return __import__('re').compile(pattern)  # mutation-check: backtracking re\n"),),
+        hostile=(Selection("tests/unit/test_policy.py", "inconsistent_signer"),),
+        honest=(Selection("tests/unit/test_policy.py", "identity_regexp_is_a_sigstore_policy"),),
+    ),
+    Mutation(
+        "identity-regexp-length",
+        "the bound on identity_regexp's length",
+        (Edit("loader/_internal/policy.py", "    if len(pattern) > MAX_PATTERN:\n", "    if False:  # mutation-check: any length\n"),),
+        hostile=(Selection("tests/unit/test_policy.py", "inconsistent_signer"),),
+        honest=(Selection("tests/unit/test_policy.py", "identity_regexp_is_a_sigstore_policy"),),
+    ),
+    Mutation(
+        "certificate-eku",
+        "the certificate signer's codeSigning requirement (a TLS server leaf signs models again)",
+        (Edit("loader/_internal/verify.py", "            _require_code_signing(_leaf(signature))\n", "            pass  # mutation-check: any extended key usage\n"),),
+        hostile=(Selection("tests/integration/test_signing_methods.py", "code_signing_leaf_only"),),
+        honest=(Selection("tests/integration/test_signing_methods.py", "loader_verify_says_ok"),),
+    ),
+    Mutation(
+        "certificate-current",
+        "the requirement that the certificate signer's leaf be valid now",
+        (Edit("loader/_internal/verify.py", "            _require_current(_leaf(signature))\n", "            pass  # mutation-check: expired leaves accepted\n"),),
+        hostile=(Selection("tests/integration/test_signing_methods.py", "past_its_validity"),),
+        honest=(Selection("tests/integration/test_signing_methods.py", "loader_verify_says_ok"),),
+    ),
+    Mutation(
+        "oms-statement",
+        "the OMS v1.0 checks on the signed statement (subject, predicate, resources)",
+        (Edit("loader/_internal/verify.py", "        oms.check_statement(payload)\n", "        pass  # mutation-check: statement unchecked\n"),),
+        hostile=(Selection("tests/integration/test_oms_conformance.py", "statement_breaking_a_must"),),
+        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or valid_test_vectors"),),
+    ),
+    Mutation(
+        "oms-bundle",
+        "the OMS v1.0 checks on the bundle's shape",
+        (Edit("loader/_internal/verify.py", "    oms.check_bundle(bundle_json)\n", "    pass  # mutation-check: bundle shape unchecked\n"),),
+        hostile=(Selection("tests/integration/test_oms_conformance.py", "bundle_breaking_a_must"),),
+        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or valid_test_vectors"),),
+    ),
+    Mutation(
+        "oms-ignore-syntax",
+        "the OMS ignore-path syntax check (globs accepted)",
+        (Edit("loader/_internal/oms.py", "    if any(char in path for char in _GLOB):\n", "    if False:  # mutation-check: globs accepted\n"),),
+        hostile=(Selection("tests/integration/test_oms_conformance.py", "ignore_paths_of_a_request_follow_the_syntax"),),
+        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies"),),
+    ),
+    Mutation(
+        "oms-empty-model",
+        "the refusal of an empty model directory",
+        (Edit("loader/_internal/signed_manifest.py", "    if not files:\n", "    if False:  # mutation-check: empty models accepted\n"),),
+        hostile=(Selection("tests/integration/test_oms_conformance.py", "empty_model_is_rejected"),),
+        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies"),),
+    ),
+    Mutation(
         "profile",
         "the loader container's seccomp profile (runtime/seccomp-loader.json allows everything)",
         (Edit("runtime/seccomp-loader.json", "", '{"defaultAction": "SCMP_ACT_ALLOW"}\n'),),
