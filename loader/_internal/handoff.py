@@ -124,7 +124,7 @@ class Handoff:
                 conn.settimeout(timeout)
                 conn.connect(str(self.path))
                 conn.settimeout(max(deadline - time.monotonic(), 0.001))
-                conn.sendall(PROBE.encode() + b"\n")
+                _send(conn, PROBE.encode() + b"\n", 0)
                 answer = b""
                 while not answer.endswith(b"\n") and len(answer) < 16:
                     conn.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -182,7 +182,7 @@ class Handoff:
             self._stopping = True
             wake, self._wake = self._wake, None
             if wake is not None:
-                wake[1].send(b"x")
+                _send(wake[1], b"x")
             if self._thread is not None:
                 self._thread.join(10)
             if wake is not None:
@@ -271,14 +271,14 @@ class Handoff:
     def _answer(self, conn: socket.socket, text: str) -> bool:
         """Answer one request line; True if the connection was kept to wait for its model."""
         if text == PROBE:
-            conn.send(_OK, socket.MSG_NOSIGNAL)
+            _send(conn, _OK)
             return False
         if text.startswith(WAIT_PREFIX):
             return self._wait(conn, text[len(WAIT_PREFIX) :])
         with self._lock:
             found = self._offers.pop(text, None)
         if found is None or found[1] < time.monotonic():
-            conn.send(_UNKNOWN, socket.MSG_NOSIGNAL)
+            _send(conn, _UNKNOWN)
             return False
         self._deliver(conn, text, *found)
         return False
@@ -300,16 +300,22 @@ class Handoff:
             self._deliver(conn, handle, *found)
             return False
         if refused:
-            conn.send(b"cannot wait for this handle; claim the header's handle instead\n", socket.MSG_NOSIGNAL)
+            _send(conn, b"cannot wait for this handle; claim the header's handle instead\n")
             return False
         return True
+
+
+def _send(conn: socket.socket, data: bytes, flags: int = socket.MSG_DONTWAIT) -> None:
+    """Send a short message with sendmsg: the loader container's seccomp profile allows
+    sendmsg, not sendto (which `send` uses)."""
+    conn.sendmsg([data], [], flags | socket.MSG_NOSIGNAL)
 
 
 def _close_all(conns: list[socket.socket], message: bytes) -> None:
     for conn in conns:
         try:
             if message:
-                conn.send(message, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+                _send(conn, message)
         except OSError:
             pass
         finally:
