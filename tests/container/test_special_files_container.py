@@ -20,6 +20,7 @@ from tests.integration.test_special_files import (
     GUARD_SECONDS,
     KINDS,
     answer,
+    blocked_in_fifo_open,
     make_special,
     release_readers,
     request,
@@ -53,7 +54,10 @@ def test_a_special_file_as_artefact_or_bundle_is_refused_naming_it(
 ) -> None:
     artefact, seen = _placed(container, f"{place}-{kind.replace(' ', '-')}", place, kind, authority, digits_svm_bytes)
     error = answer(container.endpoint, request(artefact, authority))
+    pids = [int(row[0]) for row in container.container.top(ps_args="-eo pid")["Processes"] or []]
+    blocked = blocked_in_fifo_open(pids)
     release_readers(container.models)
+    assert not blocked, f"a loader thread is blocked opening {seen}"
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
     assert f"{place} {seen} is {KINDS[kind]}; only a regular file can be loaded" in (error.details() or "")

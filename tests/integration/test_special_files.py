@@ -69,6 +69,19 @@ def release_readers(root: Path) -> None:
                 pass  # nobody is reading it
 
 
+def blocked_in_fifo_open(pids: list[int]) -> bool:
+    """True if a thread of these processes waits in `open` for a FIFO's other end (the kernel's
+    wait channel says so: a fact, not a guess from time)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                if (task / "wchan").read_text() == "wait_for_partner":
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def request(artefact: str, authority: Authority) -> loader_pb2.VerifyAndLoadRequest:
     return loader_pb2.VerifyAndLoadRequest(
         artefact=artefact, signers=[loader_pb2.Signer(identity=SIGNER, issuer=authority.issuer)], model_name=artefact
@@ -108,7 +121,9 @@ def test_a_special_file_as_artefact_or_bundle_is_refused_naming_it(
 ) -> None:
     artefact, target = placed(served.models_root, f"{place}-{kind.replace(' ', '-')}", place, kind, authority, digits_svm_bytes)
     error = answer(served.endpoint, request(artefact, authority))
+    blocked = blocked_in_fifo_open([served.process.pid])
     release_readers(served.models_root)
+    assert not blocked, f"a loader thread is blocked opening {target}"
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
     assert f"{place} {target} is {KINDS[kind]}; only a regular file can be loaded" in (error.details() or "")
@@ -179,8 +194,10 @@ def test_a_fifo_swapped_into_a_signed_directory_is_refused_naming_it(tmp_path: P
 
     monkeypatch.setattr(signed_manifest, "_walk", walk_then_swap)
     outcome: list[BaseException | None] = []
+    tid: list[int] = []
 
     def check() -> None:
+        tid.append(threading.get_native_id())
         try:
             signed_manifest.check_directory(signed, directory, PurePosixPath("model.joblib"), b"model bytes", [], 1 << 20)
             outcome.append(None)
@@ -189,10 +206,14 @@ def test_a_fifo_swapped_into_a_signed_directory_is_refused_naming_it(tmp_path: P
 
     thread = threading.Thread(target=check, daemon=True)
     thread.start()
-    thread.join(GUARD_SECONDS)
+    thread.join(5)
+    blocked = False
     while thread.is_alive():
-        release_readers(directory)
+        if Path(f"/proc/self/task/{tid[0]}/wchan").read_text() == "wait_for_partner":
+            blocked = True  # blocked opening the FIFO: be its writer so that the thread ends
+            release_readers(directory)
         thread.join(1)
+    assert not blocked, f"hashing the directory blocked opening {member}"
     assert isinstance(outcome[0], BadRequest), outcome[0]
     assert f"model directory member {member} is a FIFO (named pipe)" in str(outcome[0])
 
