@@ -678,17 +678,29 @@ def test_a_waiting_client_that_left_does_not_take_the_model_it_waited_for(handof
 
 def test_the_side_channel_answers_the_loaders_probe_and_ends_a_line_that_never_comes(tmp_path: Path) -> None:
     """A connection that never finishes its line is ended once its whole request has taken the
-    deadline (however often it sends a byte)."""
+    deadline, however often it sends a byte (here five times within the deadline: a timeout per
+    read would never end it, and it would run into the line limit instead)."""
     side = Handoff(Path(os.path.realpath(tmp_path)) / "p.fd", request_seconds=0.5)
     side.start()
     try:
         assert side.probe(timeout=20)
+        ended = b""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
             slow.connect(str(side.path))
+            for _ in range(200):
+                try:
+                    slow.send(b"a")
+                except OSError:
+                    break  # ended: its message is waiting below
+                slow.settimeout(0.1)  # the attack's pace
+                try:
+                    ended = slow.recv(128)
+                    break
+                except TimeoutError:
+                    continue
             slow.settimeout(20)
-            slow.send(b"w")
-            ended = slow.recv(128)
-        assert b"took too long" in ended
+            ended = ended or slow.recv(128)
+        assert b"took too long" in ended, ended
     finally:
         side.stop()
     assert not side.probe(timeout=1)
