@@ -141,7 +141,10 @@ def _watch_side_channel(
     (its gRPC calls would still answer, and a liveness probe would never restart it)."""
     serving = True
     while True:
-        answered = handoff.probe(timeout=every)
+        try:
+            answered = handoff.probe(timeout=every)
+        except Exception:  # noqa: BLE001 - whatever broke the probe, the side channel did not answer
+            answered = False
         if answered != serving:
             serving = answered
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

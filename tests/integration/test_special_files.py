@@ -152,7 +152,7 @@ def test_honest_loads_keep_succeeding_while_fifo_requests_run(
         thread.start()
     started.wait()
     until_answered(refused, attackers)
-    loads, loaded, healthy = 12, 0, 0
+    loads, loaded, healthy = 30, 0, 0
     try:
         for _ in range(loads):
             error = answer(served.endpoint, request(honest, authority))
