@@ -39,6 +39,8 @@ _T = TypeVar("_T")
 WAIT_PREFIX = "wait "
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _HASH_CHUNK = 8 << 20
+# A claim of an offered handle is answered at once by a working loader.
+_CLAIM_SECONDS = 30.0
 
 
 # Reads the model from a file; must be safe on hostile bytes (see `verify_and_load`).
@@ -230,16 +232,18 @@ def _check_digest(actual: str, expected: tuple[str, str]) -> None:
         raise LoaderCallError("the model bytes received do not match the loader's header")
 
 
-async def receive_fd(path: Path, handle: str, timeout: float, wait: bool = False) -> int:
+async def receive_fd(path: Path, handle: str, timeout: float, wait: bool = False, deadline: float | None = None) -> int:
     """Claim the descriptor offered under `handle` on the side-channel socket `path` (on the
     running event loop: a local socket needs no thread). With `wait`, `handle` is the request's
-    `fd_claim` and the loader passes the model once it is ready."""
+    `fd_claim` and the loader passes the model once it is ready. Gives up after `timeout`, or
+    at `deadline` (the event loop's clock) if that comes first."""
     loop = asyncio.get_running_loop()
     line = (WAIT_PREFIX + handle if wait else handle).encode() + b"\n"
+    end = loop.time() + timeout if deadline is None else min(loop.time() + timeout, deadline)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.setblocking(False)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(end):
                 await loop.sock_connect(conn, str(path))
                 await loop.sock_sendall(conn, line)
                 while True:
@@ -283,8 +287,8 @@ def _only_fd(message: bytes, fds: list[int]) -> int:
     return fds[0]
 
 
-async def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> FetchedModel:
-    fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))  # closes it when dropped
+async def _claim(path: Path, header: loader_pb2.LoadedModel, deadline: float) -> FetchedModel:
+    fetched = FetchedModel(header, fd=await _claim_fd(path, header, deadline))  # closes it when dropped
     if header.size < _HASH_CHUNK:
         # A small model is hashed in less time than a handoff to a worker thread takes.
         _check_passed_fd(fetched.fileno, header)
@@ -301,19 +305,25 @@ class _Early:
         self.fetched, self.digest, self.consumed, self.error = fetched, digest, consumed, error
 
 
-async def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
-    fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))
+async def _claim_fd(path: Path, header: loader_pb2.LoadedModel, deadline: float) -> int:
+    """Claim the header's handle, by the call's own deadline: a call never waits longer on the
+    side channel than it was given in all (a wait that ran out leaves nothing for a claim)."""
+    return await receive_fd(path, header.fd_handle, _CLAIM_SECONDS, deadline=deadline)
+
+
+async def _claim_early(path: Path, header: loader_pb2.LoadedModel, deadline: float, consume: Consumer | None) -> _Early:
+    fetched = FetchedModel(header, fd=await _claim_fd(path, header, deadline))
     _check_sealed(fetched.fileno, header.size)
     return await _in_thread(_read_early, fetched, consume)
 
 
 async def _wait_for_model(
-    path: Path, claim: str, timeout: float, consume: Consumer | None, max_bytes: int
+    path: Path, claim: str, deadline: float, consume: Consumer | None, max_bytes: int
 ) -> _Early | None:
     """Wait on the side channel for the model of the running call and read it at once (before
     its header has arrived); None if the loader did not pass it there."""
     try:
-        fd = await receive_fd(path, claim, timeout, wait=True)
+        fd = await receive_fd(path, claim, deadline - asyncio.get_running_loop().time(), wait=True, deadline=deadline)
     except LoaderCallError:
         return None  # an older loader, or the offer came first: the header's handle is claimed
     # Provisional header: the size is checked against the loader's own when the header comes.
@@ -329,11 +339,11 @@ async def _wait_for_model(
 
 
 async def _pushed_or_claimed(
-    waiting: asyncio.Task[_Early | None], path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None
+    waiting: asyncio.Task[_Early | None], path: Path, header: loader_pb2.LoadedModel, deadline: float, consume: Consumer | None
 ) -> _Early:
     done = await waiting
     if done is None:
-        return await _claim_early(path, header, timeout, consume)
+        return await _claim_early(path, header, deadline, consume)
     _check_sealed(done.fetched.fileno, header.size)
     done.fetched.header = header
     return done
@@ -437,6 +447,8 @@ async def verify_and_load(
     The connection is kept for the next call on the same event loop unless `reuse_channel` is
     false (an endpoint used once).
     """
+    # Everything on the side channel ends by the call's own deadline, however it is split.
+    deadline = asyncio.get_running_loop().time() + timeout
     side_channel = fd_socket_for(endpoint)
     asked = loader_pb2.VerifyAndLoadRequest()
     asked.CopyFrom(request)
@@ -453,7 +465,7 @@ async def verify_and_load(
     channel = _channel(endpoint, reuse_channel)
     call = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(asked, timeout=timeout, wait_for_ready=False)
     if asked.fd_claim and side_channel is not None:
-        waiting = asyncio.create_task(_wait_for_model(side_channel, asked.fd_claim, timeout, consume, max_bytes))
+        waiting = asyncio.create_task(_wait_for_model(side_channel, asked.fd_claim, deadline, consume, max_bytes))
     try:
         received = 0
         async for message in call:
@@ -467,13 +479,13 @@ async def verify_and_load(
                     )
                 if header.fd_handle and waiting is not None and header.fd_handle == asked.fd_claim:
                     early = asyncio.create_task(
-                        _pushed_or_claimed(waiting, side_channel, header, min(timeout, 30.0), consume)  # type: ignore[arg-type]
+                        _pushed_or_claimed(waiting, side_channel, header, deadline, consume)  # type: ignore[arg-type]
                     )
                     waiting = None
                 elif header.fd_handle and not (header.model_blake3 or header.model_sha256):
                     if side_channel is None:
                         raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-                    early = asyncio.create_task(_claim_early(side_channel, header, min(timeout, 30.0), consume))
+                    early = asyncio.create_task(_claim_early(side_channel, header, deadline, consume))
             elif part == "digest" and early is not None and trailer is None:
                 trailer = message.digest
             elif part == "chunk" and header is not None and not header.fd_handle:
@@ -511,7 +523,7 @@ async def verify_and_load(
     if header.fd_handle:
         if side_channel is None:
             raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-        fetched = await _claim(side_channel, header, min(timeout, 30.0))
+        fetched = await _claim(side_channel, header, deadline)
     else:
         fetched = _joined(header, chunks) if small else await asyncio.to_thread(_joined, header, chunks)
     if consume is not None:

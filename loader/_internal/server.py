@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -27,6 +28,8 @@ CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client 
 # only add a round of thread handoffs on both sides.
 DIGEST_LAST_FROM_BYTES = 8 << 20
 MAX_SOCKET_PATH = 107
+# How often the side channel is probed; health says NOT_SERVING while it does not answer.
+PROBE_SECONDS = 5.0
 
 
 class LoaderServicer(loader_pb2_grpc.LoaderServicer):
@@ -131,8 +134,30 @@ def _set_digest(header: loader_pb2.LoadedModel, result: LoadResult, algorithm: s
     header.timings.append(loader_pb2.StageTiming(stage="result_hash", seconds=time.perf_counter() - started))
 
 
-def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
-    """A gRPC server bound to `socket_path` (a stale socket file is replaced)."""
+def _watch_side_channel(
+    handoff: Handoff, health_servicer: health.HealthServicer, names: tuple[str, ...], every: float
+) -> None:
+    """Probe the side channel for good: a loader whose handoffs cannot be served is not healthy
+    (its gRPC calls would still answer, and a liveness probe would never restart it)."""
+    serving = True
+    while True:
+        try:
+            answered = handoff.probe(timeout=every)
+        except Exception:  # noqa: BLE001 - whatever broke the probe, the side channel did not answer
+            answered = False
+        if answered != serving:
+            serving = answered
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in names:
+                health_servicer.set(name, status)
+            state = "answers again" if serving else f"does not answer within {every:g} s: NOT_SERVING"
+            print(f"loader: the side channel {handoff.path} {state}", file=sys.stderr, flush=True)
+        time.sleep(every)
+
+
+def build_server(service: LoaderService, socket_path: Path, probe_seconds: float = PROBE_SECONDS) -> grpc.Server:
+    """A gRPC server bound to `socket_path` (a stale socket file is replaced). Its health
+    follows the side channel's, probed every `probe_seconds`."""
     if len(str(socket_path)) > MAX_SOCKET_PATH:
         raise ValueError(f"socket path {socket_path} is longer than {MAX_SOCKET_PATH} bytes")
     if socket_path.is_socket():
@@ -155,6 +180,11 @@ def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
     service_name = loader_pb2.DESCRIPTOR.services_by_name["Loader"].full_name
     for name in ("", service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if handoff is not None:
+        threading.Thread(
+            target=_watch_side_channel, args=(handoff, health_servicer, ("", service_name), probe_seconds),
+            daemon=True, name="fd-probe",
+        ).start()
     reflection.enable_server_reflection(
         (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,6 +25,7 @@ from sigstore.verify import Verifier
 from sigstore.verify.policy import VerificationPolicy
 
 from loader._internal import oms
+from loader._internal.paths import kind_of, open_regular
 from loader._internal.policy import Method
 from loader.errors import BadRequest, LimitExceeded, NotFound, VerificationFailed
 
@@ -145,14 +145,8 @@ def _chunks_of(buffer: bytes | bytearray) -> Iterator[memoryview]:
 
 def _hash_file(path: Path, name: str, budget: int, params: dict[str, Any]) -> tuple[int, list[ms_manifest.ManifestItem]]:
     """Stream one regular file (never following a link) through the manifest's hash engine."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BadRequest(f"cannot open {path}: {exc.strerror}") from None
+    fd, info = open_regular(path, "model directory member")
     with open(fd, "rb", buffering=0) as raw:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise VerificationFailed(f"{path} is not a regular file")
         if info.st_size > budget:
             raise LimitExceeded(f"the model directory is larger than the artefact size limit (at {path})")
         chunks = iter(lambda: raw.read(_CHUNK), b"")
@@ -187,7 +181,8 @@ def _walk(directory: Path, ignore: list[PurePosixPath]) -> list[PurePosixPath]:
             elif entry.is_file(follow_symlinks=False):
                 found.append(relative)
             else:
-                raise VerificationFailed(f"{relative} in the model directory {directory} is not a regular file")
+                kind = kind_of(entry.stat(follow_symlinks=False).st_mode)
+                raise VerificationFailed(f"{relative} in the model directory {directory} is {kind}, not a regular file")
             if len(found) > MAX_FILES:
                 raise LimitExceeded(f"the model directory {directory} holds more than {MAX_FILES} files")
     return sorted(found)
