@@ -205,6 +205,80 @@ MUTATIONS: tuple[Mutation, ...] = (
         honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies"),),
     ),
     Mutation(
+        "side-channel-request-deadline",
+        "the side channel's whole-request deadline (a connection may take for ever to send its line)",
+        (Edit("loader/_internal/handoff.py", 'pending[conn] = _Pending(b"", time.monotonic() + self.request_seconds)', 'pending[conn] = _Pending(b"", time.monotonic() + 3600)'),),
+        hostile=(Selection("tests/integration/test_handoff.py", "never_comes"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "side-channel-connection-cap",
+        "the side channel's cap on connections still sending (idle ones can starve the rest)",
+        (
+            Edit(
+                "loader/_internal/handoff.py",
+                'self._end(next(iter(pending)), selector, pending, b"too many connections; send the line at once\\n")',
+                "conn.close(); continue  # mutation-check: the newest connection is dropped instead",
+            ),
+        ),
+        hostile=(Selection("tests/integration/test_handoff.py", "slow_clients"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "side-channel-offer-kept",
+        "keeping an offer whose waiting client had gone (a stale wait uses it up)",
+        (Edit("loader/_internal/handoff.py", "self._offers.setdefault(handle, (sealed, expires))", "pass  # mutation-check: the offer is lost"),),
+        hostile=(Selection("tests/integration/test_handoff.py", "gave_up or left_does_not_take"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "client-deadline",
+        "the client's one deadline for the whole call (the claim gets time of its own)",
+        (
+            Edit(
+                "loader/client.py",
+                "return await receive_fd(path, header.fd_handle, _CLAIM_SECONDS, deadline=deadline)",
+                "return await receive_fd(path, header.fd_handle, _CLAIM_SECONDS)  # mutation-check",
+            ),
+        ),
+        hostile=(Selection("tests/integration/test_handoff.py", "own_timeout"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "health-probe",
+        "the health check's probe of the side channel",
+        (Edit("loader/_internal/server.py", "answered = handoff.probe(timeout=every)", "answered = True  # mutation-check"),),
+        hostile=(Selection("tests/integration/test_handoff.py", "health_says_not_serving"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "special-files-nonblocking",
+        "opening models-root files without blocking (a FIFO blocks the request thread)",
+        (Edit("loader/_internal/paths.py", "os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW", "os.O_RDONLY | os.O_NOFOLLOW"),),
+        hostile=(Selection("tests/unit/test_paths.py", "special and fifo"),),
+        honest=(Selection("tests/unit/test_paths.py", "regular_file_is_read or size_cap"),),
+    ),
+    Mutation(
+        "special-files-type",
+        "the regular-file check on the open descriptor",
+        (Edit("loader/_internal/paths.py", "        if not stat.S_ISREG(info.st_mode):\n", "        if False:  # mutation-check: any file type\n"),),
+        hostile=(Selection("tests/unit/test_paths.py", "special and character"),),
+        honest=(Selection("tests/unit/test_paths.py", "regular_file_is_read or size_cap"),),
+    ),
+    Mutation(
+        "manifest-member-open",
+        "opening a signed directory's members through the checked open",
+        (
+            Edit(
+                "loader/_internal/signed_manifest.py",
+                'fd, info = open_regular(path, "model directory member")',
+                "fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC); info = os.fstat(fd)  # mutation-check",
+            ),
+        ),
+        hostile=(Selection("tests/integration/test_special_files.py", "swapped"),),
+        honest=(Selection("tests/integration/test_special_files.py", "already_in_a_signed_directory"),),
+    ),
+    Mutation(
         "profile",
         "the loader container's seccomp profile (runtime/seccomp-loader.json allows everything)",
         (Edit("runtime/seccomp-loader.json", "", '{"defaultAction": "SCMP_ACT_ALLOW"}\n'),),
