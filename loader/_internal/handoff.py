@@ -36,6 +36,10 @@ _MAX_HANDLE_LINE = 128
 _HANDLE = re.compile(r"[0-9a-f]{48}")
 # Connections waiting for a model not yet offered; more are refused (each is one open socket).
 _MAX_WAITING = 256
+# Failed claims remembered for a wait that arrives after its call failed (a few bytes each).
+_MAX_WITHDRAWN = 4096
+# How often waits are checked for a client that left or a time that ran out.
+_TIDY_SECONDS = 1.0
 # Connections still sending their line; a new one beyond this ends the oldest of them.
 MAX_PENDING = 64
 # A client sends its line at once; the whole line must have come within this.
@@ -75,6 +79,9 @@ class Handoff:
         self.max_pending = max_pending
         self._offers: dict[str, tuple[SealedFile, float]] = {}
         self._waiting: dict[str, tuple[socket.socket, float]] = {}
+        # Claims whose call already failed, with the reason: a `wait` that arrives after the
+        # failure (the call can fail before the client's wait is read) is answered at once.
+        self._withdrawn: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -113,8 +120,12 @@ class Handoff:
         """The call for `claim` failed: end a connection waiting for it, with `reason`."""
         with self._lock:
             waiter = self._waiting.pop(claim, (None, 0.0))[0]
+            if waiter is None and well_formed(claim):
+                if len(self._withdrawn) >= _MAX_WITHDRAWN:
+                    self._withdrawn.pop(next(iter(self._withdrawn)))
+                self._withdrawn[claim] = (reason, time.monotonic() + self.ttl_seconds)
         if waiter is not None:
-            _close_all([waiter], f"no model: {reason}\n".encode(errors="replace")[:512])
+            _close_all([waiter], _no_model(reason))
 
     def probe(self, timeout: float) -> bool:
         """True if the side channel accepts a connection and answers it within `timeout`."""
@@ -139,6 +150,8 @@ class Handoff:
     def _sweep(self, now: float) -> list[socket.socket]:
         for key in [k for k, (_, deadline) in self._offers.items() if deadline < now]:
             del self._offers[key]
+        for key in [k for k, (_, deadline) in self._withdrawn.items() if deadline < now]:
+            del self._withdrawn[key]
         gone = [k for k, (_, deadline) in self._waiting.items() if deadline < now]
         return [self._waiting.pop(k)[0] for k in gone]
 
@@ -149,6 +162,17 @@ class Handoff:
         for fd in conns:
             poller.register(fd, select.POLLIN)
         return [self._waiting.pop(conns[fd])[0] for fd, _ in poller.poll(0)]
+
+    def _tidy(self, now: float) -> None:
+        """End waits whose client has gone or whose time is up, without waiting for the next
+        offer: otherwise their sockets stay open while no load comes."""
+        with self._lock:
+            if not self._waiting and not self._withdrawn:
+                return
+            expired = self._sweep(now)
+            gone = self._gone()
+        _close_all(expired, b"expired before the model was ready; call VerifyAndLoad again\n")
+        _close_all(gone, b"")
 
     def _deliver(self, conn: socket.socket, handle: str, sealed: SealedFile, expires: float) -> None:
         """Pass `sealed` to `conn`; if its client is gone, keep the offer for a claim."""
@@ -205,6 +229,8 @@ class Handoff:
                 timeout = None
                 if pending:
                     timeout = max(min(p.deadline for p in pending.values()) - time.monotonic(), 0.0)
+                if self._waiting or self._withdrawn:
+                    timeout = min(timeout if timeout is not None else _TIDY_SECONDS, _TIDY_SECONDS)
                 for key, _ in selector.select(timeout):
                     if key.fileobj is listener:
                         self._accept(listener, selector, pending)
@@ -213,6 +239,7 @@ class Handoff:
                 now = time.monotonic()
                 for conn in [c for c, p in pending.items() if p.deadline <= now]:
                     self._end(conn, selector, pending, _TOO_SLOW)
+                self._tidy(now)
         finally:
             for conn in list(pending):
                 self._end(conn, selector, pending, b"the loader is stopping\n")
@@ -290,12 +317,16 @@ class Handoff:
             if len(self._waiting) >= _MAX_WAITING:
                 expired += self._gone()
             found = self._offers.pop(handle, None)
-            refused = found is None and (
+            failed = self._withdrawn.pop(handle, None)
+            refused = failed is None and found is None and (
                 not well_formed(handle) or handle in self._waiting or len(self._waiting) >= _MAX_WAITING
             )
-            if found is None and not refused:
+            if found is None and failed is None and not refused:
                 self._waiting[handle] = (conn, now + self.ttl_seconds)
         _close_all(expired, b"expired before the model was ready; call VerifyAndLoad again\n")
+        if failed is not None:
+            _send(conn, _no_model(failed[0]))
+            return False
         if found is not None:
             self._deliver(conn, handle, *found)
             return False
@@ -303,6 +334,10 @@ class Handoff:
             _send(conn, b"cannot wait for this handle; claim the header's handle instead\n")
             return False
         return True
+
+
+def _no_model(reason: str) -> bytes:
+    return f"no model: {reason}\n".encode(errors="replace")[:512]
 
 
 def _send(conn: socket.socket, data: bytes, flags: int = socket.MSG_DONTWAIT) -> None:

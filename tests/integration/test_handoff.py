@@ -201,6 +201,39 @@ def test_a_failed_call_ends_the_wait_with_its_reason(handoff: Handoff) -> None:
         asyncio.run(scenario())
 
 
+def _until(condition: Callable[[], bool], what: str, within: float = 60.0) -> None:
+    """Wait for a state the side channel reaches on its own; `within` only ends a run that
+    would otherwise hang (the verdict is the state, never the time taken)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.concurrency
+def test_a_wait_that_arrives_after_its_call_failed_gets_the_reason(handoff: Handoff) -> None:
+    """The call can fail before the client's wait is read (a refusal takes milliseconds): the
+    late wait is answered with the reason at once, not left open until its time runs out."""
+    claim = secrets.token_hex(24)
+    handoff.withdraw(claim, "signature check failed")
+    with pytest.raises(LoaderCallError, match="no model: signature check failed"):
+        asyncio.run(receive_fd(handoff.path, claim, 30, wait=True))
+    assert not handoff._waiting
+
+
+@pytest.mark.concurrency
+@pytest.mark.parametrize("handoff", [600.0], indirect=True)
+def test_a_waiting_client_that_left_is_let_go_without_any_offer(handoff: Handoff) -> None:
+    """A client that gave up closes its connection; the loader closes its end too, although no
+    offer or other wait comes to sweep it (the soak saw such sockets pile up)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(handoff.path))
+    conn.sendall(f"wait {secrets.token_hex(24)}\n".encode())
+    _until(lambda: len(handoff._waiting) == 1, "the wait is parked")
+    conn.close()
+    _until(lambda: not handoff._waiting, "the loader let go of the client that left")
+
+
 @contextmanager
 def _loader_double(tmp_path: Path, servicer: Callable[[Handoff], _Servicer]) -> Iterator[tuple[str, _Servicer]]:
     """A loader that answers as `servicer` does, with a real side channel and a real gRPC server
@@ -448,7 +481,7 @@ def test_closed_waiting_clients_do_not_keep_the_fast_path_full(handoff: Handoff)
         conn.connect(str(handoff.path))
         conn.sendall(f"wait {secrets.token_hex(24)}\n".encode())
         idle.append(conn)
-    time.sleep(0.5)  # all parked
+    _until(lambda: len(handoff._waiting) == _MAX_WAITING, "every wait is parked")
     claim = secrets.token_hex(24)
 
     async def waits() -> int:
