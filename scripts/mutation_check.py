@@ -152,14 +152,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "identity-regexp-engine",
         "linear-time matching of identity_regexp (Python's backtracking re instead of RE2)",
         (Edit("loader/_internal/policy.py", "        return re2.compile(pattern, options)\n", "        return __import__('re').compile(pattern)  # mutation-check: backtracking re\n"),),
-        hostile=(Selection("tests/unit/test_policy.py", "inconsistent_signer"),),
+        hostile=(
+            Selection("tests/unit/test_policy.py::test_an_inconsistent_signer_is_refused_naming_the_field[signer2-signers.0.identity_regexp]"),
+            Selection("tests/unit/test_policy.py::test_an_inconsistent_signer_is_refused_naming_the_field[signer3-signers.0.identity_regexp]"),
+        ),
         honest=(Selection("tests/unit/test_policy.py", "identity_regexp_is_a_sigstore_policy"),),
     ),
     Mutation(
         "identity-regexp-length",
         "the bound on identity_regexp's length",
         (Edit("loader/_internal/policy.py", "    if len(pattern) > MAX_PATTERN:\n", "    if False:  # mutation-check: any length\n"),),
-        hostile=(Selection("tests/unit/test_policy.py", "inconsistent_signer"),),
+        hostile=(Selection("tests/unit/test_policy.py::test_an_inconsistent_signer_is_refused_naming_the_field[signer4-signers.0.identity_regexp]"),),
         honest=(Selection("tests/unit/test_policy.py", "identity_regexp_is_a_sigstore_policy"),),
     ),
     Mutation(
@@ -181,20 +184,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the OMS v1.0 checks on the signed statement (subject, predicate, resources)",
         (Edit("loader/_internal/verify.py", "        oms.check_statement(payload)\n", "        pass  # mutation-check: statement unchecked\n"),),
         hostile=(Selection("tests/integration/test_oms_conformance.py", "statement_breaking_a_must"),),
-        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or valid_test_vectors"),),
+        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or test_the_valid_test_vectors"),),
     ),
     Mutation(
         "oms-bundle",
         "the OMS v1.0 checks on the bundle's shape",
         (Edit("loader/_internal/verify.py", "    oms.check_bundle(bundle_json)\n", "    pass  # mutation-check: bundle shape unchecked\n"),),
         hostile=(Selection("tests/integration/test_oms_conformance.py", "bundle_breaking_a_must"),),
-        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or valid_test_vectors"),),
+        honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or test_the_valid_test_vectors"),),
     ),
     Mutation(
         "oms-ignore-syntax",
         "the OMS ignore-path syntax check (globs accepted)",
         (Edit("loader/_internal/oms.py", "    if any(char in path for char in _GLOB):\n", "    if False:  # mutation-check: globs accepted\n"),),
-        hostile=(Selection("tests/integration/test_oms_conformance.py", "ignore_paths_of_a_request_follow_the_syntax"),),
+        hostile=(
+            Selection("tests/integration/test_oms_conformance.py::test_ignore_paths_of_a_request_follow_the_syntax[*.txt]"),
+            Selection("tests/integration/test_oms_conformance.py::test_ignore_paths_of_a_request_follow_the_syntax[sub/[ab].txt]"),
+        ),
         honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies"),),
     ),
     Mutation(
@@ -277,6 +283,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         hostile=(Selection("tests/integration/test_special_files.py", "swapped"),),
         honest=(Selection("tests/integration/test_special_files.py", "already_in_a_signed_directory"),),
+    ),
+    Mutation(
+        "side-channel-tidy",
+        "closing waits whose client left before the next offer or wait comes",
+        (Edit("loader/_internal/handoff.py", "                self._tidy(now)\n", "                pass  # mutation-check: no tidying\n"),),
+        hostile=(Selection("tests/integration/test_handoff.py", "left_is_let_go"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
+    ),
+    Mutation(
+        "side-channel-late-wait",
+        "answering a wait whose call already failed (it stays open until its time runs out)",
+        (Edit("loader/_internal/handoff.py", "            failed = self._withdrawn.pop(handle, None)\n", "            failed = None  # mutation-check\n"),),
+        hostile=(Selection("tests/integration/test_handoff.py", "after_its_call_failed"),),
+        honest=(Selection("tests/integration/test_handoff.py", "receives_a_sealed_memfd"),),
     ),
     Mutation(
         "profile",
