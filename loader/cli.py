@@ -8,10 +8,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from loader.proto.v1 import loader_pb2
+
+if TYPE_CHECKING:
+    from loader._internal.inference import Workers
 
 SHIPPED_PRODUCTION_ROOT = Path("/opt/trust/production/trusted_root.json")
 # What the fork server (and so every confined child, via /proc/self/environ) may see.
@@ -67,12 +71,18 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         pool_size=args.child_pool,
     )
+    try:
+        workers = _workers(args)
+    except ValueError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
     sandbox.warm_up()  # fork server, its imports and the child pool before any gRPC thread
     service = LoaderService(
         ModelsRoot(args.models_root),
         roots,
         sandbox,
         ServiceLimits(max_concurrent_loads=args.max_concurrent_loads, cache_bytes=args.cache_mb << 20),
+        workers,
     )
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -95,7 +105,40 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()
+    if workers is not None:
+        workers.close()
     return 0
+
+
+def _workers(args: argparse.Namespace) -> Workers | None:
+    """The sandboxed workers' settings; `--user-code` must be a folder outside the models root."""
+    from loader._internal.inference import WorkerLimits, Workers
+
+    user_code = ""
+    if args.user_code:
+        folder = args.user_code.resolve()
+        models = args.models_root.resolve()
+        if not folder.is_dir():
+            raise ValueError(f"--user-code {args.user_code}: not a folder")
+        if folder == models or models in folder.parents or folder in models.parents:
+            raise ValueError(
+                f"--user-code {folder} overlaps the models root {models}: user code is never read from "
+                "where models come from; install it in a folder of its own"
+            )
+        user_code = str(folder)
+    if args.max_served_models <= 0:
+        return None
+    return Workers(
+        WorkerLimits(
+            memory_bytes=args.worker_memory_mb << 20,
+            cpu_seconds=args.worker_cpu_seconds,
+            deadline_seconds=args.predict_deadline_seconds,
+            max_input_bytes=args.max_predict_mb << 20,
+            max_output_bytes=args.max_predict_mb << 20,
+            max_workers=args.max_served_models,
+        ),
+        user_code=user_code,
+    )
 
 
 def _named_files(specs: list[str]) -> dict[str, Path]:
@@ -270,6 +313,11 @@ def _health(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print(f"  trust roots: {list(about.trust_roots)} (default {about.default_trust_root!r})")
         print(f"  child pool: {about.child_pool}; models handed over on {about.fd_socket or '(streamed only)'}")
+        if about.max_served_models:
+            code = f"; user code from {about.user_code} (read-only)" if about.user_code else ""
+            print(f"  served in the sandbox: {about.served_models} of at most {about.max_served_models} models{code}")
+        else:
+            print("  served in the sandbox: off (--max-served-models=0)")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
@@ -306,6 +354,22 @@ def main(argv: list[str] | None = None) -> int:
         help="confined children kept forked and waiting (each serves one artefact; 0: fork per load)",
     )
     p.add_argument("--cache-mb", type=int, default=1024)
+    p.add_argument(
+        "--max-served-models", type=int, default=16,
+        help="models served in the sandbox at once, one confined worker each (0: hand models back only)",
+    )
+    p.add_argument("--worker-memory-mb", type=int, default=2048, help="address space of each worker over its image")
+    p.add_argument(
+        "--worker-cpu-seconds", type=int, default=86400,
+        help="CPU time a worker may use over its whole life (RLIMIT_CPU); a request is held to the deadline",
+    )
+    p.add_argument("--predict-deadline-seconds", type=float, default=30.0, help="per request; the worker is ended past it")
+    p.add_argument("--max-predict-mb", type=int, default=64, help="largest request and answer of a served model")
+    p.add_argument(
+        "--user-code", type=Path,
+        help="a read-only folder of Python packages (the user's estimator classes and functions) that the "
+        "workers may import; never inside the models root",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on 127.0.0.1 (0: off)")
     p.set_defaults(func=_serve)
 

@@ -1,0 +1,553 @@
+"""Serving a verified model inside the sandbox: one confined, long-lived worker per served model.
+
+A worker is forked from the same fork server as the unpickling children and confined the same
+way (rlimits, Landlock read-only, the default-deny seccomp filter of `confine.py`) before it is
+given anything. It then receives the verified artefact's sealed memfd, unpickles it once and
+answers predict requests over its socket until the loader ends it. Only plain arrays cross:
+the loader sends the request's arrays as raw buffers described by a JSON header, and relays the
+worker's answer (a JSON header and one raw buffer, size-capped here) to the caller, which parses
+it as untrusted data. Nothing the worker sends is unpickled by anyone.
+
+Wire format on the worker's socket, both ways: 4-byte little-endian header length, 8-byte
+little-endian body length, the JSON header, the body (buffers one after another).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+
+from loader._internal.child import PassedFd
+from loader._internal.confine import ChildLimits
+from loader.errors import LimitExceeded, LoaderError, NotFound, UnpicklingFailed
+
+METHODS = ("predict", "predict_proba", "transform")
+_FRAME = struct.Struct("<IQ")
+_MAX_HEADER = 1 << 16
+_TAIL_BYTES = 4096  # what is kept of a worker's own output, for error messages
+_START_SECONDS = 60.0
+_UNPICKLE_SECONDS = 120.0
+
+
+class WorkerFailed(LoaderError):
+    """The worker crashed, hit a limit or sent something malformed; the request fails."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class PredictDeadline(LoaderError):
+    """A request ran past its deadline; the worker was ended."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ModelRaised(LoaderError):
+    """The model's own code raised on this input (the worker keeps serving)."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+@dataclass(frozen=True)
+class WorkerLimits(ChildLimits):
+    """A served model's limits: the child's rlimits (its address space is the model's memory
+    limit), plus a deadline per request and a cap on each answer, enforced by the loader."""
+
+    deadline_seconds: float = 30.0
+    max_input_bytes: int = 64 << 20
+    max_output_bytes: int = 64 << 20
+    max_workers: int = 64
+
+
+# The dtypes that cross, either way: bool, little-endian integers and floats, fixed-width
+# strings of at most _MAX_CHARS characters.
+_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
+_MAX_CHARS = 4096
+_MAX_DIMS = 4
+
+
+def itemsize(dtype: str) -> int | None:
+    """Bytes per element of a dtype string from the fixed list; None for anything else."""
+    if dtype in _NUMERIC:
+        return int(dtype[2:]) if dtype[1] != "b" else 1
+    for prefix, width in (("<U", 4), ("|S", 1)):
+        digits = dtype[2:]
+        if dtype.startswith(prefix) and digits.isdigit() and 0 < int(digits) <= _MAX_CHARS and digits[0] != "0":
+            return int(digits) * width
+    return None
+
+
+def _checked_shape(shape: object) -> tuple[int, ...] | None:
+    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= _MAX_DIMS:
+        return None
+    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        return None
+    return tuple(shape)
+
+
+def predict_request(
+    method: str, arrays: list[tuple[str, str, tuple[int, ...], bytes, bool]], frame: bool
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The worker's request for `method` on `arrays` (name, dtype, shape, data, object); raises
+    BadRequest naming what is malformed."""
+    if method not in METHODS:
+        raise BadRequest(f"method {method!r}: expected one of {list(METHODS)}")
+    if not arrays or (not frame and len(arrays) != 1):
+        raise BadRequest("send one array, or the columns of a DataFrame with `frame`")
+    inputs = []
+    for name, dtype, shape, data, is_object in arrays:
+        size, checked = itemsize(dtype), _checked_shape(list(shape))
+        if size is None or checked is None:
+            raise BadRequest(f"input {name!r}: dtype {dtype!r} or shape {list(shape)} is not accepted")
+        count = 1
+        for n in checked:
+            count *= n
+        if count * size != len(data):
+            raise BadRequest(f"input {name!r}: {len(data)} bytes do not hold a {dtype} array of shape {list(shape)}")
+        inputs.append({"name": name, "dtype": dtype, "shape": list(checked), "object": bool(is_object)})
+    return {"method": method, "frame": frame, "inputs": inputs}, [data for *_, data, _ in arrays]
+
+
+def answer_array(answer: dict[str, Any]) -> tuple[str, list[int]]:
+    """The dtype and shape the worker says its answer has, if they are well formed (the caller
+    checks them against the bytes and the request again: this only refuses garbage early)."""
+    dtype, shape = answer.get("dtype"), _checked_shape(answer.get("shape"))
+    if not isinstance(dtype, str) or itemsize(dtype) is None or shape is None:
+        raise WorkerFailed(f"the model answered with an array the loader does not pass on ({str(dtype)[:40]})")
+    return dtype, list(shape)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One message: a JSON-able header and raw buffers (the arrays' bytes)."""
+
+    header: dict[str, Any]
+    buffers: tuple[bytes | memoryview, ...] = ()
+
+
+# --- framing (both sides) ------------------------------------------------------------------------
+
+
+def _frame(payload: Payload) -> bytes:
+    header = json.dumps(payload.header, separators=(",", ":")).encode()
+    return _FRAME.pack(len(header), sum(memoryview(b).nbytes for b in payload.buffers)) + header
+
+
+def _send(fd: int, payload: Payload) -> None:
+    _write_all(fd, _frame(payload))
+    for buffer in payload.buffers:
+        _write_all(fd, buffer)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, n: int) -> bytearray | None:
+    data = bytearray(n)
+    view = memoryview(data)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return data
+
+
+# --- the worker (runs in the confined process) ---------------------------------------------------
+
+
+def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_code: str) -> None:
+    """Worker entry point: confine, report ready, take the artefact, unpickle it once, serve."""
+    from loader._internal.confine import apply_limits, install_syscall_filter, readable_paths, restrict_filesystem
+
+    try:
+        channel = socket.socket(fileno=control.fd)  # probes the socket now, before the filter
+        fd = channel.fileno()
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        os.chdir("/")
+        sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
+        if user_code:
+            sys.path.append(user_code)
+        os.environ.clear()
+        apply_limits(limits)
+        restrict_filesystem([*readable_paths(), user_code] if user_code else None)
+        install_syscall_filter()
+    except Exception as exc:  # noqa: BLE001 - never run unconfined
+        _send(control.fd, Payload({"ok": False, "error": f"could not confine the worker: {exc}"}))
+        os._exit(3)
+    _send(fd, Payload({"ok": True, "ready": True}))
+    _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+    if len(fds) != 1:
+        os._exit(0)
+    try:
+        model = _unpickle(fds[0])
+    except MemoryError:
+        _send(fd, Payload({"ok": False, "limit": "memory"}))
+        os._exit(4)
+    except BaseException as exc:  # noqa: BLE001 - hostile payloads raise anything
+        _send(fd, Payload({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}))
+        os._exit(5)
+    _send(fd, Payload({"ok": True, "methods": [m for m in METHODS if _has(model, m)]}))
+    while True:
+        request = _receive(fd)
+        if request is None:
+            os._exit(0)
+        _send(fd, _answer(model, *request))
+
+
+def _unpickle(fd: int) -> Any:
+    from loader._internal import unpickle
+
+    return unpickle.load_artefact(fd)
+
+
+def _has(model: Any, method: str) -> bool:
+    try:
+        return callable(getattr(model, method, None))
+    except Exception:  # noqa: BLE001 - a property may raise (scikit-learn's available_if)
+        return False
+
+
+def _receive(fd: int) -> tuple[dict[str, Any], bytearray] | None:
+    head = _read_exact(fd, _FRAME.size)
+    if head is None:
+        return None
+    header_len, body_len = _FRAME.unpack(head)
+    header = _read_exact(fd, header_len)
+    body = _read_exact(fd, body_len)
+    if header is None or body is None:
+        return None
+    return json.loads(header), body
+
+
+def _answer(model: Any, header: dict[str, Any], body: bytearray) -> Payload:
+    try:
+        method = header["method"]
+        if method not in METHODS or not _has(model, method):
+            return Payload({"ok": False, "error": f"the model has no method {method!r}"})
+        result = getattr(model, method)(_decode(header, body))
+        return _plain(result)
+    except MemoryError:
+        return Payload({"ok": False, "limit": "memory"})
+    except BaseException as exc:  # noqa: BLE001 - the model's code raises anything
+        return Payload({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+
+
+def _decode(header: dict[str, Any], body: bytearray) -> Any:
+    """The request's arrays (views of `body`) as the model gets them: an ndarray or a DataFrame."""
+    import numpy as np
+
+    arrays = []
+    offset = 0
+    for spec in header["inputs"]:
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+        if spec.get("object"):
+            array = array.astype(object)  # Python str/bytes, as the caller's codec decoded them
+        arrays.append((spec.get("name", ""), array))
+    if not header.get("frame"):
+        return arrays[0][1]
+    import pandas as pd
+
+    return pd.DataFrame({name: array for name, array in arrays})
+
+
+def _plain(result: Any) -> Payload:
+    """The model's answer as one plain array (strings as fixed-width), or a refusal."""
+    import numpy as np
+
+    if hasattr(result, "to_numpy"):  # a DataFrame or Series (set_output(transform="pandas"))
+        result = result.to_numpy()
+    if hasattr(result, "toarray"):  # a SciPy sparse matrix
+        result = result.toarray()
+    array = np.asarray(result)
+    if array.dtype == object:
+        if all(isinstance(v, str) for v in array.flat):
+            array = array.astype(str)
+        elif all(isinstance(v, bytes) for v in array.flat):
+            array = array.astype(bytes)
+        else:
+            return Payload({"ok": False, "error": "the model returned an object array that is not all strings"})
+    array = np.ascontiguousarray(array)
+    if not array.dtype.isnative and array.dtype.byteorder != "|":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return Payload({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape)}, (memoryview(array).cast("B"),))
+
+
+# --- the loader's side ---------------------------------------------------------------------------
+
+
+class _Tail:
+    """Drains a worker's stdout/stderr on a thread, keeping only the last few KiB."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._kept = b""
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="worker-output")
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._conn.fileno(), 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._kept = (self._kept + chunk)[-_TAIL_BYTES:]
+
+    def text(self) -> str:
+        self._thread.join(0.2)
+        return self._kept.decode(errors="replace")
+
+    def close(self) -> None:
+        self._thread.join(1)
+        self._conn.close()
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model served by a worker: its handle and what it can do."""
+
+    handle: str
+    methods: tuple[str, ...]
+    limits: WorkerLimits
+    timings: dict[str, float]
+
+
+class _Worker:
+    """One confined worker process and the socket to it; one request at a time."""
+
+    def __init__(self, proc: Any, sock: socket.socket, tail: _Tail, name: str) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.tail = tail
+        self.name = name
+        self.lock = threading.Lock()
+        self.ended = ""  # why it ended, once it has
+
+    def end(self, why: str) -> None:
+        if not self.ended:
+            self.ended = why
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.sock.close()
+        self.tail.close()
+
+    def cause(self) -> str:
+        """Why the process ended, from its exit status and what it printed last."""
+        self.proc.join(5)
+        code = self.proc.exitcode
+        tail = self.tail.text()[-500:]
+        detail = f"; it printed: {tail!r}" if tail else ""
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name
+            what = {"SIGXCPU": "the CPU-time limit", "SIGSYS": "a forbidden system call"}.get(sig)
+            return f"was killed by {sig}" + (f" ({what})" if what else "") + detail
+        return f"exited ({code})" + detail
+
+
+class Workers:
+    """The loader's served models: start a worker on verified bytes, predict, end it."""
+
+    def __init__(self, limits: WorkerLimits | None = None, user_code: str = "") -> None:
+        self.limits = limits or WorkerLimits()
+        self.user_code = user_code
+        self._child_limits = ChildLimits(
+            memory_bytes=self.limits.memory_bytes,
+            cpu_seconds=self.limits.cpu_seconds,
+            max_open_files=self.limits.max_open_files,
+            max_result_bytes=self.limits.max_result_bytes,
+        )
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._workers: dict[str, _Worker] = {}
+        self._lock = threading.Lock()
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(1 for w in self._workers.values() if not w.ended)
+
+    def start(self, artefact_fd: int, name: str) -> Served:
+        """Fork and confine a worker, hand it the sealed artefact, wait until it has unpickled it."""
+        with self._lock:
+            if sum(1 for w in self._workers.values() if not w.ended) >= self.limits.max_workers:
+                raise LimitExceeded(f"this loader serves {self.limits.max_workers} models already; unload one first")
+        started = time.perf_counter()
+        worker = self._spawn(name)
+        timings = {"worker_start": time.perf_counter() - started}
+        try:
+            socket.send_fds(worker.sock, [b"m"], [artefact_fd])
+            t0 = time.perf_counter()
+            header, _ = self._read(worker, _UNPICKLE_SECONDS, 0)
+            timings["worker_unpickle"] = time.perf_counter() - t0
+            if not header.get("ok"):
+                if header.get("limit") == "memory":
+                    raise LimitExceeded(f"unpickling exceeded the worker's memory limit of {self.limits.memory_bytes} bytes")
+                raise UnpicklingFailed(f"unpickling the verified artefact failed in the worker: {header.get('error')}")
+            methods = header.get("methods")
+            if not isinstance(methods, list) or not set(methods) <= set(METHODS):
+                raise WorkerFailed("the worker sent a malformed list of methods")
+        except BaseException as exc:
+            worker.end(str(exc))
+            raise
+        handle = secrets.token_hex(24)
+        with self._lock:
+            self._workers[handle] = worker
+        return Served(handle, tuple(methods), self.limits, timings)
+
+    def _spawn(self, name: str) -> _Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        output_r, output_w = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=run_worker,
+            args=(PassedFd(theirs.fileno()), output_w, self._child_limits, self.user_code),
+            daemon=True,
+            name=f"served-{name}"[:60],
+        )
+        try:
+            proc.start()
+        finally:
+            theirs.close()
+            output_w.close()
+        worker = _Worker(proc, ours, _Tail(output_r), name)
+        try:
+            header, _ = self._read(worker, _START_SECONDS, 0)
+        except BaseException:
+            worker.end("did not start")
+            raise
+        if not header.get("ready"):
+            worker.end("refused to start")
+            raise UnpicklingFailed(f"the sandboxed worker refused to run: {header.get('error')}")
+        return worker
+
+    def predict(self, handle: str, header: dict[str, Any], buffers: Iterable[bytes]) -> tuple[dict[str, Any], bytearray]:
+        """Send one request to the model's worker; its header ({dtype, shape}) and raw output."""
+        with self._lock:
+            worker = self._workers.get(handle)
+        if worker is None:
+            raise NotFound("no model is served under this handle (unloaded, or the loader restarted): load it again")
+        with worker.lock:
+            if worker.ended:
+                raise WorkerFailed(f"the sandboxed worker of {worker.name!r} has ended ({worker.ended}): load the model again")
+            try:
+                _send_on(worker.sock, Payload(header, tuple(buffers)), self.limits.deadline_seconds)
+            except TimeoutError:
+                worker.end("deadline")
+                raise PredictDeadline("the model did not take its input within the deadline; its worker was ended") from None
+            except OSError:
+                raise self._failed(worker) from None
+            answer, body = self._read(worker, self.limits.deadline_seconds, self.limits.max_output_bytes)
+        if not answer.get("ok"):
+            if answer.get("limit") == "memory":
+                worker.end("memory limit")
+                raise LimitExceeded(
+                    f"the model went past its memory limit of {self.limits.memory_bytes} bytes; its worker was ended"
+                )
+            raise ModelRaised(f"the model raised: {answer.get('error')}")
+        return answer, body
+
+    def unload(self, handle: str) -> bool:
+        with self._lock:
+            worker = self._workers.pop(handle, None)
+        if worker is None:
+            return False
+        worker.end("unloaded")
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.end("the loader stopped")
+
+    def _failed(self, worker: _Worker) -> WorkerFailed:
+        worker.sock.close()
+        cause = worker.cause()
+        worker.end(f"it {cause}")
+        return WorkerFailed(f"the sandboxed worker of {worker.name!r} {cause}")
+
+    def _read(self, worker: _Worker, seconds: float, max_body: int) -> tuple[dict[str, Any], bytearray]:
+        """One framed message from the worker within `seconds`, its body at most `max_body` bytes;
+        anything else ends the worker."""
+        deadline = time.monotonic() + seconds
+        try:
+            head = _recv_exact(worker.sock, _FRAME.size, deadline)
+            if head is None:
+                raise self._failed(worker)
+            header_len, body_len = _FRAME.unpack(head)
+            if header_len > _MAX_HEADER:
+                worker.end("oversized header")
+                raise WorkerFailed("the sandboxed worker sent an oversized header; it was ended")
+            if body_len > max_body:
+                worker.end("oversized answer")
+                raise WorkerFailed(
+                    f"the model's answer is {body_len} bytes, over the limit of {max_body}; its worker was ended"
+                )
+            raw = _recv_exact(worker.sock, header_len, deadline)
+            body = _recv_exact(worker.sock, body_len, deadline)
+            if raw is None or body is None:
+                raise self._failed(worker)
+        except TimeoutError:
+            worker.end("deadline")
+            raise PredictDeadline(
+                f"the model did not answer within {seconds:g} s; its worker was ended (load the model again)"
+            ) from None
+        try:
+            header = json.loads(raw)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            worker.end("malformed header")
+            raise WorkerFailed("the sandboxed worker sent a malformed header; it was ended")
+        return header, body
+
+
+def _send_on(sock: socket.socket, payload: Payload, seconds: float) -> None:
+    sock.settimeout(seconds)
+    sock.sendall(_frame(payload))
+    for buffer in payload.buffers:
+        sock.sendall(buffer)
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytearray | None:
+    data = bytearray(n)
+    view = memoryview(data)
+    got = 0
+    while got < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        try:
+            k = sock.recv_into(view[got:])
+        except TimeoutError:
+            raise
+        except OSError:
+            return None
+        if k == 0:
+            return None
+        got += k
+    return data
