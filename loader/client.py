@@ -601,3 +601,31 @@ async def unload(endpoint: str, handle: str, timeout: float) -> bool:
     """End a served model's worker; False if the loader did not know the handle."""
     response: loader_pb2.UnloadResponse = await _unary(endpoint, "Unload", loader_pb2.UnloadRequest(handle=handle), timeout)
     return response.ended
+
+
+# The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
+# little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;
+# at most ARRAY_MAX_DIMS dimensions. No object dtype and no pickle, either way.
+_ARRAY_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
+ARRAY_MAX_CHARS = 4096
+ARRAY_MAX_DIMS = 4
+
+
+def array_itemsize(dtype: str) -> int | None:
+    """Bytes per element of a dtype string from the fixed list; None for any other string."""
+    if dtype in _ARRAY_NUMERIC:
+        return 1 if dtype[1] == "b" else int(dtype[2:])
+    for prefix, width in (("<U", 4), ("|S", 1)):
+        digits = dtype[len(prefix) :]
+        if dtype.startswith(prefix) and digits.isdigit() and digits[0] != "0" and int(digits) <= ARRAY_MAX_CHARS:
+            return int(digits) * width
+    return None
+
+
+def array_shape(shape: object) -> tuple[int, ...] | None:
+    """`shape` as a tuple if it is 1 to ARRAY_MAX_DIMS non-negative ints; None otherwise."""
+    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= ARRAY_MAX_DIMS:
+        return None
+    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        return None
+    return tuple(shape)

@@ -33,6 +33,7 @@ import grpc
 
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits
+from loader.client import array_itemsize, array_shape
 from loader.errors import LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 METHODS = ("predict", "predict_proba", "transform")
@@ -72,32 +73,6 @@ class WorkerLimits(ChildLimits):
     max_workers: int = 64
 
 
-# The dtypes that cross, either way: bool, little-endian integers and floats, fixed-width
-# strings of at most _MAX_CHARS characters.
-_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
-_MAX_CHARS = 4096
-_MAX_DIMS = 4
-
-
-def itemsize(dtype: str) -> int | None:
-    """Bytes per element of a dtype string from the fixed list; None for anything else."""
-    if dtype in _NUMERIC:
-        return int(dtype[2:]) if dtype[1] != "b" else 1
-    for prefix, width in (("<U", 4), ("|S", 1)):
-        digits = dtype[2:]
-        if dtype.startswith(prefix) and digits.isdigit() and 0 < int(digits) <= _MAX_CHARS and digits[0] != "0":
-            return int(digits) * width
-    return None
-
-
-def _checked_shape(shape: object) -> tuple[int, ...] | None:
-    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= _MAX_DIMS:
-        return None
-    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
-        return None
-    return tuple(shape)
-
-
 def predict_request(
     method: str, arrays: list[tuple[str, str, tuple[int, ...], bytes, bool]], frame: bool
 ) -> tuple[dict[str, Any], list[bytes]]:
@@ -109,7 +84,7 @@ def predict_request(
         raise BadRequest("send one array, or the columns of a DataFrame with `frame`")
     inputs = []
     for name, dtype, shape, data, is_object in arrays:
-        size, checked = itemsize(dtype), _checked_shape(list(shape))
+        size, checked = array_itemsize(dtype), array_shape(list(shape))
         if size is None or checked is None:
             raise BadRequest(f"input {name!r}: dtype {dtype!r} or shape {list(shape)} is not accepted")
         count = 1
@@ -121,13 +96,13 @@ def predict_request(
     return {"method": method, "frame": frame, "inputs": inputs}, [data for *_, data, _ in arrays]
 
 
-def answer_array(answer: dict[str, Any]) -> tuple[str, list[int]]:
+def answer_array(answer: dict[str, Any]) -> tuple[str, list[int], bool]:
     """The dtype and shape the worker says its answer has, if they are well formed (the caller
     checks them against the bytes and the request again: this only refuses garbage early)."""
-    dtype, shape = answer.get("dtype"), _checked_shape(answer.get("shape"))
-    if not isinstance(dtype, str) or itemsize(dtype) is None or shape is None:
+    dtype, shape = answer.get("dtype"), array_shape(answer.get("shape"))
+    if not isinstance(dtype, str) or array_itemsize(dtype) is None or shape is None:
         raise WorkerFailed(f"the model answered with an array the loader does not pass on ({str(dtype)[:40]})")
-    return dtype, list(shape)
+    return dtype, list(shape), answer.get("object") is True
 
 
 @dataclass(frozen=True)
@@ -205,6 +180,8 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
     except BaseException as exc:  # noqa: BLE001 - hostile payloads raise anything
         _send(fd, Payload({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}))
         os._exit(5)
+    if hasattr(model, "feature_names_in_"):
+        import pandas  # noqa: F401 - fitted on a DataFrame: imported now, not on the first request
     _send(fd, Payload({"ok": True, "methods": [m for m in METHODS if _has(model, m)]}))
     while True:
         request = _receive(fd)
@@ -282,17 +259,19 @@ def _plain(result: Any) -> Payload:
     if hasattr(result, "toarray"):  # a SciPy sparse matrix
         result = result.toarray()
     array = np.asarray(result)
-    if array.dtype == object:
+    was_object = array.dtype == object
+    if was_object:
         if all(isinstance(v, str) for v in array.flat):
             array = array.astype(str)
         elif all(isinstance(v, bytes) for v in array.flat):
             array = array.astype(bytes)
         else:
-            return Payload({"ok": False, "error": "the model returned an object array that is not all strings"})
+            return Payload({"ok": False, "refused": "the model answered with an object array that is not all strings"})
     array = np.ascontiguousarray(array)
     if not array.dtype.isnative and array.dtype.byteorder != "|":
         array = array.astype(array.dtype.newbyteorder("="))
-    return Payload({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape)}, (memoryview(array).cast("B"),))
+    header = {"ok": True, "dtype": array.dtype.str, "shape": list(array.shape), "object": was_object}
+    return Payload(header, (memoryview(array).cast("B"),))
 
 
 # --- the loader's side ---------------------------------------------------------------------------
@@ -465,6 +444,8 @@ class Workers:
                 raise LimitExceeded(
                     f"the model went past its memory limit of {self.limits.memory_bytes} bytes; its worker was ended"
                 )
+            if "refused" in answer:
+                raise WorkerFailed(f"the model's answer cannot be passed on: {answer['refused']}")
             raise ModelRaised(f"the model raised: {answer.get('error')}")
         return answer, body
 

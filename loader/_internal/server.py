@@ -128,10 +128,10 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
                 request.method, [(a.name, a.dtype, tuple(a.shape), a.data, a.object) for a in request.inputs], request.frame
             )
             answer, body = workers.predict(request.handle, header, buffers)
-            dtype, shape = answer_array(answer)
+            dtype, shape, is_object = answer_array(answer)
         except LoaderError as exc:
             context.abort(exc.code, str(exc))
-        output = loader_pb2.Array(dtype=dtype, shape=shape, data=bytes(body))
+        output = loader_pb2.Array(dtype=dtype, shape=shape, data=bytes(body), object=is_object)
         return loader_pb2.PredictResponse(output=output, seconds=time.perf_counter() - started)
 
     def Unload(  # noqa: N802 - gRPC method name
