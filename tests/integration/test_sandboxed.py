@@ -1,0 +1,254 @@
+"""Models served in the sandbox (policy `execution`), through SigstoreModel, a real loader and real
+gRPC: predictions identical to plain joblib, and hostile models that act at predict time contained
+(each with its unconfined positive control) while another model keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest
+from mlserver_sklearn import SKLearnModel
+from sklearn import datasets
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from runtime import SigstoreModel
+from runtime.errors import ModelRefused, PredictFailed
+from tests import hostile_predict
+from tests.controls import listeners, wait_for_connections
+from tests.support import ROOT, SIGNER, Authority, LoaderProcess, start_loader, stop_process
+
+USER_CODE = ROOT / "examples" / "user_code"
+sys.path.insert(0, str(USER_CODE))  # to build the user's models here; the loader gets --user-code
+from acme_models import NearestCentroidScorer, log_ratio  # noqa: E402
+
+DEADLINE_SECONDS = 8
+WORKER_MEMORY_MB = 384
+MAX_PREDICT_MB = 8
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def served_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
+    proc = start_loader(
+        tmp_path_factory.mktemp("served-loader"), models_root, {"local": authority.trust_config},
+        f"--user-code={USER_CODE}", f"--predict-deadline-seconds={DEADLINE_SECONDS}",
+        f"--worker-memory-mb={WORKER_MEMORY_MB}", f"--max-predict-mb={MAX_PREDICT_MB}",
+    )
+    yield proc
+    stop_process(proc.process)
+
+
+def signed(models_root: Path, authority: Authority, name: str, estimator: Any = None, data: bytes | None = None) -> Path:
+    folder = models_root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.joblib"
+    if data is None:
+        buffer = io.BytesIO()
+        joblib.dump(estimator, buffer)
+        data = buffer.getvalue()
+    path.write_bytes(data)
+    authority.sign_file(path)
+    return folder
+
+
+def sigstore_model(folder: Path, loader: LoaderProcess, authority: Authority, execution: str, **extra: Any) -> SigstoreModel:
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": loader.endpoint, "execution": execution}
+    settings = ModelSettings(
+        name=folder.name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(folder), extra={"sigstore": policy, **extra})
+    )
+    return SigstoreModel(settings)
+
+
+def plain_model(folder: Path, **extra: Any) -> SKLearnModel:
+    settings = ModelSettings(name=folder.name, implementation=SKLearnModel, parameters=ModelParameters(uri=str(folder), extra=extra))
+    model = SKLearnModel(settings)
+    assert run(model.load())
+    return model
+
+
+def request_for(x: np.ndarray | pd.DataFrame, outputs: list[str]) -> InferenceRequest:
+    """What a client sends: a NumPy tensor, or a DataFrame column by column (content_type pd)."""
+    wanted = [{"name": o} for o in outputs]
+    if isinstance(x, pd.DataFrame):
+        inputs = []
+        for column in x.columns:
+            values = x[column].to_numpy()
+            datatype = {"f": "FP64", "i": "INT64", "b": "BOOL"}.get(values.dtype.kind, "BYTES")
+            spec = {"name": column, "datatype": datatype, "shape": [len(values)], "data": values.tolist()}
+            if datatype == "BYTES":
+                spec["parameters"] = {"content_type": "str"}
+            inputs.append(spec)
+        return InferenceRequest.model_validate({"parameters": {"content_type": "pd"}, "inputs": inputs, "outputs": wanted})
+    tensor = {"name": "x", "datatype": "FP64", "shape": list(x.shape), "data": x.flatten().tolist()}
+    return InferenceRequest.model_validate({"inputs": [tensor], "outputs": wanted})
+
+
+# --- models the server cannot validate, served identically ---------------------------------------
+
+RNG = np.random.default_rng(7)
+X = RNG.normal(size=(60, 4))
+Y = (X[:, 0] + X[:, 1] > 0).astype(int)
+FRAME = pd.DataFrame({"a": RNG.normal(size=60), "n": RNG.integers(0, 9, 60), "op": RNG.choice(["+", "-", "*"], 60)})
+LABELS = np.where(FRAME["a"] > 0, "high", "low")
+DIGITS = datasets.load_digits()
+DIGITS_X = DIGITS.data
+
+
+def _cases() -> dict[str, tuple[Any, Any, list[str], str]]:
+    """name: (fitted model, input, outputs, path under "auto")."""
+    both = ["predict", "predict_proba"]
+    passthrough = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["op"])], remainder="passthrough")
+    return {
+        # A user-defined class, importable only from the loader's --user-code folder.
+        "user-class": (NearestCentroidScorer(0.5).fit(X, Y), X[:9], both, "sandbox"),
+        # A FunctionTransformer with a user function, and with a NumPy ufunc.
+        "user-function": (make_pipeline(FunctionTransformer(log_ratio), LogisticRegression()).fit(X, Y), X[:9], both, "sandbox"),
+        "log1p": (make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression()).fit(np.abs(X), Y), np.abs(X[:9]), both, "sandbox"),
+        # "passthrough" columns on a DataFrame of mixed dtypes with string labels.
+        "passthrough-frame": (make_pipeline(passthrough, LogisticRegression()).fit(FRAME, LABELS), FRAME[:9], both, "sandbox"),
+        # An allowlisted model: "auto" hands it back; "sandbox" serves it all the same.
+        "digits-svc": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(DIGITS_X, DIGITS.target), DIGITS_X[-8:], both, "server"),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("execution", ["auto", "sandbox"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_served_in_the_sandbox_predicts_like_plain_joblib(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, case: str, execution: str
+) -> None:
+    estimator, x, outputs, auto_path = CASES[case]
+    folder = signed(models_root, authority, f"{case}-{execution}", estimator)
+    model = sigstore_model(folder, served_loader, authority, execution)
+    assert run(model.load())
+    expected_path = auto_path if execution == "auto" else "sandbox"
+    print(f"{case} ({execution}): {model.execution}: {model.execution_reason}")
+    assert model.execution == expected_path, model.execution_reason
+    plain = plain_model(folder)
+    for wanted in ([o] for o in outputs):
+        ours = run(model.predict(request_for(x, wanted)))
+        theirs = run(plain.predict(request_for(x, wanted)))
+        assert [o.model_dump() for o in ours.outputs] == [o.model_dump() for o in theirs.outputs]
+    both = run(model.predict(request_for(x, outputs)))
+    assert [o.name for o in both.outputs] == outputs
+    metadata = run(model.metadata())
+    assert metadata.parameters is not None and metadata.parameters.sigstore_execution == expected_path  # type: ignore[attr-defined]
+    assert run(model.unload())
+
+
+def test_execution_server_refuses_what_it_cannot_validate(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    estimator, *_ = CASES["log1p"]
+    folder = signed(models_root, authority, "log1p-server", estimator)
+    with pytest.raises(ModelRefused, match="numpy.log1p") as refused:
+        run(sigstore_model(folder, served_loader, authority, "server").load())
+    assert refused.value.status_code == 422
+
+
+def test_user_code_is_not_importable_without_the_flag(tmp_path: Path, models_root: Path, authority: Authority) -> None:
+    """Control for --user-code: without it, the worker cannot import the user's class."""
+    folder = signed(models_root, authority, "user-class-no-flag", NearestCentroidScorer().fit(X, Y))
+    proc = start_loader(tmp_path, models_root, {"local": authority.trust_config})
+    try:
+        with pytest.raises(ModelRefused, match="No module named 'acme_models'") as refused:
+            run(sigstore_model(folder, proc, authority, "sandbox").load())
+        assert refused.value.status_code == 422
+    finally:
+        stop_process(proc.process)
+
+
+def test_user_code_inside_the_models_root_is_refused(tmp_path: Path, models_root: Path) -> None:
+    from loader.cli import main
+
+    inside = models_root / "code"
+    inside.mkdir(exist_ok=True)
+    assert main(["serve", f"--socket={tmp_path / 's.sock'}", f"--models-root={models_root}", f"--user-code={inside}"]) == 2
+
+
+# --- hostile models acting at predict time --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bystander(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> Iterator[SigstoreModel]:
+    """A good model served in the sandbox beside every hostile one: it must keep serving."""
+    estimator, *_ = CASES["digits-svc"]
+    model = sigstore_model(signed(models_root, authority, "bystander", estimator), served_loader, authority, "sandbox")
+    assert run(model.load())
+    yield model
+    run(model.unload())
+
+
+def assert_still_serving(bystander: SigstoreModel, loader: LoaderProcess) -> None:
+    assert loader.process.poll() is None, "the loader died"
+    response = run(bystander.predict(request_for(DIGITS_X[-8:], ["predict"])))
+    estimator, *_ = CASES["digits-svc"]
+    assert response.outputs[0].data.root == estimator.predict(DIGITS_X[-8:]).tolist()
+
+
+@pytest.mark.parametrize("case", sorted(hostile_predict.TECHNIQUES))
+def test_a_model_acting_at_predict_time_is_contained(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel, tmp_path: Path, case: str
+) -> None:
+    technique = hostile_predict.TECHNIQUES[case]
+    secret = tmp_path / "secret"
+    secret.write_text("secret")
+    with listeners(tmp_path) as (port, _, accepted):
+        target = hostile_predict.Target(canary=str(tmp_path / "pwnd"), secret=str(secret), port=port)
+        folder = signed(models_root, authority, f"hostile-predict-{case}", data=hostile_predict.acting_at_predict(technique.body(target)))
+
+        seen = hostile_predict.run_control(folder / "model.joblib", technique, target, cwd=tmp_path)
+        seen.connections = wait_for_connections(accepted)
+        assert technique.fired(target, seen), f"the payload did not fire unconfined: {seen}"
+        Path(target.canary).unlink(missing_ok=True)
+        accepted.clear()
+
+        model = sigstore_model(folder, served_loader, authority, "sandbox")
+        assert run(model.load())  # unpickling runs nothing: the payload waits for predict
+        with pytest.raises(PredictFailed) as failed:
+            run(model.predict(request_for(np.ones((hostile_predict.ROWS, 3)), ["predict"])))
+        message = str(failed.value)
+        print(f"{case}: control {seen}; sandboxed: {failed.value.status_code} {message}")
+        assert failed.value.status_code in technique.status, message
+        assert any(reason in message for reason in technique.refusal), message
+        assert not Path(target.canary).exists()
+        assert wait_for_connections(accepted, 0.5) == 0
+        run(model.unload())
+    assert_still_serving(bystander, served_loader)
+
+
+def test_a_model_past_its_deadline_fails_that_request_and_loads_again(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    slow_on_request = hostile_predict.acting_at_predict("import time\nif X[0, 0] > 100:\n    time.sleep(3600)\nreturn np.zeros(len(X))")
+    folder = signed(models_root, authority, "slow-on-request", data=slow_on_request)
+    model = sigstore_model(folder, served_loader, authority, "sandbox")
+    assert run(model.load())
+    assert run(model.predict(request_for(np.ones((2, 3)), ["predict"]))).outputs[0].shape == [2, 1]
+    with pytest.raises(PredictFailed, match="did not answer within") as late:
+        run(model.predict(request_for(np.full((2, 3), 1000.0), ["predict"])))
+    assert late.value.status_code == 504
+    with pytest.raises(PredictFailed, match="load the model again") as ended:
+        run(model.predict(request_for(np.ones((2, 3)), ["predict"])))
+    assert ended.value.status_code == 502
+    assert_still_serving(bystander, served_loader)
+    again = sigstore_model(folder, served_loader, authority, "sandbox")
+    assert run(again.load())
+    assert run(again.predict(request_for(np.ones((2, 3)), ["predict"]))).outputs[0].shape == [2, 1]
+    run(again.unload())
