@@ -121,7 +121,7 @@ TECHNIQUES: dict[str, PredictTechnique] = {
     # claims one thing and carries another. The server's checks are what stop these.
     "forged-object-dtype": PredictTechnique(
         lambda t: _forging("{'ok': True, 'dtype': '|O', 'shape': [len(X)]}", "b'\\0' * 8 * len(X)"),
-        lambda t, s: s.dtype == "|O", (502,), ("does not pass on", "not accepted"),
+        lambda t, s: s.dtype == "|O", (502,), ("does not pass on",),
     ),
     "forged-short-bytes": PredictTechnique(
         lambda t: _forging("{'ok': True, 'dtype': '<f8', 'shape': [len(X)]}", "b'\\0' * 3"),

@@ -175,11 +175,25 @@ def test_user_code_is_not_importable_without_the_flag(tmp_path: Path, models_roo
 
 
 def test_user_code_inside_the_models_root_is_refused(tmp_path: Path, models_root: Path) -> None:
-    from loader.cli import main
+    import subprocess
+
+    from tests.support import PYTHON
 
     inside = models_root / "code"
     inside.mkdir(exist_ok=True)
-    assert main(["serve", f"--socket={tmp_path / 's.sock'}", f"--models-root={models_root}", f"--user-code={inside}"]) == 2
+    argv = [PYTHON, "-m", "loader", "serve", f"--socket={tmp_path / 's.sock'}", f"--models-root={models_root}", f"--user-code={inside}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "overlaps the models root" in done.stderr, done.stderr
+
+
+def test_docker_mode_refuses_execution_sandbox(models_root: Path, authority: Authority) -> None:
+    """An ephemeral loader lives for one load: it cannot serve a model afterwards."""
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "sandbox": "docker", "execution": "sandbox"}
+    folder = signed(models_root, authority, "docker-sandbox", NearestCentroidScorer().fit(X, Y))
+    settings = ModelSettings(name=folder.name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(folder), extra={"sigstore": policy}))
+    with pytest.raises(ModelRefused, match="execution 'sandbox' needs a loader that lives as long as the model") as refused:
+        run(SigstoreModel(settings).load())
+    assert refused.value.status_code == 400
 
 
 # --- hostile models acting at predict time --------------------------------------------------------
