@@ -1,4 +1,4 @@
-"""`python -m loader {serve,verify,load,health}`; flag names follow the `sigstore` CLI."""
+"""`python -m loader {serve,verify,load,unload,health}`; flag names follow the `sigstore` CLI."""
 
 from __future__ import annotations
 
@@ -258,12 +258,17 @@ def _load(args: argparse.Namespace) -> int:
         trusted_types=args.trusted_type,
         ignore_paths=args.ignore_path,
     )
+    if args.execution == "sandbox":
+        return _serve_in_sandbox(args, request)
     try:
         fetched = asyncio.run(verify_and_load(args.endpoint, request, args.timeout, args.max_bytes))
     except LoaderCallError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
     header = fetched.header
+    if args.out is None:
+        print("FAIL: --out is required to save the model", file=sys.stderr)
+        return 2
     args.out.write_bytes(fetched.data)
     facts = header.facts
     print(
@@ -271,6 +276,38 @@ def _load(args: argparse.Namespace) -> int:
         f"log index {facts.log_index}; wrote {header.size} bytes of skops to {args.out}"
         + (f"; untrusted types: {list(header.untrusted_types)}" if header.untrusted_types else "")
     )
+    return 0
+
+
+def _serve_in_sandbox(args: argparse.Namespace, request: loader_pb2.VerifyAndLoadRequest) -> int:
+    import asyncio
+
+    from loader.client import LoaderCallError, serve
+
+    try:
+        served = asyncio.run(serve(args.endpoint, loader_pb2.ServeRequest(load=request, reason="loader load --execution sandbox"), args.timeout))
+    except LoaderCallError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    facts = served.facts
+    print(
+        f"OK: {args.file} sha256:{facts.artefact_sha256} signed by {facts.identity} ({facts.issuer}); served in the "
+        f"sandbox with methods {list(served.methods)}; handle {served.handle} (end it with `unload`)"
+    )
+    return 0
+
+
+def _unload(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from loader.client import LoaderCallError, unload
+
+    try:
+        ended = asyncio.run(unload(args.endpoint, args.handle, args.timeout))
+    except LoaderCallError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    print("OK: ended" if ended else "OK: no model was served under that handle")
     return 0
 
 
@@ -390,11 +427,22 @@ def main(argv: list[str] | None = None) -> int:
         help="a skops type to trust beyond skops' defaults; repeatable",
     )
     p.add_argument("--trust-root", help="name of a trust root configured on the loader")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="where to write the skops model (required unless --execution sandbox)")
+    p.add_argument(
+        "--execution", choices=("server", "sandbox"), default="server",
+        help="server: verify and save the converted model; sandbox: verify and serve it in a confined worker "
+        "of the loader, and print its handle",
+    )
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-bytes", type=int, default=1 << 30, help="largest model accepted back")
     p.add_argument("file", help="model file or model directory, under the loader's models root")
     p.set_defaults(func=_load)
+
+    p = sub.add_parser("unload", help="end a model served in the sandbox (`load --execution sandbox`)")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("handle")
+    p.set_defaults(func=_unload)
 
     p = sub.add_parser("trust", help="inspect the configured trusted roots")
     trust = p.add_subparsers(dest="trust_command", required=True)

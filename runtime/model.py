@@ -6,7 +6,6 @@ import json
 import logging
 import os
 from pathlib import Path
-
 from typing import Any, BinaryIO
 
 from mlserver.codecs import NumpyCodec, NumpyRequestCodec

@@ -34,7 +34,7 @@ import grpc
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits
 from loader.client import array_itemsize, array_shape
-from loader.errors import LimitExceeded, LoaderError, NotFound, UnpicklingFailed
+from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 METHODS = ("predict", "predict_proba", "transform")
 _FRAME = struct.Struct("<IQ")
@@ -271,7 +271,7 @@ def _plain(result: Any) -> Payload:
     if not array.dtype.isnative and array.dtype.byteorder != "|":
         array = array.astype(array.dtype.newbyteorder("="))
     header = {"ok": True, "dtype": array.dtype.str, "shape": list(array.shape), "object": was_object}
-    return Payload(header, (memoryview(array).cast("B"),))
+    return Payload(header, (array.data.cast("B"),))
 
 
 # --- the loader's side ---------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
-from loader._internal.memfd import SealedFile
 from loader._internal.inference import answer_array, predict_request
+from loader._internal.memfd import SealedFile
 from loader._internal.service import TICKET_SECONDS, LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
 from loader.errors import BadRequest, LoaderError

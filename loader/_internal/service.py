@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import secrets
 import json
 import logging
+import secrets
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 from prometheus_client import Counter, Histogram
 
+from loader._internal.inference import Served, Workers
 from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import SignedBundle, Signer, TrustRoots, Verified, verify_bundle
-from loader._internal.inference import Served, Workers
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])

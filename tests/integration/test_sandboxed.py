@@ -266,3 +266,45 @@ def test_a_model_past_its_deadline_fails_that_request_and_loads_again(
     assert run(again.load())
     assert run(again.predict(request_for(np.ones((2, 3)), ["predict"]))).outputs[0].shape == [2, 1]
     run(again.unload())
+
+
+@pytest.mark.parametrize(
+    ("method", "array", "words"),
+    [
+        ("predict", {"dtype": "<f8", "shape": [2, 64], "data": b"\0" * 3}, "do not hold a <f8 array"),
+        ("predict", {"dtype": "|O", "shape": [1], "data": b"\0" * 8}, "is not accepted"),
+        ("__reduce__", {"dtype": "<f8", "shape": [1, 64], "data": b"\0" * 512}, "expected one of"),
+    ],
+)
+def test_a_malformed_predict_request_is_refused_and_the_worker_keeps_serving(
+    served_loader: LoaderProcess, bystander: SigstoreModel, method: str, array: dict, words: str
+) -> None:
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+    handle = bystander._model.handle
+    request = loader_pb2.PredictRequest(handle=handle, method=method, inputs=[loader_pb2.Array(name="x", **array)])
+    with grpc.insecure_channel(served_loader.endpoint) as channel, pytest.raises(grpc.RpcError) as refused:
+        loader_pb2_grpc.LoaderStub(channel).Predict(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in refused.value.details()
+    assert_still_serving(bystander, served_loader)
+
+
+def test_the_cli_serves_in_the_sandbox_unloads_and_health_says_so(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    import subprocess
+
+    from tests.support import PYTHON
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "loader", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    folder = signed(models_root, authority, "cli-sandbox", NearestCentroidScorer().fit(X, Y))
+    policy = ["--cert-identity", SIGNER, "--cert-oidc-issuer", authority.issuer]
+    loaded = cli("load", "--endpoint", served_loader.endpoint, *policy, "--execution", "sandbox", f"{folder.name}/model.joblib")
+    assert loaded.returncode == 0 and "served in the sandbox with methods ['predict', 'predict_proba']" in loaded.stdout, loaded.stderr
+    handle = loaded.stdout.split("handle ")[1].split()[0]
+    details = cli("health", "--details", "--endpoint", served_loader.endpoint)
+    assert f"user code from {USER_CODE}" in details.stdout and "served in the sandbox: " in details.stdout, details.stdout
+    assert cli("unload", "--endpoint", served_loader.endpoint, handle).stdout.strip() == "OK: ended"
+    assert cli("unload", "--endpoint", served_loader.endpoint, handle).stdout.strip() == "OK: no model was served under that handle"
