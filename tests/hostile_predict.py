@@ -69,7 +69,7 @@ class PredictTechnique:
 EPERM = "Operation not permitted"
 DENIED = "Permission denied"
 SIGSYS = "SIGSYS"
-_ZEROS = f"return np.zeros(len(X))"
+_ZEROS = "return np.zeros(len(X))"
 
 TECHNIQUES: dict[str, PredictTechnique] = {
     "network": PredictTechnique(
@@ -132,7 +132,7 @@ TECHNIQUES: dict[str, PredictTechnique] = {
 
 def _forging(header: str, data: str) -> str:
     return (
-        "import sys\nw = sys.modules.get('loader._internal.inference')\n"
+        "import sys\nw = sys.modules.get('loader._internal.worker')\n"
         f"if w is not None:\n    w._plain = lambda result: w.Payload({header}, ({data},))\n{_ZEROS}"
     )
 
@@ -144,7 +144,7 @@ _CONTROL = r"""
 import json, os, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 import joblib, numpy as np
-import loader._internal.inference as worker
+import loader._internal.worker as worker
 report = {"error": ""}
 try:
     model = joblib.load(sys.argv[1])
