@@ -308,3 +308,57 @@ def test_the_cli_serves_in_the_sandbox_unloads_and_health_says_so(served_loader:
     assert f"user code from {USER_CODE}" in details.stdout and "served in the sandbox: " in details.stdout, details.stdout
     assert cli("unload", "--endpoint", served_loader.endpoint, handle).stdout.strip() == "OK: ended"
     assert cli("unload", "--endpoint", served_loader.endpoint, handle).stdout.strip() == "OK: no model was served under that handle"
+
+
+def test_mlserver_serves_a_user_class_from_the_sandbox_over_rest(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, tmp_path: Path
+) -> None:
+    """`mlserver start` with a parallel worker: the user's class is never importable by MLServer
+    (acme_models is not on its path), yet the model serves; unloading ends its worker."""
+    import json
+
+    import grpc
+    import requests
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+    from tests.support import free_port, start_mlserver
+
+    estimator = NearestCentroidScorer(0.5).fit(X, Y)
+    folder = signed(models_root, authority, "rest-user-class", estimator)
+    repo = tmp_path / "repo"
+    (repo / "user-class").mkdir(parents=True)
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}]}
+    settings = {"name": "user-class", "implementation": "runtime.SigstoreModel",
+                "parameters": {"uri": str(folder / "model.joblib"), "extra": {"sigstore": policy}}}
+    (repo / "user-class" / "model-settings.json").write_text(json.dumps(settings))
+    http = free_port()
+    env = {"MLSERVER_SIGSTORE_ENDPOINT": served_loader.endpoint, "MLSERVER_HTTP_PORT": str(http),
+           "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port()),
+           "MLSERVER_PARALLEL_WORKERS": "1", "MLSERVER_LOAD_MODELS_AT_STARTUP": "false", "PYTHONPATH": ""}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = start_mlserver(repo, cwd, tmp_path / "mlserver.log", env)
+
+    def served() -> int:
+        with grpc.insecure_channel(served_loader.endpoint) as channel:
+            return loader_pb2_grpc.LoaderStub(channel).Describe(loader_pb2.DescribeRequest(), timeout=10).served_models
+
+    try:
+        before = served()
+        url = f"http://127.0.0.1:{http}"
+        assert requests.post(f"{url}/v2/repository/models/user-class/load", timeout=120).status_code == 200
+        assert served() == before + 1
+        x = X[:7]
+        payload = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP64", "data": x.flatten().tolist()}],
+                   "outputs": [{"name": "predict"}, {"name": "predict_proba"}]}
+        response = requests.post(f"{url}/v2/models/user-class/infer", json=payload, timeout=60)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+        assert outputs["predict"] == estimator.predict(x).tolist()
+        assert np.array_equal(np.array(outputs["predict_proba"]), estimator.predict_proba(x).ravel())
+        assert requests.post(f"{url}/v2/repository/models/user-class/unload", timeout=60).status_code == 200
+        assert served() == before
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "mlserver.log").read_text()
+    assert '"execution": "sandbox"' in log
