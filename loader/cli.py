@@ -77,6 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
     sandbox.warm_up()  # fork server, its imports and the child pool before any gRPC thread
+    if workers is not None:
+        workers.warm_up()
     service = LoaderService(
         ModelsRoot(args.models_root),
         roots,

@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,13 +33,14 @@ import grpc
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits
 from loader._internal.worker import FRAME, METHODS, Payload, frame, run_worker
-from loader.client import array_itemsize, array_shape
+from loader.client import array_itemsize, array_shape, run_in_background
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 _MAX_HEADER = 1 << 16
 _TAIL_BYTES = 4096  # what is kept of a worker's own output, for error messages
 _START_SECONDS = 60.0
 _UNPICKLE_SECONDS = 120.0
+_REFILL_AFTER_SECONDS = 0.1
 
 
 class WorkerFailed(LoaderError):
@@ -191,6 +193,42 @@ class Workers:
         self._ctx = multiprocessing.get_context("forkserver")
         self._workers: dict[str, _Worker] = {}
         self._lock = threading.Lock()
+        # One worker forked and confined ahead of time (it has not seen any artefact yet): a
+        # served model's load then skips the fork and the confinement (~20 ms).
+        self._spare: _Worker | None = None
+        self._spare_lock = threading.Lock()
+        self._closed = False
+
+    def warm_up(self) -> None:
+        """Fork and confine the spare worker now (before the first load)."""
+        self._refill()
+
+    def _refill(self) -> None:
+        with self._spare_lock:
+            if self._spare is not None or self._closed:
+                return
+        try:
+            worker = self._spawn("spare")
+        except LoaderError as exc:  # a load then spawns its own worker and reports why it cannot
+            print(f"loader: could not pre-fork a sandboxed worker: {exc}", file=sys.stderr, flush=True)
+            return
+        with self._spare_lock:
+            if self._spare is None and not self._closed:
+                self._spare, worker = worker, None  # type: ignore[assignment]
+        if worker is not None:
+            worker.end("not needed")
+
+    def _take(self, name: str) -> _Worker:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        # Refilled a moment later, not beside the load that takes this one.
+        run_in_background(self._refill, after=_REFILL_AFTER_SECONDS)
+        if spare is not None and spare.proc.is_alive():
+            spare.name = name
+            return spare
+        if spare is not None:
+            spare.end("ended while it waited")
+        return self._spawn(name)
 
     def count(self) -> int:
         with self._lock:
@@ -202,7 +240,7 @@ class Workers:
             if sum(1 for w in self._workers.values() if not w.ended) >= self.limits.max_workers:
                 raise LimitExceeded(f"this loader serves {self.limits.max_workers} models already; unload one first")
         started = time.perf_counter()
-        worker = self._spawn(name)
+        worker = self._take(name)
         timings = {"worker_start": time.perf_counter() - started}
         try:
             socket.send_fds(worker.sock, [b"m"], [artefact_fd])
@@ -286,8 +324,11 @@ class Workers:
         return True
 
     def close(self) -> None:
+        with self._spare_lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
         with self._lock:
-            workers = list(self._workers.values())
+            workers = list(self._workers.values()) + ([spare] if spare is not None else [])
             self._workers.clear()
         for worker in workers:
             worker.end("the loader stopped")
