@@ -41,6 +41,7 @@ class Target:
     canary: str  # a file the payload creates
     secret: str  # a file the payload reads
     port: int  # a loopback TCP listener
+    bystander_pid: int  # a process of the host that is neither the payload's parent nor the loader
 
 
 @dataclass
@@ -95,6 +96,14 @@ TECHNIQUES: dict[str, PredictTechnique] = {
     "signal-parent": PredictTechnique(
         lambda t: f"import os, signal\nos.kill(os.getppid(), signal.SIGCONT)\n{_ZEROS}",
         lambda t, s: s.shape == [ROWS] and not s.error, (500, 502), (EPERM, SIGSYS),
+    ),
+    "signal-another-process": PredictTechnique(
+        lambda t: f"import os, signal\nos.kill({t.bystander_pid}, signal.SIGKILL)\n{_ZEROS}",
+        lambda t, s: s.shape == [ROWS] and not s.error, (500, 502), (EPERM, SIGSYS),
+    ),
+    "read-process-environ": PredictTechnique(
+        lambda t: f"return np.full(len(X), len(open('/proc/{t.bystander_pid}/environ', 'rb').read()))",
+        lambda t, s: isinstance(s.first, int) and s.first > 0, (500, 502), (DENIED, EPERM, SIGSYS),
     ),
     "sleep-past-deadline": PredictTechnique(
         lambda t: "import time\ntime.sleep(3600)", lambda t, s: s.timed_out, (504,), ("did not answer within",), control_seconds=5,

@@ -80,6 +80,7 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
         if user_code:
             sys.path.append(user_code)
         os.environ.clear()
+        _one_core()
         apply_limits(limits)
         restrict_filesystem([*readable_paths(), user_code] if user_code else None)
         install_syscall_filter()
@@ -106,6 +107,17 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
         if request is None:
             os._exit(0)
         _send(fd, _answer(model, *request))
+
+
+def _one_core() -> None:
+    """A worker computes on one core: the threads a parallel predict would start are refused
+    (RLIMIT_NPROC), and the cgroup files joblib reads to count CPUs are outside its Landlock view
+    (k-NN's predict failed on them with PermissionError). So every count it asks says one."""
+    from joblib.externals.loky.backend import context
+
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", LOKY_MAX_CPU_COUNT="1")
+    context._cpu_count_user = lambda os_cpu_count: 1
+    context.physical_cores_cache = 1
 
 
 def _unpickle(fd: int) -> Any:

@@ -20,7 +20,9 @@ from mlserver.types import InferenceRequest
 from mlserver_sklearn import SKLearnModel
 from sklearn import datasets
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
@@ -122,6 +124,9 @@ def _cases() -> dict[str, tuple[Any, Any, list[str], str]]:
         "log1p": (make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression()).fit(np.abs(X), Y), np.abs(X[:9]), both, "sandbox"),
         # "passthrough" columns on a DataFrame of mixed dtypes with string labels.
         "passthrough-frame": (make_pipeline(passthrough, LogisticRegression()).fit(FRAME, LABELS), FRAME[:9], both, "sandbox"),
+        # Predicting asks joblib how many CPUs there are (it reads cgroup files), or starts threads.
+        "knn": (KNeighborsClassifier(n_neighbors=3, algorithm="brute").fit(X, Y), X[:9], both, "server"),
+        "forest-n-jobs": (RandomForestClassifier(n_estimators=8, n_jobs=-1, random_state=0).fit(X, Y), X[:9], both, "server"),
         # An allowlisted model: "auto" hands it back; "sandbox" serves it all the same.
         "digits-svc": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(DIGITS_X, DIGITS.target), DIGITS_X[-8:], both, "server"),
     }
@@ -223,8 +228,14 @@ def test_a_model_acting_at_predict_time_is_contained(
     technique = hostile_predict.TECHNIQUES[case]
     secret = tmp_path / "secret"
     secret.write_text("secret")
+    import subprocess
+
+    def bystander_process() -> subprocess.Popen:
+        return subprocess.Popen(["sleep", "600"], env={"SECRET": "x" * 64})
+
+    other = bystander_process()
     with listeners(tmp_path) as (port, _, accepted):
-        target = hostile_predict.Target(canary=str(tmp_path / "pwnd"), secret=str(secret), port=port)
+        target = hostile_predict.Target(canary=str(tmp_path / "pwnd"), secret=str(secret), port=port, bystander_pid=other.pid)
         folder = signed(models_root, authority, f"hostile-predict-{case}", data=hostile_predict.acting_at_predict(technique.body(target)))
 
         seen = hostile_predict.run_control(folder / "model.joblib", technique, target, cwd=tmp_path)
@@ -232,6 +243,12 @@ def test_a_model_acting_at_predict_time_is_contained(
         assert technique.fired(target, seen), f"the payload did not fire unconfined: {seen}"
         Path(target.canary).unlink(missing_ok=True)
         accepted.clear()
+        if case == "signal-another-process":
+            assert other.wait(10) == -9, "the control did not kill the other process"
+        if other.poll() is not None:  # the control killed it: the sandboxed run gets a live one
+            other = bystander_process()
+            folder = signed(models_root, authority, f"hostile-predict-{case}-2", data=hostile_predict.acting_at_predict(
+                technique.body(hostile_predict.Target(target.canary, target.secret, port, other.pid))))
 
         model = sigstore_model(folder, served_loader, authority, "sandbox")
         assert run(model.load())  # unpickling runs nothing: the payload waits for predict
@@ -243,7 +260,10 @@ def test_a_model_acting_at_predict_time_is_contained(
         assert any(reason in message for reason in technique.refusal), message
         assert not Path(target.canary).exists()
         assert wait_for_connections(accepted, 0.5) == 0
+        assert other.poll() is None, "the sandboxed payload killed another process"
         run(model.unload())
+    other.kill()
+    other.wait()
     assert_still_serving(bystander, served_loader)
 
 
