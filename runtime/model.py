@@ -172,7 +172,7 @@ class SigstoreModel(SKLearnModel):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         """`SKLearnModel.predict`; for a model served in the sandbox, each requested output is
         computed by its worker from plain arrays and checked here."""
-        model = self._model
+        model = getattr(self, "_model", None)
         if not isinstance(model, SandboxedEstimator):
             return await super().predict(payload)
         payload = self._check_request(payload)
@@ -185,7 +185,7 @@ class SigstoreModel(SKLearnModel):
 
     async def unload(self) -> bool:
         """End the model's sandboxed worker, if it has one."""
-        model = self._model
+        model = getattr(self, "_model", None)
         if isinstance(model, SandboxedEstimator):
             try:
                 await unload(model.endpoint, model.handle, 10.0)
