@@ -301,7 +301,10 @@ class Workers:
             except TimeoutError:
                 worker.end("deadline")
                 raise PredictDeadline("the model did not take its input within the deadline; its worker was ended") from None
-            except OSError:
+            except OSError as exc:
+                if worker.proc.is_alive():
+                    worker.end(f"the request could not be sent: {exc}")
+                    raise WorkerFailed(f"the request could not be sent to the sandboxed worker: {exc}") from None
                 raise self._failed(worker) from None
             answer, body = self._read(worker, self.limits.deadline_seconds, self.limits.max_output_bytes)
         if not answer.get("ok"):
@@ -376,10 +379,17 @@ class Workers:
 
 
 def _send_on(sock: socket.socket, payload: Payload, seconds: float) -> None:
-    sock.settimeout(seconds)
-    sock.sendall(frame(payload))
-    for buffer in payload.buffers:
-        sock.sendall(buffer)
+    """Send `payload` within `seconds`, with sendmsg: the loader container's seccomp profile
+    (runtime/seccomp-loader.json) has no sendto, which `socket.sendall` uses."""
+    deadline = time.monotonic() + seconds
+    for buffer in (frame(payload), *payload.buffers):
+        view = memoryview(buffer).cast("B")
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            view = view[sock.sendmsg([view]) :]
 
 
 def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytearray | None:

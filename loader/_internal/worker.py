@@ -100,7 +100,10 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
         _send(fd, Payload({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}))
         os._exit(5)
     if hasattr(model, "feature_names_in_"):
-        import pandas  # noqa: F401 - fitted on a DataFrame: imported now, not on the first request
+        try:
+            import pandas  # noqa: F401 - fitted on a DataFrame: imported now, not on the first request
+        except ImportError:
+            pass  # a DataFrame request then fails naming the missing module
     _send(fd, Payload({"ok": True, "methods": [m for m in METHODS if _has(model, m)]}))
     while True:
         request = _receive(fd)
