@@ -557,3 +557,87 @@ async def _drop(*claims: asyncio.Task[Any] | None) -> None:
             await claim
         except BaseException:  # noqa: BLE001 - the call already failed for another reason
             pass
+
+
+# --- models served in the sandbox ----------------------------------------------------------------
+
+# Predict carries arrays inline both ways: its channel takes messages up to this size.
+MAX_PREDICT_MESSAGE_BYTES = (64 << 20) + (1 << 20)
+_PREDICT_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_PREDICT_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_PREDICT_MESSAGE_BYTES),
+    ("grpc.use_local_subchannel_pool", 1),
+]
+_predict_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, grpc.aio.Channel]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _served_channel(endpoint: str) -> grpc.aio.Channel:
+    kept = _predict_channels.setdefault(asyncio.get_running_loop(), {})
+    channel = kept.get(endpoint)
+    if channel is None or channel.get_state() in _GONE:
+        channel = kept[endpoint] = grpc.aio.insecure_channel(endpoint, options=_PREDICT_OPTIONS)
+    return channel
+
+
+async def _unary(endpoint: str, method: str, request: Any, timeout: float) -> Any:
+    channel = _served_channel(endpoint)
+    try:
+        return await getattr(loader_pb2_grpc.LoaderStub(channel), method)(request, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            kept = _predict_channels.get(asyncio.get_running_loop(), {})
+            if kept.get(endpoint) is channel:
+                del kept[endpoint]
+        where = f" at {endpoint}" if code in (grpc.StatusCode.UNAVAILABLE,) else ""
+        raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
+
+
+async def serve(endpoint: str, request: loader_pb2.ServeRequest, timeout: float) -> loader_pb2.ServedModel:
+    """Call Serve: the model is verified (or taken by its ticket) and served in a confined worker."""
+    served: loader_pb2.ServedModel = await _unary(endpoint, "Serve", request, timeout)
+    if len(served.handle) != 48:
+        raise LoaderCallError("the loader answered Serve without a valid handle")
+    return served
+
+
+async def predict(endpoint: str, request: loader_pb2.PredictRequest, timeout: float) -> loader_pb2.PredictResponse:
+    """Call Predict on a served model; the answer's array is untrusted data for the caller to check."""
+    response: loader_pb2.PredictResponse = await _unary(endpoint, "Predict", request, timeout)
+    return response
+
+
+async def unload(endpoint: str, handle: str, timeout: float) -> bool:
+    """End a served model's worker; False if the loader did not know the handle."""
+    response: loader_pb2.UnloadResponse = await _unary(endpoint, "Unload", loader_pb2.UnloadRequest(handle=handle), timeout)
+    return response.ended
+
+
+# The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
+# little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;
+# at most ARRAY_MAX_DIMS dimensions. No object dtype and no pickle, either way.
+_ARRAY_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
+ARRAY_MAX_CHARS = 4096
+ARRAY_MAX_DIMS = 4
+
+
+def array_itemsize(dtype: str) -> int | None:
+    """Bytes per element of a dtype string from the fixed list; None for any other string."""
+    if dtype in _ARRAY_NUMERIC:
+        return 1 if dtype[1] == "b" else int(dtype[2:])
+    for prefix, width in (("<U", 4), ("|S", 1)):
+        digits = dtype[len(prefix) :]
+        if dtype.startswith(prefix) and digits.isdigit() and digits[0] != "0" and int(digits) <= ARRAY_MAX_CHARS:
+            return int(digits) * width
+    return None
+
+
+def array_shape(shape: object) -> tuple[int, ...] | None:
+    """`shape` as a tuple if it is 1 to ARRAY_MAX_DIMS non-negative ints; None otherwise."""
+    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= ARRAY_MAX_DIMS:
+        return None
+    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        return None
+    return tuple(shape)

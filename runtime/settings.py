@@ -98,6 +98,8 @@ class RuntimeSettings(BaseSettings):
     artefacts_root: str = ""
     timeout_seconds: float = 120.0
     max_model_bytes: int = 1 << 30
+    # The largest answer accepted from a model served in the sandbox.
+    max_predict_bytes: int = 64 << 20
     # docker mode: the loader image, and trust roots to mount into it as NAME=PATH[,NAME=PATH].
     docker_image: str = "mlserver-sigstore/loader:dev"
     docker_trust_configs: str = ""
@@ -138,6 +140,11 @@ class SigstorePolicy(BaseModel):
     )
     sandbox: Literal["endpoint", "docker"] | None = None
     endpoint: str | None = None
+    execution: Literal["auto", "server", "sandbox"] = Field(
+        default="auto",
+        description="auto: handed back when every type is allowlisted and validates, else served in the loader's "
+        "sandbox; server: handed back or refused; sandbox: always served in the sandbox",
+    )
 
     @field_validator("ignore_paths")
     @classmethod

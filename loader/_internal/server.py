@@ -17,10 +17,11 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
+from loader._internal.inference import answer_array, predict_request
 from loader._internal.memfd import SealedFile
-from loader._internal.service import LoaderService, LoadRequest, LoadResult
+from loader._internal.service import TICKET_SECONDS, LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
-from loader.errors import LoaderError
+from loader.errors import BadRequest, LoaderError
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
@@ -30,6 +31,8 @@ DIGEST_LAST_FROM_BYTES = 8 << 20
 MAX_SOCKET_PATH = 107
 # How often the side channel is probed; health says NOT_SERVING while it does not answer.
 PROBE_SECONDS = 5.0
+# VerifyAndLoad requests are small; the server's message limit is raised for Predict only.
+MAX_LOAD_REQUEST_BYTES = 1 << 20
 
 
 class LoaderServicer(loader_pb2_grpc.LoaderServicer):
@@ -40,6 +43,10 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
     def VerifyAndLoad(  # noqa: N802 - gRPC method name
         self, request: loader_pb2.VerifyAndLoadRequest, context: grpc.ServicerContext
     ) -> Iterator[loader_pb2.VerifyAndLoadResponse]:
+        if request.execution == loader_pb2.EXECUTION_SANDBOX:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "EXECUTION_SANDBOX: call Serve, which never hands the model back")
+        if request.ByteSize() > MAX_LOAD_REQUEST_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is over {MAX_LOAD_REQUEST_BYTES} bytes")
         handoff = self._handoff if request.accept_fd else None
         claim = request.fd_claim if handoff is not None else ""
         handles: list[str] = []
@@ -90,7 +97,51 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             default_trust_root=service.trust_roots.default,
             child_pool=service.sandbox.pool_size,
             fd_socket=str(self._handoff.path) if self._handoff is not None else "",
+            served_models=service.workers.count() if service.workers is not None else 0,
+            max_served_models=service.workers.limits.max_workers if service.workers is not None else 0,
+            user_code=service.workers.user_code if service.workers is not None else "",
         )
+
+    def Serve(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.ServeRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.ServedModel:
+        try:
+            verified, served = self._service.serve(_to_load_request(request.load), request.sandbox_ticket, request.reason)
+        except LoaderError as exc:
+            context.abort(exc.code, str(exc))
+        return loader_pb2.ServedModel(
+            handle=served.handle,
+            facts=loader_pb2.VerificationFacts(**dataclasses.asdict(verified)),
+            methods=served.methods,
+            reason=request.reason,
+            timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in served.timings.items()],
+            memory_bytes=served.limits.memory_bytes,
+            deadline_seconds=served.limits.deadline_seconds,
+        )
+
+    def Predict(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.PredictResponse:
+        workers = self._service.workers
+        started = time.perf_counter()
+        try:
+            if workers is None:
+                raise BadRequest("this loader does not serve models")
+            header, buffers = predict_request(
+                request.method, [(a.name, a.dtype, tuple(a.shape), a.data, a.object) for a in request.inputs], request.frame
+            )
+            answer, body = workers.predict(request.handle, header, buffers)
+            dtype, shape, is_object = answer_array(answer)
+        except LoaderError as exc:
+            context.abort(exc.code, str(exc))
+        output = loader_pb2.Array(dtype=dtype, shape=shape, data=bytes(body), object=is_object)
+        return loader_pb2.PredictResponse(output=output, seconds=time.perf_counter() - started)
+
+    def Unload(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.UnloadRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.UnloadResponse:
+        workers = self._service.workers
+        return loader_pb2.UnloadResponse(ended=workers.unload(request.handle) if workers is not None else False)
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
@@ -107,6 +158,7 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
         trusted_types=tuple(request.trusted_types),
         ignore_paths=tuple(request.ignore_paths),
         report_types=not request.omit_untrusted_types,
+        execution="auto" if request.execution == loader_pb2.EXECUTION_AUTO else "server",
     )
 
 
@@ -119,6 +171,8 @@ def _header(result: LoadResult) -> loader_pb2.LoadedModel:
         format="skops",
         size=result.converted.size,
         cached=result.cached,
+        sandbox_ticket=result.sandbox_ticket,
+        sandbox_ticket_ttl_seconds=TICKET_SECONDS if result.sandbox_ticket else 0.0,
     )
 
 
@@ -132,6 +186,10 @@ def _set_digest(header: loader_pb2.LoadedModel, result: LoadResult, algorithm: s
     digest = _digest(result, algorithm)
     header.model_blake3, header.model_sha256 = digest.blake3, digest.sha256
     header.timings.append(loader_pb2.StageTiming(stage="result_hash", seconds=time.perf_counter() - started))
+
+
+def _predict_bytes(service: LoaderService) -> int:
+    return service.workers.limits.max_input_bytes + (1 << 20) if service.workers is not None else 0
 
 
 def _watch_side_channel(
@@ -165,7 +223,8 @@ def build_server(service: LoaderService, socket_path: Path, probe_seconds: float
     workers = service.limits.max_concurrent_loads + 4
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader-rpc"),
-        options=[("grpc.max_receive_message_length", 1 << 20)],
+        # Predict carries the request's arrays inline (VerifyAndLoad is held to 1 MiB above).
+        options=[("grpc.max_receive_message_length", max(MAX_LOAD_REQUEST_BYTES, _predict_bytes(service)))],
     )
     handoff = None
     fd_socket = Handoff.path_for(socket_path)
