@@ -17,7 +17,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loader._internal.confine import ChildLimits, confine, hold_only, leave_loader_group
+from loader._internal.confine import ChildLimits, confine, isolate
 
 
 class PassedFd:
@@ -158,18 +158,6 @@ def child_descriptors(control: int, status: int) -> tuple[int, ...]:
     return (0, 1, 2, control, status)
 
 
-def _forget_closed_descriptors() -> None:
-    """Drop multiprocessing's references to descriptors `hold_only` closed (the fork server's
-    "alive" pipe, the resource tracker's pipe, the parent sentinel), so that nothing writes to
-    a number a later open reuses. Without its pipe, the resource tracker is out of reach: a
-    registration would have to start a new tracker, and the child can start no process."""
-    from multiprocessing import forkserver, process, resource_tracker
-
-    forkserver._forkserver._forkserver_alive_fd = None  # type: ignore[attr-defined]
-    resource_tracker._resource_tracker._fd = None  # type: ignore[attr-defined]
-    process._parent_process = None  # type: ignore[attr-defined]
-
-
 def _receive(control: socket.socket) -> tuple[int, int, bool] | None:
     """Wait for the artefact and the result memfd; None if the parent closed the connection."""
     message, fds, _, _ = socket.recv_fds(control, 1, _HANDOFF_FDS)
@@ -197,10 +185,8 @@ def run(control: PassedFd, status: Connection, output: Connection, limits: Child
         sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
         os.environ.clear()
         channel = socket.socket(fileno=control.fd)  # probes the socket now, before the filter
-        leave_loader_group()
         # Exactly: /dev/null as stdin, the output pipe as stdout and stderr, control, status.
-        hold_only(child_descriptors(channel.fileno(), status.fileno()))
-        _forget_closed_descriptors()
+        isolate(child_descriptors(channel.fileno(), status.fileno()))
         landlock = confine(limits)
     except Exception as exc:  # noqa: BLE001 - report any confinement failure, never run unconfined
         status.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())

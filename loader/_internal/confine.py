@@ -83,6 +83,27 @@ def hold_only(keep: Iterable[int]) -> None:
         low = max(low, fd + 1)
 
 
+def isolate(keep: Iterable[int]) -> None:
+    """Cut a freshly forked process off from the loader before it is confined: a session and
+    process group of its own, exactly the descriptors `keep`, and multiprocessing's references
+    to what was closed dropped. The conversion child and the sandboxed worker both start here."""
+    leave_loader_group()
+    hold_only(keep)
+    _forget_closed_descriptors()
+
+
+def _forget_closed_descriptors() -> None:
+    """Drop multiprocessing's references to descriptors `hold_only` closed (the fork server's
+    "alive" pipe, the resource tracker's pipe, the parent sentinel), so that nothing writes to
+    a number a later open reuses. Without its pipe, the resource tracker is out of reach: a
+    registration would have to start a new tracker, and the process can start no other."""
+    from multiprocessing import forkserver, process, resource_tracker
+
+    forkserver._forkserver._forkserver_alive_fd = None  # type: ignore[attr-defined]
+    resource_tracker._resource_tracker._fd = None  # type: ignore[attr-defined]
+    process._parent_process = None  # type: ignore[attr-defined]
+
+
 def apply_limits(limits: ChildLimits) -> None:
     """Set the child's rlimits (address space, CPU, descriptors, file size, no new processes)."""
     with open("/proc/self/statm") as statm:

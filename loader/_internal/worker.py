@@ -68,13 +68,22 @@ def _read_exact(fd: int, n: int) -> bytearray | None:
 
 def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_code: str) -> None:
     """Worker entry point: confine, report ready, take the artefact, unpickle it once, serve."""
-    from loader._internal.confine import apply_limits, install_syscall_filter, readable_paths, restrict_filesystem
+    from loader._internal.confine import (
+        apply_limits,
+        install_syscall_filter,
+        isolate,
+        readable_paths,
+        restrict_filesystem,
+    )
 
     try:
         channel = socket.socket(fileno=control.fd)  # probes the socket now, before the filter
         fd = channel.fileno()
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
+        output.close()
+        # Exactly: /dev/null as stdin, the output pipe as stdout and stderr, the control socket.
+        isolate((0, 1, 2, fd))
         os.chdir("/")
         sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
         if user_code:
