@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import skops.io
 from scipy import sparse
+from sklearn import preprocessing
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import CountVectorizer
@@ -488,6 +489,26 @@ def backtracking_token_pattern() -> bytes:
     return skops.io.dumps(model)
 
 
+# -- computed properties --------------------------------------------------------------------------
+
+def _polynomial(**state: Any) -> bytes:
+    """An honest degree-1 PolynomialFeatures over 2,000 features with stored state replaced."""
+    model = preprocessing.PolynomialFeatures(degree=1).fit(np.zeros((2, 2000)))
+    vars(model).update(state)
+    return skops.io.dumps(model)
+
+
+def polynomial_max_degree() -> bytes:
+    """No code at all: `_max_degree` 10**6 behind an honest `degree` 1. `powers_` (a property, read
+    by the landed validator) enumerates every combination up to it, 16 KB each."""
+    return _polynomial(_max_degree=10**6)
+
+
+def polynomial_expansion_width() -> bytes:
+    """`_n_out_full` 10**10: transform allocates that many columns per request row."""
+    return _polynomial(_n_out_full=10**10)
+
+
 def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
     """The archive with `value` written at the given offsets of the local and central headers of
     the first member `pick` accepts (flags, compression method)."""
@@ -522,6 +543,7 @@ class Case:
     harm: str  # what the archive does when loaded by skops alone (tests/integration/test_fuzz.py)
     unchecked: str = ""  # the fuzz worker's outcome without these checks (a regex), where a test shows it
     input: str = "X"  # the request batch (tests/fuzz_cases.py INPUTS) sent to predict
+    touch: str = ""  # an attribute read after an unchecked load (what a landed validator read)
 
 
 CASES: dict[str, Case] = {
@@ -561,5 +583,7 @@ CASES: dict[str, Case] = {
     "nested_pipelines": Case(nested_pipelines, "composites nest deeper than", "minutes of CPU", "timeout"),
     "hashing_negative_ngrams": Case(hashing_negative_ngrams, r"ngram_range \(-2147483648, -2147483648\) is outside", "billions of n-gram loops per document", "timeout", "TEXTS"),
     "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples"),
+    "polynomial_max_degree": Case(polynomial_max_degree, r"_max_degree 1000000 disagree with degree 1", "memory without bound while powers_ is read (in the landed load_model)", "memory", "WIDE", "powers_"),
+    "polynomial_expansion_width": Case(polynomial_expansion_width, r"_n_out_full = 10000000000 is outside", "a 10**10-column array per request", "memory", "WIDE"),
     "vectorizer_reads_files": Case(vectorizer_reads_files, "input = 'filename' is not one of", "reads server files at predict", "ok", "PATHS"),
 }

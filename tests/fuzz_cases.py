@@ -43,8 +43,10 @@ MIXED = np.hstack([X[:, :2], XC[:, 2:]])
 # PATHS: what a caller sends to a model that reads files (a request naming the server's own files).
 PATHS = ["/proc/self/environ", "/etc/hostname", "/proc/self/cmdline"] * 2
 WORDS = np.array([["red"], ["green"], ["blue"], ["red"]] * 5)  # one categorical string column
+WIDE = _rng.normal(size=(3, 2000))  # for the 2,000-feature crafted PolynomialFeatures
 INPUTS: dict[str, Any] = {
     "X": X, "XP": XP, "XC": XC, "XCAT": XCAT, "TEXTS": TEXTS, "MIXED": MIXED, "PATHS": PATHS, "WORDS": WORDS,
+    "WIDE": WIDE,
 }
 
 

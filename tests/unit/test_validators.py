@@ -135,3 +135,51 @@ def test_a_structural_violation_is_refused_by_its_family(case: str) -> None:
     build, message = CASES[case]
     with pytest.raises(ModelRefused, match=message):
         load_model(skops.io.dumps(build()), [])
+
+
+def _sklearn_classes(model: Any) -> set[type]:
+    """Every scikit-learn class (with its bases) of an object reachable from `model`."""
+    seen: set[int] = set()
+    found: set[type] = set()
+    stack = [model]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        found.update(k for k in type(obj).__mro__ if k.__module__.startswith("sklearn."))
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+            stack.extend(obj.ravel().tolist())
+        elif isinstance(getattr(obj, "__dict__", None), dict):
+            stack.extend(vars(obj).values())
+    return found
+
+
+def test_validators_never_read_a_computed_property(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25 item 1, as a class: scikit-learn computes a property on access from state no
+    check has seen (PolynomialFeatures.powers_ enumerated combinations up to a stored degree of
+    10**6). With every property of every scikit-learn class in the honest corpus raising, every
+    honest model still validates: validators read stored state only."""
+    from runtime._internal.validators import validate_model
+    from tests.fuzz_cases import honest_models
+
+    models = [load_model(honest.data, []) for honest in honest_models()]
+    read: list[str] = []
+
+    def tripwire(cls: type, name: str) -> property:
+        def get(_: Any) -> Any:
+            read.append(f"{cls.__qualname__}.{name}")
+            raise AssertionError(f"{cls.__qualname__}.{name} read")
+        return property(get)
+
+    for cls in set().union(*(_sklearn_classes(model) for model in models)):
+        for name, attr in list(vars(cls).items()):
+            if isinstance(attr, property):
+                monkeypatch.setattr(cls, name, tripwire(cls, name))
+    for model in models:
+        validate_model(model)
+    assert not read

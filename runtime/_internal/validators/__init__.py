@@ -107,7 +107,7 @@ def _in_use(est: Any, family: str) -> bool:
 
 
 def _n_jobs(est: Any) -> None:
-    jobs = getattr(est, "n_jobs", None)
+    jobs = common.state(est, "n_jobs")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or not -common.MAX_N_JOBS <= jobs <= common.MAX_N_JOBS):
         raise common.fail(est, f"n_jobs = {jobs!r} is outside [-{common.MAX_N_JOBS}, {common.MAX_N_JOBS}]")
 

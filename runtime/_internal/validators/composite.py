@@ -6,7 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from runtime._internal.validators.common import MAX_NESTING, array, fail, in_range, n_features, optional_n_features
+from runtime._internal.validators.common import (
+    MAX_NESTING,
+    array,
+    fail,
+    has,
+    in_range,
+    n_features,
+    optional_n_features,
+    state,
+)
 
 COMPOSITES = ("Pipeline", "FeatureUnion", "ColumnTransformer")
 MAX_STEPS = 1000
@@ -43,6 +52,13 @@ def _columns(est: Any, columns: Any, features: int | None) -> None:
         in_range(est, "transformer columns", values, -features, features)
 
 
+def _input_indices(est: Any) -> dict[Any, Any]:
+    found = state(est, "_transformer_to_input_indices", {})
+    if not isinstance(found, dict):
+        raise fail(est, "_transformer_to_input_indices is not a dict")
+    return found
+
+
 def nesting(est: Any, depth: int = 0) -> int:
     """How deep composites nest inside `est` (0 for a plain estimator); refuse past MAX_NESTING."""
     if type(est).__name__ not in COMPOSITES:
@@ -55,34 +71,34 @@ def nesting(est: Any, depth: int = 0) -> int:
 def children(est: Any) -> list[Any]:
     name = type(est).__name__
     if name == "Pipeline":
-        return [s[1] for s in est.steps]
+        return [s[1] for s in _named(est, "steps", state(est, "steps"), 2)]
     if name == "FeatureUnion":
-        return [t[1] for t in est.transformer_list]
-    return [t[1] for t in getattr(est, "transformers_", [])]
+        return [t[1] for t in _named(est, "transformer_list", state(est, "transformer_list"), 2)]
+    return [t[1] for t in _named(est, "transformers_", state(est, "transformers_"), 3)] if has(est, "transformers_") else []
 
 
 def validate(est: Any) -> None:
     name = type(est).__name__
-    if getattr(est, "memory", None) is not None:
+    if state(est, "memory") is not None:
         raise fail(est, "memory names a cache location; it must be None")
     if name == "Pipeline":
-        steps = _named(est, "steps", est.steps, 2)
+        steps = _named(est, "steps", state(est, "steps"), 2)
         if any(isinstance(s[1], str) and s[1] != "passthrough" for s in steps):
             raise fail(est, "a pipeline step is a string other than 'passthrough'")
     elif name == "FeatureUnion":
-        _named(est, "transformer_list", est.transformer_list, 2)
-        weights = getattr(est, "transformer_weights", None)
+        _named(est, "transformer_list", state(est, "transformer_list"), 2)
+        weights = state(est, "transformer_weights")
         if weights is not None and not (isinstance(weights, dict) and all(isinstance(w, (int, float)) for w in weights.values())):
             raise fail(est, "transformer_weights must map names to numbers")
-    elif hasattr(est, "transformers_"):
+    elif has(est, "transformers_"):
         features = n_features(est)
-        for _, transformer, columns in _named(est, "transformers_", getattr(est, "transformers_", None), 3):
+        for _, transformer, columns in _named(est, "transformers_", state(est, "transformers_"), 3):
             if isinstance(transformer, str) and transformer not in ("drop", "passthrough"):
                 raise fail(est, f"transformer {transformer!r} is not accepted")
             _columns(est, columns, features)
-        for key, cols in getattr(est, "_transformer_to_input_indices", {}).items():
+        for key, cols in _input_indices(est).items():
             _columns(est, cols, features) if isinstance(key, str) else None
-        remainder = getattr(est, "_remainder", None)
+        remainder = state(est, "_remainder")
         if remainder is not None:
             _columns(est, remainder[2], features)
     optional_n_features(est)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime._internal.validators.common import array, classes, fail, integer, n_features
+from runtime._internal.validators.common import (
+    array,
+    classes,
+    fail,
+    integer,
+    n_features,
+    state,
+)
 
 
 def validate(est: Any) -> None:
@@ -21,7 +28,7 @@ def validate(est: Any) -> None:
         array(est, "feature_log_prob_", shape=(k, features), kinds="f")
         return
     n_categories = array(est, "n_categories_", shape=(features,), kinds="iu")
-    tables = getattr(est, "feature_log_prob_", None)
+    tables = state(est, "feature_log_prob_")
     if not isinstance(tables, list) or len(tables) != features:
         raise fail(est, "feature_log_prob_ must hold one table per feature")
     for i, table in enumerate(tables):
