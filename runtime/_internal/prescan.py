@@ -22,7 +22,8 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 from numpy.lib import format as npy_format
 
-from runtime._internal.allowlist import ALLOWLIST
+from runtime._internal.allowlist import ALLOWLIST, FUNCTIONS
+from runtime._internal.refusal import refuse
 from runtime.errors import ModelRefused
 
 MAX_ZIP_ENTRIES = 100_000
@@ -35,13 +36,14 @@ MAX_JSON_CONTENT = 1 << 20
 SPARSE_MEMBERS = frozenset({"data.npy", "indices.npy", "indptr.npy", "shape.npy", "format.npy", "row.npy", "col.npy"})
 SPARSE_FORMATS = frozenset({b"csr", b"csc", b"coo"})
 
-# skops node kinds the allowlisted families need. Methods, operators, masked arrays and free-form
-# reduce constructors are never needed by them and are refused.
+# skops node kinds the allowlisted families need. Methods, operators and free-form reduce
+# constructors are never needed by them and are refused. Masked arrays (a search's cv_results_)
+# hold exactly a data and a mask array.
 LEAF_LOADERS = frozenset({"JsonNode", "TypeNode", "NdArrayNode", "SparseMatrixNode", "DTypeNode", "FunctionNode", "SliceNode"})
 ALLOWED_LOADERS = LEAF_LOADERS | {
     "ObjectNode", "DictNode", "ListNode", "TupleNode", "SetNode", "CachedNode",
     "TreeNode", "LossNode", "RandomStateNode", "RandomGeneratorNode", "DefaultDictNode",
-    "PartialNode", "FunctionNode",
+    "PartialNode", "FunctionNode", "MaskedArrayNode",
 }
 # Cython types whose __setstate__ indexes its state tuple without bounds checks (a short tuple
 # crashes skops' construct, before any validator runs): their exact arity.
@@ -59,6 +61,7 @@ FIXED_TYPES: dict[str, Any] = {
     "PartialNode": {"functools.partial"}.__contains__,
     "RandomStateNode": {"numpy.random.mtrand.RandomState"}.__contains__,
     "RandomGeneratorNode": {"numpy.random._generator.Generator"}.__contains__,
+    "MaskedArrayNode": {"numpy.ma.MaskedArray"}.__contains__,
     # Loss classes (skops builds the named class with the node's arguments, then sets its state).
     "LossNode": lambda name: name.startswith(("sklearn._loss.", "sklearn.linear_model._sgd_fast.")),
 }
@@ -68,10 +71,8 @@ _NAMED_CHILDREN = {
     "DefaultDictNode": ("main", "default_factory"),
     "PartialNode": ("func", "args", "kwds", "namespace"),
     "RandomGeneratorNode": ("bit_generator", "seed_seq"),
+    "MaskedArrayNode": ("data", "mask"),
 }
-# HistGradientBoosting with categorical features keeps partial(check_array, ...) in a
-# FunctionTransformer; no other function is ever accepted (validators check its arguments).
-FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,11 +94,6 @@ def behaviour_of(qualified: str) -> frozenset[str]:
         attr for attr in dir(cls)
         if callable(found := inspect.getattr_static(cls, attr, None)) or hasattr(type(found), "__get__")
     )
-
-
-def refuse(message: str) -> ModelRefused:
-    """The 422 every structural refusal of the converted model uses."""
-    return ModelRefused(f"the converted model is refused: {message}", 422)
 
 
 @dataclass
@@ -285,7 +281,10 @@ class _Scanner:
             raise refuse("its schema holds a node without a type name")
         self.result.types.add(f"{module}.{name}")
         if loader == "FunctionNode" and f"{module}.{name}" not in FUNCTIONS:
-            raise refuse(f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} may appear")
+            raise refuse(
+                f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} are accepted in this process "
+                "(a model that calls other code must be served in the sandbox)"
+            )
         self._count(1)
         fixed = FIXED_TYPES.get(loader)
         if fixed is not None and not fixed(f"{module}.{name}"):
@@ -420,6 +419,10 @@ class _Scanner:
             names = _NAMED_CHILDREN[loader]
             if not isinstance(content, dict) or set(content) != set(names):
                 raise refuse(f"a {loader} in its schema does not hold exactly {list(names)}")
+            if loader == "MaskedArrayNode" and not all(
+                isinstance(content[n], dict) and self._resolved(content[n]).get("__loader__") == "NdArrayNode" for n in names
+            ):
+                raise refuse("a masked array in its schema is not a data array and a mask array")
             return [content[name] for name in names]
         if loader == "DictNode":
             if not isinstance(content, dict) or "key_types" not in state:

@@ -113,12 +113,12 @@ def test_the_walkthrough_and_benchmark_models_load(digits_svm_bytes: bytes) -> N
 
 
 def test_a_type_outside_the_allowlist_loads_only_when_trusted_and_is_named_in_the_refusal() -> None:
-    from sklearn.ensemble import AdaBoostClassifier
+    from sklearn.neighbors import NearestCentroid
 
-    data = skops.io.dumps(AdaBoostClassifier(n_estimators=2).fit(X, Y))
-    with pytest.raises(ModelRefused, match=r"sklearn.ensemble._weight_boosting.AdaBoostClassifier.*trusted_types"):
+    data = skops.io.dumps(NearestCentroid().fit(X, Y))
+    with pytest.raises(ModelRefused, match=r"sklearn.neighbors._nearest_centroid.NearestCentroid.*trusted_types"):
         load_model(data, [])
-    loaded = load_model(data, ["sklearn.ensemble._weight_boosting.AdaBoostClassifier"])
+    loaded = load_model(data, ["sklearn.neighbors._nearest_centroid.NearestCentroid"])
     assert loaded.predict(X).shape == (len(X),)
 
 

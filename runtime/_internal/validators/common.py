@@ -8,7 +8,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.base import ClassifierMixin
 
-from runtime._internal.prescan import refuse
+from runtime._internal.refusal import refuse
 from runtime.errors import ModelRefused
 
 MAX_FEATURES = 10_000_000
@@ -17,6 +17,11 @@ MAX_ESTIMATORS = 100_000
 MAX_NEIGHBORS = 10_000
 MAX_NESTING = 6
 MAX_N_JOBS = 64
+
+
+def qualified_name(cls: type) -> str:
+    """`module.Class` as skops names a type."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def where(obj: Any) -> str:

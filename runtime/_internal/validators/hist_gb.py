@@ -19,6 +19,16 @@ from runtime._internal.validators.common import (
     state,
 )
 
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+)
+PARTS = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+)
+
 
 def check_predictor(pred: TreePredictor, width: int, categorical: np.ndarray | None) -> None:
     """Children after parents, features < width, bitset rows in range, categorical splits on categorical

@@ -14,6 +14,26 @@ from runtime._internal.validators.common import (
     state,
 )
 
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.linear_model._base.LinearRegression",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+    "sklearn.linear_model._stochastic_gradient.SGDRegressor",
+    "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._ridge.RidgeClassifier",
+    "sklearn.linear_model._ridge.RidgeCV",  # StackingRegressor's default final estimator
+    "sklearn.linear_model._ridge.RidgeClassifierCV",
+    "sklearn.linear_model._coordinate_descent.Lasso",
+    "sklearn.linear_model._coordinate_descent.ElasticNet",
+    "sklearn.linear_model._perceptron.Perceptron",
+    "sklearn.svm._classes.LinearSVC",
+    "sklearn.svm._classes.LinearSVR",
+)
+PARTS = tuple(f"sklearn.linear_model._sgd_fast.{n}" for n in (
+    "Hinge", "ModifiedHuber", "SquaredHinge", "EpsilonInsensitive", "SquaredEpsilonInsensitive",
+))
+
 
 def validate(est: Any) -> None:
     features = optional_n_features(est)

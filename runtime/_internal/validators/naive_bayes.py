@@ -13,6 +13,15 @@ from runtime._internal.validators.common import (
     state,
 )
 
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.naive_bayes.GaussianNB",
+    "sklearn.naive_bayes.MultinomialNB",
+    "sklearn.naive_bayes.BernoulliNB",
+    "sklearn.naive_bayes.ComplementNB",
+    "sklearn.naive_bayes.CategoricalNB",
+)
+
 
 def validate(est: Any) -> None:
     features = n_features(est)

@@ -21,6 +21,25 @@ from runtime._internal.validators.common import (
     state,
 )
 
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._data.MinMaxScaler",
+    "sklearn.preprocessing._data.MaxAbsScaler",
+    "sklearn.preprocessing._data.RobustScaler",
+    "sklearn.preprocessing._data.Normalizer",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn.preprocessing._label.LabelBinarizer",
+    "sklearn.preprocessing._polynomial.PolynomialFeatures",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.decomposition._pca.PCA",
+    "sklearn.dummy.DummyClassifier",
+    "sklearn.dummy.DummyRegressor",
+)
+
 MAX_POLYNOMIAL_OUTPUTS = 1_000_000
 MAX_POLYNOMIAL_DEGREE = 10
 _PER_FEATURE = {
@@ -31,14 +50,65 @@ _PER_FEATURE = {
     "SimpleImputer": ("statistics_",),
 }
 CHECK_ARRAY_KEYWORDS = frozenset({"dtype", "ensure_all_finite", "accept_sparse"})
+# NumPy's element-wise functions a FunctionTransformer or TransformedTargetRegressor may apply
+# (by name in the numpy namespace; each must be NumPy's own object), with the keyword arguments
+# each accepts. Nothing else is called at predict.
+ELEMENTWISE: dict[str, frozenset[str]] = {
+    **dict.fromkeys((
+        "log1p", "expm1", "log", "log2", "log10", "exp", "exp2", "sqrt", "cbrt", "square", "absolute",
+        "negative", "sign", "tanh", "arcsinh", "sinh", "reciprocal", "rint", "floor", "ceil",
+    ), frozenset()),
+    "clip": frozenset({"a_min", "a_max", "min", "max"}),
+}
+FUNCTIONS = (
+    "sklearn.utils.validation.check_array",  # HistGradientBoosting's categorical preprocessor
+    *(f"numpy.{name}" for name in ELEMENTWISE),
+)
+PARTS = ("functools.partial", *FUNCTIONS)
 
 
 def check_partial(owner: Any, func: Any) -> None:
-    """Only functools.partial(check_array, dtype=..., ensure_all_finite=...) is accepted as a function."""
+    """Only functools.partial(check_array, dtype=..., ensure_all_finite=...) is accepted as a partial."""
     if not isinstance(func, functools.partial) or func.func is not check_array or func.args:
         raise fail(owner, f"function {func!r} is not accepted")
     if set(func.keywords) - CHECK_ARRAY_KEYWORDS:
         raise fail(owner, f"check_array keywords {sorted(func.keywords)} are not accepted")
+
+
+def elementwise(owner: Any, name: str, func: Any, keywords: Any) -> None:
+    """`func` (None: identity) is one of NumPy's own element-wise functions, called with
+    `keywords` it accepts (numbers only)."""
+    if func is None:
+        allowed: frozenset[str] = frozenset()
+    else:
+        found = next((n for n in ELEMENTWISE if getattr(np, n) is func), None)
+        if found is None:
+            raise fail(owner, f"{name} {func!r} is not one of NumPy's {sorted(ELEMENTWISE)}")
+        allowed = ELEMENTWISE[found]
+    if keywords is None:
+        return
+    if type(keywords) is not dict or set(keywords) - allowed:
+        raise fail(owner, f"{name} keyword arguments {keywords!r} are not accepted (only {sorted(allowed)})")
+    for key, value in keywords.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))):
+            raise fail(owner, f"{name} keyword {key} = {value!r} is not a number")
+
+
+def _function_transformer(est: Any) -> None:
+    """Identity (how ColumnTransformer stores "passthrough"), an element-wise NumPy function, or
+    HistGradientBoosting's partial(check_array); no callable for feature names."""
+    func = state(est, "func")
+    if isinstance(func, functools.partial):
+        check_partial(est, func)
+        if any(state(est, n) for n in ("inverse_func", "kw_args", "inv_kw_args", "feature_names_out")):
+            raise fail(est, "only a bare partial(check_array) FunctionTransformer is accepted")
+        return
+    elementwise(est, "func", func, state(est, "kw_args"))
+    elementwise(est, "inverse_func", state(est, "inverse_func"), state(est, "inv_kw_args"))
+    one_of(est, "feature_names_out", (None, "one-to-one"))
+    for flag in ("validate", "accept_sparse", "check_inverse"):
+        one_of(est, flag, (False, True))
+    optional_n_features(est)
 
 
 def _encoder(est: Any, features: int) -> None:
@@ -126,9 +196,7 @@ def validate(est: Any) -> None:
     elif name == "PolynomialFeatures":
         _polynomial(est)
     elif name == "FunctionTransformer":
-        check_partial(est, state(est, "func"))
-        if any(state(est, n) for n in ("inverse_func", "kw_args", "inv_kw_args", "feature_names_out")):
-            raise fail(est, "only a bare partial(check_array) FunctionTransformer is accepted")
+        _function_transformer(est)
     elif name in ("DummyClassifier", "DummyRegressor"):
         optional_n_features(est)
         outputs = integer(est, "n_outputs_", 1, 1 << 16)

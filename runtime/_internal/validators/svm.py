@@ -18,6 +18,14 @@ from runtime._internal.validators.common import (
     state,
 )
 
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.svm._classes.SVC",
+    "sklearn.svm._classes.SVR",
+    "sklearn.svm._classes.NuSVC",
+    "sklearn.svm._classes.NuSVR",
+)
+
 
 def validate(est: Any) -> None:
     features = n_features(est)

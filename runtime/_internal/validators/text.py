@@ -16,6 +16,14 @@ from runtime._internal.validators.common import (
     state,
 )
 
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.feature_extraction.text.CountVectorizer",
+    "sklearn.feature_extraction.text.TfidfVectorizer",
+    "sklearn.feature_extraction.text.TfidfTransformer",
+    "sklearn.feature_extraction.text.HashingVectorizer",
+)
+
 MAX_VOCABULARY = 50_000_000
 # The token patterns accepted: the model's pattern runs on every request in the serving process,
 # and a backtracking one (".*" * 100 + "Q") never returns. These run in linear time.
