@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator
 
 from runtime._internal.validators.common import (
     MAX_ESTIMATORS,
+    MAX_FEATURES,
     array,
     classes,
     fail,
@@ -136,7 +137,11 @@ def _stacking(est: Any) -> None:
             _encoded_classes(est, member, k)
         width += _width(member, method, k)
     if one_of(est, "passthrough", (False, True)):
-        width += n_features(est)
+        # the input itself, as wide as every member takes it (n_features_in_ is a property here)
+        widths = {state(m, "n_features_in_") for m in fitted if not isinstance(m, str)}
+        if len(widths) != 1:
+            raise fail(est, f"members take different numbers of features {sorted(map(repr, widths))}")
+        width += integer(est, "members' n_features_in_", 1, MAX_FEATURES, widths.pop())
     stated = state(final, "n_features_in_")
     if stated is not None and stated != width:
         raise fail(est, f"final_estimator_ takes {stated} features; its members give {width}")
