@@ -111,7 +111,83 @@ def _n_jobs() -> Any:
     return _set(RandomForestClassifier(n_estimators=2).fit(X, Y), n_jobs=10**6)
 
 
+def _hist_gb() -> Any:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    model = HistGradientBoostingRegressor(max_iter=2).fit(X, X[:, 0])
+    return _set(model, _baseline_prediction=np.zeros((1, 3)))
+
+
+def _polynomial() -> Any:
+    from sklearn.preprocessing import PolynomialFeatures
+
+    return _set(PolynomialFeatures(2).fit(X), _max_degree=3)
+
+
+def _function_keywords() -> Any:
+    from sklearn.preprocessing import FunctionTransformer
+
+    return FunctionTransformer(np.log1p, kw_args={"where": np.ones(4, dtype=bool)}).fit(X)
+
+
+def _voting_weights() -> Any:
+    from sklearn.ensemble import VotingRegressor
+    from sklearn.tree import DecisionTreeRegressor
+
+    model = VotingRegressor([("r", Ridge()), ("t", DecisionTreeRegressor())]).fit(X, X[:, 0])
+    return _set(model, weights=[1.0, 2.0, 3.0])
+
+
+def _stacking_width() -> Any:
+    from sklearn.ensemble import StackingClassifier
+
+    model = StackingClassifier([("lr", LogisticRegression()), ("nb", GaussianNB())], cv=2).fit(X, Y3)
+    model.final_estimator_.n_features_in_ = 4
+    return model
+
+
+def _isotonic() -> Any:
+    from sklearn.isotonic import IsotonicRegression
+
+    model = IsotonicRegression().fit(X[:, 0], X[:, 1])
+    return _set(model, out_of_bounds="wrap")
+
+
+def _target_function() -> Any:
+    from sklearn.compose import TransformedTargetRegressor
+
+    import functools
+
+    from sklearn.utils.validation import check_array
+
+    model = TransformedTargetRegressor(Ridge(), func=np.log1p, inverse_func=np.expm1).fit(X, np.abs(X[:, 0]))
+    return _set(model, func=functools.partial(check_array, ensure_2d=False))
+
+
+def _search_best() -> Any:
+    from sklearn.model_selection import GridSearchCV
+
+    model = GridSearchCV(Ridge(), {"alpha": [0.1, 1.0]}, cv=2).fit(X, X[:, 0])
+    model.best_estimator_.coef_ = np.zeros(9)
+    return model
+
+
+def _kmeans_threads() -> Any:
+    from sklearn.cluster import KMeans
+
+    return _set(KMeans(2, n_init=1).fit(X), _n_threads=10**6)
+
+
 CASES: dict[str, tuple[Callable[[], Any], str]] = {
+    "hist_gb": (_hist_gb, r"_baseline_prediction has shape"),
+    "preprocessing-polynomial": (_polynomial, r"_max_degree 3 disagree with degree 2"),
+    "preprocessing-function": (_function_keywords, r"func keyword arguments .* are not accepted"),
+    "ensembles-voting": (_voting_weights, r"weights has shape \(3,\)"),
+    "ensembles-stacking": (_stacking_width, "final_estimator_ takes 4 features; its members give 6"),
+    "calibration-isotonic": (_isotonic, "out_of_bounds = 'wrap' is not one of"),
+    "meta-target": (_target_function, "func functools.partial.* is not one of NumPy's"),
+    "meta-search": (_search_best, r"coef_ has shape \(9,\)"),
+    "cluster": (_kmeans_threads, r"_n_threads = 1000000 is outside"),
     "linear": (_linear, "coef_ has shape"),
     "linear-intercept": (_ridge_intercept, "intercept_ has shape"),
     "svm": (_svr, "support_vectors_ has shape"),
@@ -183,3 +259,18 @@ def test_validators_never_read_a_computed_property(monkeypatch: pytest.MonkeyPat
     for model in models:
         validate_model(model)
     assert not read
+
+
+def test_every_family_has_an_honest_model_and_a_violation() -> None:
+    """A family without both would be allowlisted without proof that its validator accepts what
+    scikit-learn writes and refuses what it must (and the fuzzer mutates the honest ones)."""
+    from runtime._internal.validators import FAMILIES, FAMILY_OF
+    from tests.fuzz_cases import honest_models
+
+    covered: set[str] = set()
+    for honest in honest_models():
+        covered |= {FAMILY_OF[f"{k.__module__}.{k.__qualname__}"] for k in _sklearn_classes(load_model(honest.data, []))
+                    if f"{k.__module__}.{k.__qualname__}" in FAMILY_OF}
+    assert set(FAMILIES) - covered == set(), "families without an honest model in tests/fuzz_cases.py"
+    violated = {case.split("-")[0] for case in CASES}
+    assert set(FAMILIES) - violated == set(), "families without a violation case here"

@@ -63,7 +63,7 @@ VALUES = (
     "numpy.dtype",
     *(f"numpy.{n}" for n in (
         "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-        "uint8", "uint16", "uint32", "uint64", "bool_", "str_", "bytes_",
+        "uint8", "uint16", "uint32", "uint64", "bool_", "bool", "str_", "bytes_",
     )),
     # Masked arrays (a search's cv_results_): data and mask only, elements walked like any array's.
     "numpy.ma.MaskedArray",
