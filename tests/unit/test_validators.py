@@ -154,10 +154,9 @@ def _isotonic() -> Any:
 
 
 def _target_function() -> Any:
-    from sklearn.compose import TransformedTargetRegressor
-
     import functools
 
+    from sklearn.compose import TransformedTargetRegressor
     from sklearn.utils.validation import check_array
 
     model = TransformedTargetRegressor(Ridge(), func=np.log1p, inverse_func=np.expm1).fit(X, np.abs(X[:, 0]))
