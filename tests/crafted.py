@@ -509,6 +509,14 @@ def polynomial_expansion_width() -> bytes:
     return _polynomial(_n_out_full=10**10)
 
 
+def tree_of_four_billion_outputs() -> bytes:
+    """Found by the fuzzer: skops builds Tree(n_features, n_classes, n_outputs) from the schema
+    before any check, and the constructor allocates n_outputs counters (2**32: 32 GiB)."""
+    def edit(schema: dict[str, Any]) -> None:
+        attrs(schema)["tree_"]["__reduce__"]["args"]["content"][2] = json_node(2**32, 909090)
+    return rewrite(skops.io.dumps(DecisionTreeClassifier(max_depth=2, random_state=0).fit(X, Y)), edit)
+
+
 # -- meta-estimators, clustering, functions, search objects (issue 27) -----------------------------
 
 Y3 = np.arange(len(X)) % 3
@@ -680,6 +688,7 @@ CASES: dict[str, Case] = {
     "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples"),
     "polynomial_max_degree": Case(polynomial_max_degree, r"_max_degree 1000000 disagree with degree 1", "memory without bound while powers_ is read (in the landed load_model)", "memory", "WIDE", "powers_"),
     "polynomial_expansion_width": Case(polynomial_expansion_width, r"_n_out_full = 10000000000 is outside", "a 10**10-column array per request", "memory", "WIDE"),
+    "tree_of_four_billion_outputs": Case(tree_of_four_billion_outputs, r"a tree's n_outputs 4294967296 is outside", "32 GiB asked for while skops builds the tree", "memory"),
     "voting_member_label_of_a_billion": Case(voting_member_label_of_a_billion, r"classes_ are not the 3 encoded classes", "10**9 vote counters per row", "memory"),
     "isolation_forest_member_wider": Case(isolation_forest_member_wider, "a member takes 10000000 features; it is given 4", "a member that cannot take the request (scikit-learn's own width check stops it)"),
     "kmeans_narrow_centres": Case(kmeans_narrow_centres, r"cluster_centers_ has shape \(3, 2\)", "reads past each centre at predict"),

@@ -66,6 +66,8 @@ FIXED_TYPES: dict[str, Any] = {
     "LossNode": lambda name: name.startswith(("sklearn._loss.", "sklearn.linear_model._sgd_fast.")),
 }
 MAX_SEED_POOL = 64
+MAX_TREE_FEATURES = 10_000_000  # as validators.common.MAX_FEATURES
+MAX_TREE_OUTPUTS = 10_000  # as the trees validator's n_outputs_
 # Nodes whose children skops reads from named content fields, in its order.
 _NAMED_CHILDREN = {
     "DefaultDictNode": ("main", "default_factory"),
@@ -406,6 +408,20 @@ class _Scanner:
         if type(size) is not int or not 1 <= size <= MAX_SEED_POOL:
             raise refuse(f"a random generator's seed sequence has pool size {size!r} (at most {MAX_SEED_POOL})")
 
+    def _check_tree_arguments(self, args: Any) -> None:
+        """A Tree is built as Tree(n_features, n_classes, n_outputs) before any check runs, and
+        allocates n_outputs counters first (found by the fuzzer: n_outputs 2**32 asked for 32 GiB
+        inside skops' construct)."""
+        args = self._resolved(args)
+        items = args.get("content") if isinstance(args, dict) and args.get("__loader__") == "TupleNode" else None
+        if not isinstance(items, list) or len(items) != 3:
+            raise refuse("a tree's constructor arguments are not (n_features, n_classes, n_outputs)")
+        for (node, name, high) in ((items[0], "n_features", MAX_TREE_FEATURES), (items[2], "n_outputs", MAX_TREE_OUTPUTS)):
+            node = self._resolved(node)
+            value = json.loads(node["content"]) if isinstance(node, dict) and node.get("__loader__") == "JsonNode" and isinstance(node.get("content"), str) else None
+            if type(value) is not int or not 1 <= value <= high:
+                raise refuse(f"a tree's {name} {value!r} is outside [1, {high}]")
+
     def _children(self, loader: str, state: dict[str, Any]) -> list[Any]:
         # In the order skops' get_tree builds them: with shared ids, the node skops builds first
         # is the one it keeps, so it must be the one visited first here.
@@ -414,6 +430,8 @@ class _Scanner:
             reduce = state.get("__reduce__")
             if not isinstance(reduce, dict) or "args" not in reduce:
                 raise refuse("a reduced object in its schema has no arguments")
+            if loader == "TreeNode":
+                self._check_tree_arguments(reduce["args"])
             return [content, reduce["args"]]
         if loader in _NAMED_CHILDREN:
             names = _NAMED_CHILDREN[loader]
