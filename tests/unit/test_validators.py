@@ -273,3 +273,21 @@ def test_every_family_has_an_honest_model_and_a_violation() -> None:
     assert set(FAMILIES) - covered == set(), "families without an honest model in tests/fuzz_cases.py"
     violated = {case.split("-")[0] for case in CASES}
     assert set(FAMILIES) - violated == set(), "families without a violation case here"
+
+
+def test_calls_per_prediction_are_bounded_with_shared_members() -> None:
+    """A member shared by many owners is called once per owner: two levels of 400 shared
+    members are 160,401 estimator calls per prediction from a model of three estimators. (The
+    pre-scan bounds the same through the schema's expanded size; this is the validator's own
+    bound, on the loaded objects.)"""
+    from sklearn.ensemble import VotingRegressor
+
+    from runtime._internal.validators import validate_model
+
+    model: Any = Ridge().fit(X, X[:, 0])
+    for _ in range(2):
+        shared = model
+        model = VotingRegressor([(f"m{i}", shared) for i in range(400)])
+        vars(model).update(estimators_=[shared] * 400, named_estimators_={})
+    with pytest.raises(ModelRefused, match="more than 100000 estimators"):
+        validate_model(model)
