@@ -2,11 +2,14 @@
 
 import io
 import os
+import re
 import zipfile
+from typing import Any
 
 import numpy as np
 import pytest
 import skops.io
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
@@ -243,3 +246,34 @@ def test_a_member_whose_local_header_names_another_file_is_refused() -> None:
                 with memfd_file(bytes(data)) as file:
                     load_model(file, [])
         assert refused.value.status_code == 422 and "header" in str(refused.value), source
+
+
+class NativeHandleModel(BaseEstimator):
+    """Stands for a third-party booster (LightGBM's Booster): its own `__setstate__` builds a
+    native handle, a type the archive never names."""
+
+    def fit(self, x: Any, y: Any = None) -> "NativeHandleModel":
+        self.weights_ = np.ones(x.shape[1])
+        return self
+
+    def predict(self, x: Any) -> Any:
+        return np.asarray(x) @ self.weights_
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import ctypes
+
+        self.__dict__.update(state)
+        self.handle_ = ctypes.c_void_p(None)
+
+
+def test_one_round_of_trusted_types_is_enough_for_what_trusted_code_builds() -> None:
+    """Issue 27: LightGBM needed two rounds, `ctypes.c_void_p` named only after the first. What
+    a trusted type's own code builds on load belongs to it."""
+    data = skops.io.dumps(NativeHandleModel().fit(X))
+    name = f"{__name__}.NativeHandleModel"
+    with pytest.raises(ModelRefused) as refused:
+        load_model(data, [])
+    named = re.findall(r"'([\w.]+)'", str(refused.value))
+    assert named == [name]
+    loaded = load_model(data, named)
+    assert np.array_equal(loaded.predict(X), X @ np.ones(X.shape[1]))

@@ -172,12 +172,19 @@ def _n_jobs(est: Any) -> None:
 
 
 def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
-    """Validate every object reachable from `model`; return how many objects were visited."""
+    """Validate every object reachable from `model`; return how many objects were visited.
+
+    Every type outside the allowlist and `trusted` is named in one refusal. Objects that a
+    trusted type's own code built while loading (LightGBM's Booster makes a ctypes handle in
+    `__setstate__`: the archive never names it, and the pre-scan refused every type it does
+    name) belong to that trusted type: they are not walked and need no trust of their own."""
     if not isinstance(model, BaseEstimator):
         raise refuse(f"it is a {type(model).__name__}, not a scikit-learn estimator")
     seen: set[int] = set()
     stack: list[Any] = [model]
     keep: list[Any] = []  # keeps visited objects alive so their ids stay unique during the walk
+    built_by_trusted: set[int] = set()  # ids of what a trusted type's objects hold (see above)
+    outside: set[str] = set()
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
@@ -202,9 +209,12 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
                 for key in obj:
                     if not isinstance(key, (str, int, np.integer)):
                         raise refuse(f"a dict key is a {type(key).__name__}")
-                stack.extend(obj.values())
+                items = list(obj.values())
             else:
-                stack.extend(obj)
+                items = list(obj)
+            if id(obj) in built_by_trusted:
+                built_by_trusted.update(id(item) for item in items)
+            stack.extend(items)
             continue
         if isinstance(obj, type):
             if obj in _VALUE_TYPES or issubclass(obj, np.generic):
@@ -212,10 +222,9 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
             raise refuse(f"it holds the class {qualified_name(obj)} as a value; only numeric types are accepted")
         name = qualified_name(type(obj))
         if name not in ALLOWLIST and name not in trusted:
-            raise ModelRefused(
-                f"the converted model is refused: it holds a {name}, which is not in the allowlist; add it to "
-                "parameters.extra.sigstore.trusted_types only if you trust its code and data", 422
-            )
+            if id(obj) not in built_by_trusted:
+                outside.add(name)
+            continue
         if _run(_check_part, obj):
             stack.extend(_inside_part(obj))
             continue
@@ -225,5 +234,13 @@ def validate_model(model: Any, trusted: frozenset[str] = frozenset()) -> int:
             if family is not None and _in_use(obj, family):
                 _run(FAMILIES[family].validate, obj)
         skip = _DERIVED.get(name, ())
-        stack.extend(value for key, value in getattr(obj, "__dict__", {}).items() if key not in skip)
+        held = [value for key, value in getattr(obj, "__dict__", {}).items() if key not in skip]
+        if name not in ALLOWLIST or id(obj) in built_by_trusted:
+            built_by_trusted.update(id(value) for value in held)
+        stack.extend(held)
+    if outside:
+        raise ModelRefused(
+            f"the converted model is refused: it holds {sorted(outside)}, which are not in the allowlist; add them to "
+            "parameters.extra.sigstore.trusted_types only if you trust their code and data", 422
+        )
     return len(seen)
