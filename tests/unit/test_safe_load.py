@@ -277,3 +277,12 @@ def test_one_round_of_trusted_types_is_enough_for_what_trusted_code_builds() -> 
     assert named == [name]
     loaded = load_model(data, named)
     assert np.array_equal(loaded.predict(X), X @ np.ones(X.shape[1]))
+
+
+def test_trusting_a_function_does_not_load_it_and_the_refusal_says_so() -> None:
+    """A function outside NumPy's element-wise list (named where skops expects a type) is not
+    something trusted_types can add: the refusal says so instead of inviting a second round."""
+    data = skops.io.dumps(FunctionTransformer(np.fromfile).fit(X))
+    for trusted in ([], ["numpy.fromfile"]):
+        with pytest.raises(ModelRefused, match=r"functions \['numpy.fromfile'\].*trusted_types cannot add functions"):
+            load_model(data, trusted)
