@@ -43,6 +43,11 @@ def _virtual_size() -> int:
 
 
 def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "") -> int:
+    # stdout is the worker's answer channel: a model that prints (a `verbose` flag the mutation
+    # set, say) must not corrupt it.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     limit = _virtual_size() + MEMORY_HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
