@@ -128,13 +128,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "child-descriptors",
-        "the child's descriptor cleanup (it keeps what the fork server inherited)",
+        "the descriptor cleanup of children and workers (they keep what the fork server inherited)",
         (
-            Edit(
-                "loader/_internal/child.py",
-                "        hold_only(child_descriptors(channel.fileno(), status.fileno()))\n",
-                "        pass  # mutation-check: inherited descriptors kept\n",
-            ),
+            Edit("loader/_internal/confine.py", "    hold_only(keep)\n", "    pass  # mutation-check: inherited descriptors kept\n"),
         ),
         hostile=(
             Selection("tests/integration/test_confinement.py", "holds_exactly_its_descriptors or fork_server_or_the_resource_tracker"),
@@ -143,8 +139,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "child-process-group",
-        "the child's own session and process group (it stays in the loader's)",
-        (Edit("loader/_internal/child.py", "        leave_loader_group()\n", "        pass  # mutation-check: loader's process group\n"),),
+        "the own session and process group of children and workers (they stay in the loader's)",
+        (Edit("loader/_internal/confine.py", "    leave_loader_group()\n", "    pass  # mutation-check: loader's process group\n"),),
         hostile=(Selection("tests/integration/test_confinement.py", "holds_exactly_its_descriptors"),),
         honest=(_HONEST_LOAD,),
     ),
