@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import resource
 import signal
 import sys
@@ -338,3 +339,29 @@ def confine(limits: ChildLimits) -> str:
     landlock = restrict_filesystem()
     install_syscall_filter()
     return landlock
+
+
+_DENIED = re.compile(r"PermissionError: \[Errno 13\] Permission denied: '([^']+)'")
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
+_USER_CODE = (
+    "install it into the loader's image, or give its package folder to the loader with "
+    "`loader serve --user-code DIR` (read-only, never the model folder), and serve the model "
+    "with execution \"sandbox\" or \"auto\""
+)
+
+
+def unpickling_error(error: str) -> str:
+    """The confined process's error, with what will help when the model's own code could not be
+    imported: the path the child may not read (its read-only view of the filesystem) or the
+    module the loader lacks, and how to make user code importable."""
+    denied = _DENIED.search(error)
+    if denied:
+        return (
+            f"{error}; the confined process reads only the interpreter's libraries and the "
+            f"--user-code folders, so it cannot read {denied.group(1)}: if that is the model's own "
+            f"code, {_USER_CODE}"
+        )
+    missing = _MISSING.search(error)
+    if missing:
+        return f"{error}; the model needs the module {missing.group(1)!r}, which the loader does not have: {_USER_CODE}"
+    return error

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from loader._internal.child import PassedFd
-from loader._internal.confine import ChildLimits
+from loader._internal.confine import ChildLimits, unpickling_error
 from loader._internal.worker import FRAME, METHODS, Payload, frame, run_worker
 from loader.client import array_itemsize, array_shape, run_in_background
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
@@ -250,7 +250,9 @@ class Workers:
             if not header.get("ok"):
                 if header.get("limit") == "memory":
                     raise LimitExceeded(f"unpickling exceeded the worker's memory limit of {self.limits.memory_bytes} bytes")
-                raise UnpicklingFailed(f"unpickling the verified artefact failed in the worker: {header.get('error')}")
+                raise UnpicklingFailed(
+                    f"unpickling the verified artefact failed in the worker: {unpickling_error(str(header.get('error')))}"
+                )
             methods = header.get("methods")
             if not isinstance(methods, list) or not set(methods) <= set(METHODS):
                 raise WorkerFailed("the worker sent a malformed list of methods")

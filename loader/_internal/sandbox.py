@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from loader._internal.child import NO_TYPES, REPORT_TYPES, ChildLimits, PassedFd, ready_message, run
-from loader._internal.confine import landlock_status
+from loader._internal.confine import landlock_status, unpickling_error
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
 from loader.client import run_in_background
 from loader.errors import LimitExceeded, UnpicklingFailed
@@ -353,7 +353,7 @@ class Sandbox:
         if not meta.get("ok"):
             if meta.get("limit") == "memory":
                 raise LimitExceeded(f"unpickling exceeded the memory limit of {self.limits.memory_bytes} bytes")
-            raise UnpicklingFailed(f"unpickling the verified artefact failed: {meta.get('error')}")
+            raise UnpicklingFailed(f"unpickling the verified artefact failed: {unpickling_error(str(meta.get('error')))}")
         return meta
 
     def _early_failure(self, message: bytes) -> Exception:

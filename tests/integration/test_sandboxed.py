@@ -175,6 +175,7 @@ def test_user_code_is_not_importable_without_the_flag(tmp_path: Path, models_roo
         with pytest.raises(ModelRefused, match="No module named 'acme_models'") as refused:
             run(sigstore_model(folder, proc, authority, "sandbox").load())
         assert refused.value.status_code == 422
+        assert "loader serve --user-code DIR" in str(refused.value), "the refusal must say how to make user code importable"
     finally:
         stop_process(proc.process)
 
