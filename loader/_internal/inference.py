@@ -256,6 +256,13 @@ class Workers:
             methods = header.get("methods")
             if not isinstance(methods, list) or not set(methods) <= set(METHODS):
                 raise WorkerFailed("the worker sent a malformed list of methods")
+            if not methods:
+                # What a payload returns after doing its work (an exit status, None) is no model.
+                kind = str(header.get("type", "?"))[:200]
+                raise UnpicklingFailed(
+                    f"the verified artefact unpickles to {kind}, which has none of {', '.join(METHODS)}: "
+                    "not a model that can be served"
+                )
         except BaseException as exc:
             worker.end(str(exc))
             raise

@@ -113,7 +113,8 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
             import pandas  # noqa: F401 - fitted on a DataFrame: imported now, not on the first request
         except ImportError:
             pass  # a DataFrame request then fails naming the missing module
-    _send(fd, Payload({"ok": True, "methods": [m for m in METHODS if _has(model, m)]}))
+    kind = f"{type(model).__module__}.{type(model).__qualname__}"[:200]
+    _send(fd, Payload({"ok": True, "methods": [m for m in METHODS if _has(model, m)], "type": kind}))
     while True:
         request = _receive(fd)
         if request is None:
