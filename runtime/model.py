@@ -164,7 +164,13 @@ class SigstoreModel(SKLearnModel):
         request = loader_pb2.ServeRequest(
             load=build_request(policy, self._request_path(env, artefact), self.name), sandbox_ticket=ticket, reason=reason
         )
-        served = await serve(endpoint, request, env.timeout_seconds)
+        try:
+            served = await serve(endpoint, request, env.timeout_seconds)
+        except ModelRefused as exc:
+            if reason.startswith("policy"):
+                raise
+            # Say why it went to the sandbox as well: the first refusal is often the telling one.
+            raise ModelRefused(f"{exc}; it was sent to the sandbox because {reason}", exc.status_code) from None
         self._model = SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes)
         self.execution, self.execution_reason = "sandbox", reason
         return served.facts

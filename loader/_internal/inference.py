@@ -263,6 +263,10 @@ class Workers:
                     f"the verified artefact unpickles to {kind}, which has none of {', '.join(METHODS)}: "
                     "not a model that can be served"
                 )
+        except WorkerFailed as exc:
+            worker.end(str(exc))
+            # While it unpickles, the worker runs only the artefact: its crash is the artefact's.
+            raise UnpicklingFailed(f"unpickling the verified artefact failed in the worker: {exc}") from None
         except BaseException as exc:
             worker.end(str(exc))
             raise

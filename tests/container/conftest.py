@@ -56,14 +56,14 @@ class LoaderContainer:
             f.chmod(0o644)
         return f"{name}/model.joblib"
 
-    def model(self, name: str, data: bytes, authority: Authority) -> SigstoreModel:
+    def model(self, name: str, data: bytes, authority: Authority, execution: str = "auto") -> SigstoreModel:
         """A SigstoreModel for a freshly signed artefact, loading through this container.
 
         The container sees the models folder elsewhere, so set MLSERVER_SIGSTORE_ARTEFACTS_ROOT
         to `self.models`: the runtime then sends paths relative to it.
         """
         path = self.models / self.put(name, data, authority)
-        policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": self.endpoint}
+        policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": self.endpoint, "execution": execution}
         parameters = ModelParameters(uri=str(path), extra={"sigstore": policy})
         return SigstoreModel(ModelSettings(name=name, implementation=SigstoreModel, parameters=parameters))
 
