@@ -35,12 +35,6 @@ class LimitExceeded(LoaderError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class UntrustedTypes(LoaderError):
-    """The converted model holds types the caller did not trust."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
 class UnpicklingFailed(LoaderError):
     """The verified artefact could not be unpickled or converted in the confined child."""
 

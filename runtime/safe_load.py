@@ -3,7 +3,7 @@
 A signed-but-hostile pickle controlled the child that produced these bytes, so nothing here
 assumes they are well formed. The steps, each refusing with a 422 that names what is wrong:
 
-1. `check_archive`: one pass over the zip and schema.json before skops parses it (node, depth,
+1. The archive pre-scan (runtime/_internal/prescan.py): one pass over the zip and schema.json before skops parses it (node, depth,
    size and reference caps; the types the schema names).
 2. The allowlist (runtime/_internal/allowlist.py) plus the model's `trusted_types` decide; the
    loader only reports types.
@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from runtime._internal.allowlist import ALLOWLIST
-from runtime._internal.prescan import ScanResult, Source, open_archive, scan, scan_archive
+from runtime._internal.prescan import Source, open_archive, scan
 from runtime._internal.skops_reader import SkopsArchive, construct
 from runtime._internal.validators import validate_model
 from runtime.errors import ModelRefused
@@ -29,11 +29,6 @@ TRUST_HINT = (
     "add them to parameters.extra.sigstore.trusted_types only if you trust their code; trusted types "
     "outside the allowlist are loaded without structural validation (see docs/serving-safety.md)"
 )
-
-
-def check_archive(data: Source) -> ScanResult:
-    """Refuse archives that are not a bounded, plain skops tree, before skops reads them."""
-    return scan_archive(data)
 
 
 def refuse_types(types: set[str] | list[str], trusted: frozenset[str]) -> None:

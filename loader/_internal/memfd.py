@@ -80,15 +80,6 @@ def seal(fd: int) -> SealedFile:
     return SealedFile(fd, os.fstat(fd).st_size)
 
 
-def is_sealed(fd: int) -> bool:
-    """True if nobody can change the file's contents or size any more."""
-    needed = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & needed == needed
-    except OSError:
-        return False
-
-
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
