@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -99,8 +100,15 @@ def _exists_in_loader(loader: LoaderContainer, path: str) -> bool:
 def _first_record(loader: LoaderContainer, artefact: str) -> dict:
     """The loader's record of the load itself; with execution "auto", a refused one may be
     followed by the record of serving it in the sandbox, which runs the payload again, confined."""
-    records = [json.loads(line) for line in loader.container.logs(stdout=False, stderr=True).decode(errors="replace").splitlines() if line.startswith("{")]
-    mine = [r for r in records if r.get("artefact") == artefact]
+    # The loader writes its record after it has answered (bookkeeping is off the load's path):
+    # wait for it rather than read the log at one moment.
+    deadline = time.monotonic() + 60
+    while True:
+        logs = loader.container.logs(stdout=False, stderr=True).decode(errors="replace")
+        mine = [r for r in (json.loads(line) for line in logs.splitlines() if line.startswith("{")) if r.get("artefact") == artefact]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert mine, f"the loader logged nothing for {artefact}"
     return mine[0]
 
