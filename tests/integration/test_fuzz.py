@@ -21,6 +21,7 @@ CI_SAMPLES = 200
 HARMFUL = {"signal", "timeout", "memory", "load-error"}
 
 
+@pytest.mark.concurrency
 def test_crafted_archives_hurt_a_process_that_loads_them_with_skops_alone() -> None:
     shown = {name: case for name, case in sorted(CASES.items()) if case.unchecked}
     results = run_samples(((case.build(), case.input, case.touch) for case in shown.values()), unchecked=True, wall=5)

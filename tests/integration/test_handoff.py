@@ -254,34 +254,41 @@ def _loader_double(tmp_path: Path, servicer: Callable[[Handoff], _Servicer]) -> 
 
 
 class _PushingLoader(loader_pb2_grpc.LoaderServicer):
-    """A loader that passes the model to the client's waiting connection, then takes its time
-    over the header (as the real one hashes the model meanwhile)."""
+    """A loader that passes the model to the client's waiting connection, then holds the header
+    back until the client has read the model (as the real one hashes it meanwhile): a client
+    that waited for the header first would wait here in vain."""
 
     def __init__(self, handoff: Handoff, model: bytes, announced: bytes) -> None:
-        self.handoff, self.model, self.announced, self.header_sent_at = handoff, model, announced, 0.0
+        self.handoff, self.model, self.announced = handoff, model, announced
+        self.read = threading.Event()
+        self.read_before_header = False
 
     def VerifyAndLoad(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         handle = self.handoff.offer(_sealed(self.model), request.fd_claim)
-        time.sleep(0.3)
-        self.header_sent_at = time.monotonic()
+        self.read_before_header = self.read.wait(60)  # the bound only ends a run that would hang
         header = loader_pb2.LoadedModel(
             format="skops", size=len(self.model), fd_handle=handle, model_blake3=blake3.blake3(self.announced).hexdigest()
         )
         yield loader_pb2.VerifyAndLoadResponse(header=header)
 
 
+@pytest.mark.concurrency
 @pytest.mark.parametrize("digest_of", ["the model", "other bytes"])
 def test_the_client_reads_a_pushed_model_before_its_header_arrives(tmp_path: Path, digest_of: str) -> None:
     """...and keeps it only if the header's digest matches."""
     model = b"model bytes " * 1000
     announced = model if digest_of == "the model" else b"other bytes"
-    read_at: list[float] = []
+    pushing: list[_PushingLoader] = []
 
     def consume(file: BinaryIO) -> bytes:
-        read_at.append(time.monotonic())
+        pushing[0].read.set()
         return file.read()
 
-    with _loader_double(tmp_path, lambda handoff: _PushingLoader(handoff, model, announced)) as (endpoint, servicer):
+    def double(handoff: Handoff) -> _PushingLoader:
+        pushing.append(_PushingLoader(handoff, model, announced))
+        return pushing[0]
+
+    with _loader_double(tmp_path, double) as (endpoint, servicer):
         fetch = verify_and_load(endpoint, loader_pb2.VerifyAndLoadRequest(artefact="m"), 30, 1 << 20, consume)
         if digest_of == "the model":
             fetched = asyncio.run(fetch)
@@ -289,7 +296,7 @@ def test_the_client_reads_a_pushed_model_before_its_header_arrives(tmp_path: Pat
         else:
             with pytest.raises(LoaderCallError, match="do not match"):
                 asyncio.run(fetch)
-    assert read_at[0] < servicer.header_sent_at, "the client waited for the header before reading the model"
+    assert servicer.read_before_header, "the client waited for the header before reading the model"
 
 
 @pytest.mark.parametrize("sealed", [False, True])
@@ -572,6 +579,7 @@ def _health(endpoint: str) -> int:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=20).status
 
 
+@pytest.mark.concurrency
 def test_slow_clients_on_the_side_channel_do_not_hold_up_honest_handoffs(
     handoff_loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes
 ) -> None:

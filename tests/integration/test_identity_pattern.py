@@ -83,6 +83,7 @@ def test_a_pattern_re2_cannot_take_is_a_bad_request_naming_the_field(
     assert "signers[0].identity_regexp" in str(refused.value.details()) and reason in str(refused.value.details())
 
 
+@pytest.mark.concurrency
 def test_honest_loads_keep_succeeding_while_catastrophic_patterns_arrive(
     loader: LoaderProcess, authority: Authority, artefact: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -129,6 +129,7 @@ def test_a_special_file_as_artefact_or_bundle_is_refused_naming_it(
     assert f"{place} {target} is {KINDS[kind]}; only a regular file can be loaded" in (error.details() or "")
 
 
+@pytest.mark.concurrency
 def test_honest_loads_keep_succeeding_while_fifo_requests_run(
     served: LoaderProcess, authority: Authority, digits_svm_bytes: bytes
 ) -> None:
