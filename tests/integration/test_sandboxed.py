@@ -126,7 +126,7 @@ def _cases() -> dict[str, tuple[Any, Any, list[str], str]]:
         "log1p": (make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression()).fit(np.abs(X), Y), np.abs(X[:9]), both, "server"),
         "cosh": (make_pipeline(FunctionTransformer(np.cosh), StandardScaler(), LogisticRegression()).fit(X, Y), X[:9], both, "sandbox"),
         # "passthrough" columns on a DataFrame of mixed dtypes with string labels.
-        "passthrough-frame": (make_pipeline(passthrough, LogisticRegression()).fit(FRAME, LABELS), FRAME[:9], both, "sandbox"),
+        "passthrough-frame": (make_pipeline(passthrough, LogisticRegression()).fit(FRAME, LABELS), FRAME[:9], both, "server"),
         # Predicting asks joblib how many CPUs there are (it reads cgroup files), or starts threads.
         "knn": (KNeighborsClassifier(n_neighbors=3, algorithm="brute").fit(X, Y), X[:9], both, "server"),
         "forest-n-jobs": (RandomForestClassifier(n_estimators=8, n_jobs=-1, random_state=0).fit(X, Y), X[:9], both, "server"),
