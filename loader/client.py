@@ -1,6 +1,6 @@
 """The one client of the VerifyAndLoad contract, used by the MLServer runtime and the CLI.
 
-It knows only the gRPC contract (`loader.proto.v1`): it sends a request, reads the header and
+It knows only the gRPC contract (`loader.proto.v1`, `loader.contract`): it sends a request, reads the header and
 the model, and checks that the model matches the header. Over a Unix socket the model arrives
 as a sealed memfd passed on the side channel `<socket>.fd` (no copy through gRPC); otherwise it
 is streamed in chunks. Either way the bytes stay untrusted data.
@@ -11,17 +11,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import heapq
 import io
-import itertools
 import mmap
 import os
 import secrets
 import socket
 import stat
-import sys
-import threading
-import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,12 +26,11 @@ from typing import Any, BinaryIO, TypeVar
 import blake3
 import grpc
 
+from loader._internal.background import close_in_background
+from loader.contract import FD_SOCKET_SUFFIX, WAIT_PREFIX
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
-FD_SOCKET_SUFFIX = ".fd"
 _T = TypeVar("_T")
-# A line `wait <handle>` on the side channel waits for the model of a call still running.
-WAIT_PREFIX = "wait "
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _HASH_CHUNK = 8 << 20
 # A claim of an offered handle is answered at once by a working loader.
@@ -112,59 +106,6 @@ class FetchedModel:
         if self._map is not None:
             self._map.close()
             self._map = None
-
-
-_background_due: list[tuple[float, int, Callable[[], object]]] = []
-_background_order = itertools.count()
-_background_cond = threading.Condition()
-_background_thread: list[threading.Thread] = []
-
-
-def run_in_background(call: Callable[[], object], after: float = 0.0) -> None:
-    """Run `call` on this process's one background thread, `after` seconds from now and after
-    those due before it (starting a thread per call costs milliseconds on a busy interpreter)."""
-    with _background_cond:
-        heapq.heappush(_background_due, (time.monotonic() + after, next(_background_order), call))
-        _background_cond.notify()
-        if not _background_thread or not _background_thread[0].is_alive():
-            try:
-                thread = threading.Thread(target=_run_due, daemon=True, name="background")
-                thread.start()
-            except RuntimeError:  # interpreter shutdown: run them here, now
-                calls = [heapq.heappop(_background_due)[2] for _ in range(len(_background_due))]
-                for queued in calls:
-                    _call_quietly(queued)
-                return
-            _background_thread[:] = [thread]
-
-
-def _run_due() -> None:
-    while True:
-        with _background_cond:
-            while not _background_due or _background_due[0][0] > time.monotonic():
-                _background_cond.wait(_background_due[0][0] - time.monotonic() if _background_due else None)
-            call = heapq.heappop(_background_due)[2]
-        _call_quietly(call)
-
-
-def _call_quietly(call: Callable[[], object]) -> None:
-    try:
-        call()
-    except Exception as exc:  # noqa: BLE001 - one failed call must not end the thread
-        print(f"background call failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-
-def close_in_background(fd: int) -> None:
-    """Close `fd` in the background: the last close of a large memfd frees its pages, which
-    takes tens of milliseconds that should not hold up the caller (an event loop, a load)."""
-    run_in_background(lambda: _close_quietly(fd))
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass  # already closed by its owner
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
@@ -614,30 +555,3 @@ async def unload(endpoint: str, handle: str, timeout: float) -> bool:
     response: loader_pb2.UnloadResponse = await _unary(endpoint, "Unload", loader_pb2.UnloadRequest(handle=handle), timeout)
     return response.ended
 
-
-# The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
-# little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;
-# at most ARRAY_MAX_DIMS dimensions. No object dtype and no pickle, either way.
-_ARRAY_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
-ARRAY_MAX_CHARS = 4096
-ARRAY_MAX_DIMS = 4
-
-
-def array_itemsize(dtype: str) -> int | None:
-    """Bytes per element of a dtype string from the fixed list; None for any other string."""
-    if dtype in _ARRAY_NUMERIC:
-        return 1 if dtype[1] == "b" else int(dtype[2:])
-    for prefix, width in (("<U", 4), ("|S", 1)):
-        digits = dtype[len(prefix) :]
-        if dtype.startswith(prefix) and digits.isdigit() and digits[0] != "0" and int(digits) <= ARRAY_MAX_CHARS:
-            return int(digits) * width
-    return None
-
-
-def array_shape(shape: object) -> tuple[int, ...] | None:
-    """`shape` as a tuple if it is 1 to ARRAY_MAX_DIMS non-negative ints; None otherwise."""
-    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= ARRAY_MAX_DIMS:
-        return None
-    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
-        return None
-    return tuple(shape)

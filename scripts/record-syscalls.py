@@ -97,10 +97,10 @@ def _artefact(data: bytes) -> Any:
 
 def _round(corpus_dir: Path) -> None:
     """One recording round in this process; prints JSON {"logged": [...], "failed": {...}}."""
-    from loader._internal.sandbox import _PRELOAD, Sandbox, SandboxLimits
+    from loader._internal.sandbox import FORKSERVER_PRELOAD, Sandbox, SandboxLimits
 
     sandbox = Sandbox(SandboxLimits(memory_bytes=4 << 30, wall_seconds=600, cpu_seconds=600, max_result_bytes=2 << 30))
-    multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD, "__main__"])
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*FORKSERVER_PRELOAD, "__main__"])
     sandbox.warm_up()
     log = KernelLog()
     failed = {}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loader._internal.memfd import SealedFile
-from loader.client import FD_SOCKET_SUFFIX, WAIT_PREFIX
+from loader.contract import FD_SOCKET_SUFFIX, WAIT_PREFIX
 
 _MAX_HANDLE_LINE = 128
 _HANDLE = re.compile(r"[0-9a-f]{48}")

@@ -30,10 +30,11 @@ from typing import Any
 
 import grpc
 
+from loader._internal.background import run_in_background
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits, unpickling_error
 from loader._internal.worker import FRAME, METHODS, Payload, frame, run_worker
-from loader.client import array_itemsize, array_shape, run_in_background
+from loader.contract import array_itemsize, array_shape
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 _MAX_HEADER = 1 << 16

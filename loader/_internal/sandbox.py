@@ -24,13 +24,14 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import Any
 
+from loader._internal.background import run_in_background
 from loader._internal.child import NO_TYPES, REPORT_TYPES, ChildLimits, PassedFd, ready_message, run
 from loader._internal.confine import landlock_status, unpickling_error
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
-from loader.client import run_in_background
 from loader.errors import LimitExceeded, UnpicklingFailed
 
-_PRELOAD = ["loader._internal.preload"]
+# What the fork server imports before it forks a child (scripts/record-syscalls.py adds its own).
+FORKSERVER_PRELOAD = ["loader._internal.preload"]
 _START_SECONDS = 60  # the first child waits for the fork server's imports
 # While a child is still waiting in the pool, a refill waits this long (or until the pool runs
 # dry): forking, confining and warming a child would otherwise compete for the CPU with the
@@ -163,7 +164,7 @@ class Sandbox:
         # What the loader announces (log, health details); every child must report the same.
         self._landlock = landlock_status()
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(_PRELOAD)
+        self._ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         self._ready: collections.deque[_Child] = collections.deque()
         self._cond = threading.Condition()
         self._spawn_lock = threading.Lock()

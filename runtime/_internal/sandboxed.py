@@ -3,7 +3,7 @@
 A model the server cannot validate runs in a confined worker of the loader. What MLServer's
 codecs decoded (an ndarray, or a DataFrame) is sent as plain arrays (`loader.v1.Array`);
 the answer is parsed here from raw bytes as untrusted data: a dtype from the contract's fixed
-list (`loader.client.array_itemsize`), as many rows as the request, bytes that match the shape,
+list (`loader.contract.array_itemsize`), as many rows as the request, bytes that match the shape,
 at most `max_bytes`. No pickle and no object dtype ever comes back.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loader.client import array_itemsize, array_shape
+from loader.contract import array_itemsize, array_shape
 from loader.proto.v1 import loader_pb2
 from runtime.errors import PredictFailed
 

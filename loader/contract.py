@@ -1,0 +1,39 @@
+"""What the VerifyAndLoad contract says beyond `loader/proto/v1/loader.proto`, for both sides.
+
+The wire format of the side channel that passes descriptors, and the rule for the arrays that
+cross to and from a served model. The client, the loader and the runtime take them from here.
+"""
+
+from __future__ import annotations
+
+# The side channel of a `unix:` endpoint is the gRPC socket's path with this suffix.
+FD_SOCKET_SUFFIX = ".fd"
+# A line `wait <handle>` on the side channel waits for the model of a call still running.
+WAIT_PREFIX = "wait "
+
+# The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
+# little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;
+# at most ARRAY_MAX_DIMS dimensions. No object dtype and no pickle, either way.
+_ARRAY_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
+ARRAY_MAX_CHARS = 4096
+ARRAY_MAX_DIMS = 4
+
+
+def array_itemsize(dtype: str) -> int | None:
+    """Bytes per element of a dtype string from the fixed list; None for any other string."""
+    if dtype in _ARRAY_NUMERIC:
+        return 1 if dtype[1] == "b" else int(dtype[2:])
+    for prefix, width in (("<U", 4), ("|S", 1)):
+        digits = dtype[len(prefix) :]
+        if dtype.startswith(prefix) and digits.isdigit() and digits[0] != "0" and int(digits) <= ARRAY_MAX_CHARS:
+            return int(digits) * width
+    return None
+
+
+def array_shape(shape: object) -> tuple[int, ...] | None:
+    """`shape` as a tuple if it is 1 to ARRAY_MAX_DIMS non-negative ints; None otherwise."""
+    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= ARRAY_MAX_DIMS:
+        return None
+    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        return None
+    return tuple(shape)
