@@ -142,7 +142,7 @@ class FaultStack:
 
     # --- containers and processes -----------------------------------------------------------
     def inspect(self, service: str) -> dict[str, Any]:
-        cid = self.hs.container_id(service)
+        cid = self.stack.run("ps", "-a", "-q", service).stdout.strip()  # a stopped one too
         out = subprocess.run(["docker", "inspect", cid], capture_output=True, text=True, check=True, timeout=60).stdout
         return dict(json.loads(out)[0])
 
@@ -283,6 +283,8 @@ def _sleeper_in_background(fs: FaultStack, pool: ThreadPoolExecutor) -> tuple[Fu
 def test_the_loader_killed_mid_load_is_restarted_and_the_next_load_succeeds(faults: FaultStack) -> None:
     fs = faults
     loader_before = fs.identity("loader")
+    policy = fs.inspect("loader")["HostConfig"]["RestartPolicy"]["Name"]
+    assert policy in ("unless-stopped", "always", "on-failure"), f"the loader has no restart policy ({policy!r}): a killed loader stays down"
     with ThreadPoolExecutor(1) as pool:
         pending, _ = _sleeper_in_background(fs, pool)
         killed = time.monotonic()
