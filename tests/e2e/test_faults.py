@@ -111,12 +111,14 @@ class FaultStack:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def tag(self) -> int:
+        """A number not used before in this stack, for names of models added to it."""
+        self._counter += 1
+        return self._counter
+
     def fresh(self, prefix: str, count: int = 1) -> list[str]:
         """`count` new honest models (the digits SVM, each signed anew: a distinct cache key)."""
-        names = []
-        for _ in range(count):
-            self._counter += 1
-            names.append(f"{prefix}-{self._counter}")
+        names = [f"{prefix}-{self.tag()}" for _ in range(count)]
         self.add_models({name: (self.digits, self.digits) for name in names})
         return names
 
@@ -464,8 +466,8 @@ def test_the_loader_at_its_memory_limit_with_large_loads_at_once(faults: FaultSt
     fs = faults
     loader_before = fs.identity("loader")
     large = {f"large-{i}": _large_scaler(i, 8_000_000) for i in range(2)}
-    fs._counter += 1
-    holders = {f"holder-{fs._counter}-{i}": MEMORY_HOLDER for i in range(2)}
+    tag = fs.tag()
+    holders = {f"holder-{tag}-{i}": MEMORY_HOLDER for i in range(2)}
     fs.add_models({name: (data, data) for name, data in {**holders, **large}.items()})
     before = fs.memory_cgroup("loader")
     fs.reset_peak("loader")
@@ -551,7 +553,7 @@ def test_64_concurrent_loads_with_8_bombs(faults: FaultStack) -> None:
     controls = _controls(fs)
     assert controls == {"memory": 137, "cpu": 124}, f"a bomb did not show its harm unconfined: {controls}"
     honest = fs.fresh("honest", 56)
-    tag = fs._counter
+    tag = fs.tag()
     bombs = {f"bomb-memory-{tag}-{i}": MEMORY_BOMB for i in range(6)} | {f"bomb-cpu-{tag}-{i}": CPU_BOMB for i in range(2)}
     fs.add_models({name: (data, data) for name, data in bombs.items()})
     order = [*honest, *bombs]
