@@ -11,10 +11,12 @@ The stack is compose.yaml (plus compose.pod.yaml for "pod") as shipped, changed 
 tests/e2e/test_compose_hostile.py changes it: the loader trusts this session's local authority,
 so the tests can sign the models they add. One stack per topology serves every test here.
 
-Long: the memory-limit case (about a minute: its survivor runs into the 60 s wall limit), the
-64 concurrent loads (a CPU bomb holds a slot for its 30 s CPU limit) and the soak
-(SOAK_CYCLES, default 100; the figures in docs/reliability.md are from SOAK_CYCLES=1000 on a
-busy machine, scripts/busy.sh). The project name prefix is FAULTS_PROJECT.
+Long: the memory-limit case (about a minute: its surviving holder runs into the 60 s wall
+limit), the 64 concurrent loads (two to three minutes: MLServer runs loads one at a time and a
+CPU bomb holds the queue for its 30 s CPU limit) and the soak (SOAK_CYCLES, default 100, plus
+a settle window of up to 60 s; the figures in docs/reliability.md are from SOAK_CYCLES=1000
+beside scripts/busy.sh). The soak is marked `concurrency`, so CI runs it again on a busy
+machine. The compose project name prefix is FAULTS_PROJECT.
 """
 
 from __future__ import annotations
@@ -542,7 +544,6 @@ def _controls(fs: FaultStack) -> dict[str, int]:
     return codes
 
 
-@pytest.mark.concurrency
 def test_64_concurrent_loads_with_8_bombs(faults: FaultStack) -> None:
     """Long (two minutes or more). 64 loads sent to MLServer at once, 8 of them signed bombs
     (6 allocating memory without end, 2 spinning the CPU). MLServer (1.7.1, parallel workers)
@@ -610,20 +611,21 @@ def test_soak_load_unload_and_tampered_refusals(faults: FaultStack) -> None:
     (good,) = fs.fresh("soak")
     containers = len(fs.stack.containers())
 
-    def cycle() -> None:
+    def load_unload() -> None:
         assert fs.load(good).status_code == 200
         fs.unload(good)
+
+    def cycle() -> None:
+        load_unload()
         refused = fs.load("tampered")
         assert refused.status_code == 403 and "digest mismatch" in _error(refused), _error(refused)
 
-    for _ in range(10):  # warm-up: pools, caches, lazy imports
-        cycle()
+    # Warm-up (pools, caches, lazy imports) without refusals: a refused load may leave a
+    # side-channel connection for 60 s (see docs/reliability.md), which must not count as the
+    # baseline.
+    for _ in range(10):
+        load_unload()
     services = ("loader", "mlserver")
-    # Baseline once the warm-up's own side-channel connections are past their 60 s lifetime and
-    # swept (an offer sweeps them): what the loader holds at rest.
-    time.sleep(SETTLE_SECONDS + 1)  # a settle window, not synchronisation: no verdict hangs on it
-    assert fs.load(good).status_code == 200
-    fs.unload(good)
     before = {s: _container_usage(fs.stack, s) for s in services}
     started = time.monotonic()
     for _ in range(cycles):
@@ -633,8 +635,7 @@ def test_soak_load_unload_and_tampered_refusals(faults: FaultStack) -> None:
     settled = {s: _settled_usage(fs.stack, s, before[s], SETTLE_SECONDS) for s in services}
     after_settle = {s: usage for s, (usage, _) in settled.items()}
     # The side channel sweeps expired waiters only when a model is offered: one more load.
-    assert fs.load(good).status_code == 200
-    fs.unload(good)
+    load_unload()
     after_offer = {s: _container_usage(fs.stack, s) for s in services}
     report = {
         "cycles": cycles, "seconds": round(elapsed, 1), "cycles_per_s": round(cycles / elapsed, 1),
