@@ -29,7 +29,6 @@ import requests
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver_sklearn import SKLearnModel
 from sklearn import datasets
-from sklearn.neighbors import KNeighborsClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
@@ -39,6 +38,7 @@ from digits_walkthrough.build import build, train_digits_svm  # noqa: E402
 from authority.server import AuthorityServer  # noqa: E402
 from authority.state import init_authority  # noqa: E402
 from runtime import SigstoreModel  # noqa: E402
+from tests.model_corpus import large_estimator  # noqa: E402
 from tests.support import Authority, free_port, start_loader, start_mlserver, stop_process  # noqa: E402
 
 SIGNER = "bench@example.com"
@@ -383,14 +383,6 @@ def _sha256_times(path: Path, repeat: int) -> list[float]:
     """hashlib.sha256 over the artefact's bytes, already in memory: the one pass verification needs."""
     raw = path.read_bytes()
     return timed(lambda: hashlib.sha256(raw).hexdigest(), repeat)
-
-
-def large_estimator(megabytes: int) -> KNeighborsClassifier:
-    """A k-NN classifier stores its training data: `megabytes` of float64 arrays."""
-    rows = megabytes * 2**20 // (64 * 8)
-    rng = np.random.default_rng(0)
-    x = rng.random((rows, 64))
-    return KNeighborsClassifier(algorithm="brute").fit(x, rng.integers(0, 10, rows))
 
 
 def write_reports(results: dict) -> None:

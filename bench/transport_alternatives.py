@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 from digits_walkthrough.build import train_digits_svm  # noqa: E402
 
-from bench.run import large_estimator  # noqa: E402
+from tests.model_corpus import large_estimator  # noqa: E402
 
 # What the two models need; a real allowlist would be per model family (see runtime/_internal).
 _GLOBALS = {

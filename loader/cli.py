@@ -1,4 +1,4 @@
-"""`python -m loader {serve,verify,load,health}`; flag names follow the `sigstore` CLI."""
+"""`python -m loader {serve,verify,load,unload,health}`; flag names follow the `sigstore` CLI."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from loader.proto.v1 import loader_pb2
+
+if TYPE_CHECKING:
+    from loader._internal.inference import Workers
 
 SHIPPED_PRODUCTION_ROOT = Path("/opt/trust/production/trusted_root.json")
 # What the fork server (and so every confined child, via /proc/self/environ) may see.
@@ -35,6 +39,7 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
     from loader._internal.process import set_non_dumpable
@@ -44,7 +49,13 @@ def _serve(args: argparse.Namespace) -> int:
     from loader._internal.verify import PRODUCTION, TrustConfigError, TrustRoots
 
     set_non_dumpable()
-    for name in set(os.environ) - _ENV_KEPT:
+    try:
+        forced_landlock_abi()
+    except ValueError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
+    # The fork server, so every child, reads the Landlock setting (tests and diagnosis only).
+    for name in set(os.environ) - _ENV_KEPT - {LANDLOCK_SETTING}:
         del os.environ[name]
     # `python -m` puts the launch directory first on sys.path, and the fork server (so every
     # child) inherits sys.path: code lying there must never become importable by a payload.
@@ -67,12 +78,20 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         pool_size=args.child_pool,
     )
+    try:
+        workers = _workers(args)
+    except ValueError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
     sandbox.warm_up()  # fork server, its imports and the child pool before any gRPC thread
+    if workers is not None:
+        workers.warm_up()
     service = LoaderService(
         ModelsRoot(args.models_root),
         roots,
         sandbox,
         ServiceLimits(max_concurrent_loads=args.max_concurrent_loads, cache_bytes=args.cache_mb << 20),
+        workers,
     )
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -95,7 +114,40 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()
+    if workers is not None:
+        workers.close()
     return 0
+
+
+def _workers(args: argparse.Namespace) -> Workers | None:
+    """The sandboxed workers' settings; `--user-code` must be a folder outside the models root."""
+    from loader._internal.inference import WorkerLimits, Workers
+
+    user_code = ""
+    if args.user_code:
+        folder = args.user_code.resolve()
+        models = args.models_root.resolve()
+        if not folder.is_dir():
+            raise ValueError(f"--user-code {args.user_code}: not a folder")
+        if folder == models or models in folder.parents or folder in models.parents:
+            raise ValueError(
+                f"--user-code {folder} overlaps the models root {models}: user code is never read from "
+                "where models come from; install it in a folder of its own"
+            )
+        user_code = str(folder)
+    if args.max_served_models <= 0:
+        return None
+    return Workers(
+        WorkerLimits(
+            memory_bytes=args.worker_memory_mb << 20,
+            cpu_seconds=args.worker_cpu_seconds,
+            deadline_seconds=args.predict_deadline_seconds,
+            max_input_bytes=args.max_predict_mb << 20,
+            max_output_bytes=args.max_predict_mb << 20,
+            max_workers=args.max_served_models,
+        ),
+        user_code=user_code,
+    )
 
 
 def _named_files(specs: list[str]) -> dict[str, Path]:
@@ -155,7 +207,7 @@ def _signer_fields(args: argparse.Namespace, key: str = "", authority: str = "")
 def _verify(args: argparse.Namespace) -> int:
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import read_once
-    from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact
+    from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact, verify_directory
     from loader.bundles import describe_candidates, find_bundle, model_file_in
     from loader.errors import LoaderError
 
@@ -171,30 +223,39 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
     target: Path = args.file
-    model = model_file_in(target) if target.is_dir() else target
     bundle = args.bundle or find_bundle(target)
-    if model is None or bundle is None:
-        missing = f"a bundle ({describe_candidates(target)})" if model else "a model file (model.joblib, model.pickle, model.pkl)"
-        print(f"FAIL: {target}: found no {missing}", file=sys.stderr)
+    if bundle is None:
+        print(f"FAIL: {target}: found no bundle ({describe_candidates(target)}); give one with --bundle", file=sys.stderr)
         return 1
+    # Verification only: a signed directory verifies whatever its files are (OMS v1.0); a model
+    # file, when there is one, is checked as `load` will read it.
+    model = model_file_in(target) if target.is_dir() else target
     try:
-        verified = verify_artefact(
-            read_once(model, "artefact", 1 << 40),
-            read_once(bundle, "bundle", 1 << 20),
-            [signer],
-            roots,
-            directory=model.parent,
-            model_file=model.name,
-            ignore_paths=args.ignore_path,
-            max_bytes=1 << 40,
-        )
+        bundle_json = read_once(bundle, "bundle", 1 << 20)
+        if model is None:
+            verified = verify_directory(
+                bundle_json, [signer], roots, target, ignore_paths=args.ignore_path, max_bytes=1 << 40, signature=bundle
+            )
+        else:
+            verified = verify_artefact(
+                read_once(model, "artefact", 1 << 40),
+                bundle_json,
+                [signer],
+                roots,
+                directory=model.parent,
+                model_file=model.name,
+                ignore_paths=args.ignore_path,
+                max_bytes=1 << 40,
+                signature=bundle,
+            )
     except LoaderError as exc:
         print(f"FAIL: {target}: {exc}", file=sys.stderr)
         return 1
     covered = f"; {len(verified.verified_files)} files verified" if len(verified.verified_files) > 1 else ""
     where = f", log index {verified.log_index}" if verified.signing_method == "sigstore" else ""
+    digest = f" sha256:{verified.artefact_sha256}" if verified.artefact_sha256 else ""
     print(
-        f"OK: {target} sha256:{verified.artefact_sha256} signed by {verified.identity}"
+        f"OK: {target}{digest} signed by {verified.identity}"
         + (f" ({verified.issuer})" if verified.issuer else "")
         + f"{where}{covered}"
     )
@@ -215,12 +276,17 @@ def _load(args: argparse.Namespace) -> int:
         trusted_types=args.trusted_type,
         ignore_paths=args.ignore_path,
     )
+    if args.execution == "sandbox":
+        return _serve_in_sandbox(args, request)
     try:
         fetched = asyncio.run(verify_and_load(args.endpoint, request, args.timeout, args.max_bytes))
     except LoaderCallError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
     header = fetched.header
+    if args.out is None:
+        print("FAIL: --out is required to save the model", file=sys.stderr)
+        return 2
     args.out.write_bytes(fetched.data)
     facts = header.facts
     print(
@@ -228,6 +294,38 @@ def _load(args: argparse.Namespace) -> int:
         f"log index {facts.log_index}; wrote {header.size} bytes of skops to {args.out}"
         + (f"; untrusted types: {list(header.untrusted_types)}" if header.untrusted_types else "")
     )
+    return 0
+
+
+def _serve_in_sandbox(args: argparse.Namespace, request: loader_pb2.VerifyAndLoadRequest) -> int:
+    import asyncio
+
+    from loader.client import LoaderCallError, serve
+
+    try:
+        served = asyncio.run(serve(args.endpoint, loader_pb2.ServeRequest(load=request, reason="loader load --execution sandbox"), args.timeout))
+    except LoaderCallError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    facts = served.facts
+    print(
+        f"OK: {args.file} sha256:{facts.artefact_sha256} signed by {facts.identity} ({facts.issuer}); served in the "
+        f"sandbox with methods {list(served.methods)}; handle {served.handle} (end it with `unload`)"
+    )
+    return 0
+
+
+def _unload(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from loader.client import LoaderCallError, unload
+
+    try:
+        ended = asyncio.run(unload(args.endpoint, args.handle, args.timeout))
+    except LoaderCallError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    print("OK: ended" if ended else "OK: no model was served under that handle")
     return 0
 
 
@@ -270,6 +368,11 @@ def _health(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print(f"  trust roots: {list(about.trust_roots)} (default {about.default_trust_root!r})")
         print(f"  child pool: {about.child_pool}; models handed over on {about.fd_socket or '(streamed only)'}")
+        if about.max_served_models:
+            code = f"; user code from {about.user_code} (read-only)" if about.user_code else ""
+            print(f"  served in the sandbox: {about.served_models} of at most {about.max_served_models} models{code}")
+        else:
+            print("  served in the sandbox: off (--max-served-models=0)")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
@@ -290,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-trust", help="trust root used when a request names none")
     p.add_argument(
         "--public-key", action="append", default=[], metavar="NAME=FILE",
-        help="an EC P-256/P-384 PEM public key that policies may name (`key`); repeatable",
+        help="an EC P-256/P-384/P-521 PEM public key that policies may name (`key`); repeatable",
     )
     p.add_argument(
         "--certificate-authority", action="append", default=[], metavar="NAME=FILE",
@@ -306,6 +409,22 @@ def main(argv: list[str] | None = None) -> int:
         help="confined children kept forked and waiting (each serves one artefact; 0: fork per load)",
     )
     p.add_argument("--cache-mb", type=int, default=1024)
+    p.add_argument(
+        "--max-served-models", type=int, default=16,
+        help="models served in the sandbox at once, one confined worker each (0: hand models back only)",
+    )
+    p.add_argument("--worker-memory-mb", type=int, default=2048, help="address space of each worker over its image")
+    p.add_argument(
+        "--worker-cpu-seconds", type=int, default=86400,
+        help="CPU time a worker may use over its whole life (RLIMIT_CPU); a request is held to the deadline",
+    )
+    p.add_argument("--predict-deadline-seconds", type=float, default=30.0, help="per request; the worker is ended past it")
+    p.add_argument("--max-predict-mb", type=int, default=64, help="largest request and answer of a served model")
+    p.add_argument(
+        "--user-code", type=Path,
+        help="a read-only folder of Python packages (the user's estimator classes and functions) that the "
+        "workers may import; never inside the models root",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on 127.0.0.1 (0: off)")
     p.set_defaults(func=_serve)
 
@@ -326,11 +445,22 @@ def main(argv: list[str] | None = None) -> int:
         help="a skops type to trust beyond skops' defaults; repeatable",
     )
     p.add_argument("--trust-root", help="name of a trust root configured on the loader")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="where to write the skops model (required unless --execution sandbox)")
+    p.add_argument(
+        "--execution", choices=("server", "sandbox"), default="server",
+        help="server: verify and save the converted model; sandbox: verify and serve it in a confined worker "
+        "of the loader, and print its handle",
+    )
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-bytes", type=int, default=1 << 30, help="largest model accepted back")
     p.add_argument("file", help="model file or model directory, under the loader's models root")
     p.set_defaults(func=_load)
+
+    p = sub.add_parser("unload", help="end a model served in the sandbox (`load --execution sandbox`)")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("handle")
+    p.set_defaults(func=_unload)
 
     p = sub.add_parser("trust", help="inspect the configured trusted roots")
     trust = p.add_subparsers(dest="trust_command", required=True)

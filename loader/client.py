@@ -39,6 +39,8 @@ _T = TypeVar("_T")
 WAIT_PREFIX = "wait "
 _SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _HASH_CHUNK = 8 << 20
+# A claim of an offered handle is answered at once by a working loader.
+_CLAIM_SECONDS = 30.0
 
 
 # Reads the model from a file; must be safe on hostile bytes (see `verify_and_load`).
@@ -230,16 +232,18 @@ def _check_digest(actual: str, expected: tuple[str, str]) -> None:
         raise LoaderCallError("the model bytes received do not match the loader's header")
 
 
-async def receive_fd(path: Path, handle: str, timeout: float, wait: bool = False) -> int:
+async def receive_fd(path: Path, handle: str, timeout: float, wait: bool = False, deadline: float | None = None) -> int:
     """Claim the descriptor offered under `handle` on the side-channel socket `path` (on the
     running event loop: a local socket needs no thread). With `wait`, `handle` is the request's
-    `fd_claim` and the loader passes the model once it is ready."""
+    `fd_claim` and the loader passes the model once it is ready. Gives up after `timeout`, or
+    at `deadline` (the event loop's clock) if that comes first."""
     loop = asyncio.get_running_loop()
     line = (WAIT_PREFIX + handle if wait else handle).encode() + b"\n"
+    end = loop.time() + timeout if deadline is None else min(loop.time() + timeout, deadline)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.setblocking(False)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(end):
                 await loop.sock_connect(conn, str(path))
                 await loop.sock_sendall(conn, line)
                 while True:
@@ -283,8 +287,8 @@ def _only_fd(message: bytes, fds: list[int]) -> int:
     return fds[0]
 
 
-async def _claim(path: Path, header: loader_pb2.LoadedModel, timeout: float) -> FetchedModel:
-    fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))  # closes it when dropped
+async def _claim(path: Path, header: loader_pb2.LoadedModel, deadline: float) -> FetchedModel:
+    fetched = FetchedModel(header, fd=await _claim_fd(path, header, deadline))  # closes it when dropped
     if header.size < _HASH_CHUNK:
         # A small model is hashed in less time than a handoff to a worker thread takes.
         _check_passed_fd(fetched.fileno, header)
@@ -301,19 +305,25 @@ class _Early:
         self.fetched, self.digest, self.consumed, self.error = fetched, digest, consumed, error
 
 
-async def _claim_early(path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None) -> _Early:
-    fetched = FetchedModel(header, fd=await receive_fd(path, header.fd_handle, timeout))
+async def _claim_fd(path: Path, header: loader_pb2.LoadedModel, deadline: float) -> int:
+    """Claim the header's handle, by the call's own deadline: a call never waits longer on the
+    side channel than it was given in all (a wait that ran out leaves nothing for a claim)."""
+    return await receive_fd(path, header.fd_handle, _CLAIM_SECONDS, deadline=deadline)
+
+
+async def _claim_early(path: Path, header: loader_pb2.LoadedModel, deadline: float, consume: Consumer | None) -> _Early:
+    fetched = FetchedModel(header, fd=await _claim_fd(path, header, deadline))
     _check_sealed(fetched.fileno, header.size)
     return await _in_thread(_read_early, fetched, consume)
 
 
 async def _wait_for_model(
-    path: Path, claim: str, timeout: float, consume: Consumer | None, max_bytes: int
+    path: Path, claim: str, deadline: float, consume: Consumer | None, max_bytes: int
 ) -> _Early | None:
     """Wait on the side channel for the model of the running call and read it at once (before
     its header has arrived); None if the loader did not pass it there."""
     try:
-        fd = await receive_fd(path, claim, timeout, wait=True)
+        fd = await receive_fd(path, claim, deadline - asyncio.get_running_loop().time(), wait=True, deadline=deadline)
     except LoaderCallError:
         return None  # an older loader, or the offer came first: the header's handle is claimed
     # Provisional header: the size is checked against the loader's own when the header comes.
@@ -329,11 +339,11 @@ async def _wait_for_model(
 
 
 async def _pushed_or_claimed(
-    waiting: asyncio.Task[_Early | None], path: Path, header: loader_pb2.LoadedModel, timeout: float, consume: Consumer | None
+    waiting: asyncio.Task[_Early | None], path: Path, header: loader_pb2.LoadedModel, deadline: float, consume: Consumer | None
 ) -> _Early:
     done = await waiting
     if done is None:
-        return await _claim_early(path, header, timeout, consume)
+        return await _claim_early(path, header, deadline, consume)
     _check_sealed(done.fetched.fileno, header.size)
     done.fetched.header = header
     return done
@@ -437,6 +447,8 @@ async def verify_and_load(
     The connection is kept for the next call on the same event loop unless `reuse_channel` is
     false (an endpoint used once).
     """
+    # Everything on the side channel ends by the call's own deadline, however it is split.
+    deadline = asyncio.get_running_loop().time() + timeout
     side_channel = fd_socket_for(endpoint)
     asked = loader_pb2.VerifyAndLoadRequest()
     asked.CopyFrom(request)
@@ -453,7 +465,7 @@ async def verify_and_load(
     channel = _channel(endpoint, reuse_channel)
     call = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(asked, timeout=timeout, wait_for_ready=False)
     if asked.fd_claim and side_channel is not None:
-        waiting = asyncio.create_task(_wait_for_model(side_channel, asked.fd_claim, timeout, consume, max_bytes))
+        waiting = asyncio.create_task(_wait_for_model(side_channel, asked.fd_claim, deadline, consume, max_bytes))
     try:
         received = 0
         async for message in call:
@@ -467,13 +479,13 @@ async def verify_and_load(
                     )
                 if header.fd_handle and waiting is not None and header.fd_handle == asked.fd_claim:
                     early = asyncio.create_task(
-                        _pushed_or_claimed(waiting, side_channel, header, min(timeout, 30.0), consume)  # type: ignore[arg-type]
+                        _pushed_or_claimed(waiting, side_channel, header, deadline, consume)  # type: ignore[arg-type]
                     )
                     waiting = None
                 elif header.fd_handle and not (header.model_blake3 or header.model_sha256):
                     if side_channel is None:
                         raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-                    early = asyncio.create_task(_claim_early(side_channel, header, min(timeout, 30.0), consume))
+                    early = asyncio.create_task(_claim_early(side_channel, header, deadline, consume))
             elif part == "digest" and early is not None and trailer is None:
                 trailer = message.digest
             elif part == "chunk" and header is not None and not header.fd_handle:
@@ -511,7 +523,7 @@ async def verify_and_load(
     if header.fd_handle:
         if side_channel is None:
             raise LoaderCallError("the loader offered a descriptor on an endpoint that cannot pass one")
-        fetched = await _claim(side_channel, header, min(timeout, 30.0))
+        fetched = await _claim(side_channel, header, deadline)
     else:
         fetched = _joined(header, chunks) if small else await asyncio.to_thread(_joined, header, chunks)
     if consume is not None:
@@ -545,3 +557,87 @@ async def _drop(*claims: asyncio.Task[Any] | None) -> None:
             await claim
         except BaseException:  # noqa: BLE001 - the call already failed for another reason
             pass
+
+
+# --- models served in the sandbox ----------------------------------------------------------------
+
+# Predict carries arrays inline both ways: its channel takes messages up to this size.
+MAX_PREDICT_MESSAGE_BYTES = (64 << 20) + (1 << 20)
+_PREDICT_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_PREDICT_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_PREDICT_MESSAGE_BYTES),
+    ("grpc.use_local_subchannel_pool", 1),
+]
+_predict_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, grpc.aio.Channel]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _served_channel(endpoint: str) -> grpc.aio.Channel:
+    kept = _predict_channels.setdefault(asyncio.get_running_loop(), {})
+    channel = kept.get(endpoint)
+    if channel is None or channel.get_state() in _GONE:
+        channel = kept[endpoint] = grpc.aio.insecure_channel(endpoint, options=_PREDICT_OPTIONS)
+    return channel
+
+
+async def _unary(endpoint: str, method: str, request: Any, timeout: float) -> Any:
+    channel = _served_channel(endpoint)
+    try:
+        return await getattr(loader_pb2_grpc.LoaderStub(channel), method)(request, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            kept = _predict_channels.get(asyncio.get_running_loop(), {})
+            if kept.get(endpoint) is channel:
+                del kept[endpoint]
+        where = f" at {endpoint}" if code in (grpc.StatusCode.UNAVAILABLE,) else ""
+        raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
+
+
+async def serve(endpoint: str, request: loader_pb2.ServeRequest, timeout: float) -> loader_pb2.ServedModel:
+    """Call Serve: the model is verified (or taken by its ticket) and served in a confined worker."""
+    served: loader_pb2.ServedModel = await _unary(endpoint, "Serve", request, timeout)
+    if len(served.handle) != 48:
+        raise LoaderCallError("the loader answered Serve without a valid handle")
+    return served
+
+
+async def predict(endpoint: str, request: loader_pb2.PredictRequest, timeout: float) -> loader_pb2.PredictResponse:
+    """Call Predict on a served model; the answer's array is untrusted data for the caller to check."""
+    response: loader_pb2.PredictResponse = await _unary(endpoint, "Predict", request, timeout)
+    return response
+
+
+async def unload(endpoint: str, handle: str, timeout: float) -> bool:
+    """End a served model's worker; False if the loader did not know the handle."""
+    response: loader_pb2.UnloadResponse = await _unary(endpoint, "Unload", loader_pb2.UnloadRequest(handle=handle), timeout)
+    return response.ended
+
+
+# The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
+# little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;
+# at most ARRAY_MAX_DIMS dimensions. No object dtype and no pickle, either way.
+_ARRAY_NUMERIC = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8"})
+ARRAY_MAX_CHARS = 4096
+ARRAY_MAX_DIMS = 4
+
+
+def array_itemsize(dtype: str) -> int | None:
+    """Bytes per element of a dtype string from the fixed list; None for any other string."""
+    if dtype in _ARRAY_NUMERIC:
+        return 1 if dtype[1] == "b" else int(dtype[2:])
+    for prefix, width in (("<U", 4), ("|S", 1)):
+        digits = dtype[len(prefix) :]
+        if dtype.startswith(prefix) and digits.isdigit() and digits[0] != "0" and int(digits) <= ARRAY_MAX_CHARS:
+            return int(digits) * width
+    return None
+
+
+def array_shape(shape: object) -> tuple[int, ...] | None:
+    """`shape` as a tuple if it is 1 to ARRAY_MAX_DIMS non-negative ints; None otherwise."""
+    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= ARRAY_MAX_DIMS:
+        return None
+    if not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        return None
+    return tuple(shape)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from loader.client import Consumer, FetchedModel, LoaderCallError
+from loader.client import predict as _predict
+from loader.client import serve as _serve
 from loader.client import verify_and_load as _call
 from loader.proto.v1 import loader_pb2
-from runtime.errors import HTTP_STATUS_FOR, ModelRefused
+from runtime.errors import HTTP_STATUS_FOR, PREDICT_STATUS_FOR, ModelRefused, PredictFailed
 from runtime.settings import SigstorePolicy
 
-__all__ = ["Consumer", "FetchedModel", "build_request", "verify_and_load"]
+__all__ = ["Consumer", "FetchedModel", "build_request", "predict", "serve", "verify_and_load"]
 
 
 def build_request(
@@ -25,6 +27,8 @@ def build_request(
         ignore_paths=policy.ignore_paths,
         # The allowlist decides here (runtime/safe_load.py); skops' own verdict is not needed.
         omit_untrusted_types=True,
+        # "auto": the loader keeps the verified bytes, should the allowlist or a validator refuse them.
+        execution=loader_pb2.EXECUTION_AUTO if policy.execution == "auto" else loader_pb2.EXECUTION_SERVER,
     )
 
 
@@ -46,3 +50,21 @@ async def verify_and_load(
                 f"loader refused {request.model_name!r} ({exc})", status_code=HTTP_STATUS_FOR.get(exc.code, 500)
             ) from None
         raise ModelRefused(str(exc), status_code=413 if exc.too_large else 502) from None
+
+
+async def serve(endpoint: str, request: loader_pb2.ServeRequest, timeout: float) -> loader_pb2.ServedModel:
+    """Call Serve; a refusal becomes ModelRefused with the matching HTTP status."""
+    try:
+        return await _serve(endpoint, request, timeout)
+    except LoaderCallError as exc:
+        status = HTTP_STATUS_FOR.get(exc.code, 500) if exc.code is not None else 502
+        raise ModelRefused(f"loader refused to serve {request.load.model_name!r} in the sandbox ({exc})", status) from None
+
+
+async def predict(endpoint: str, request: loader_pb2.PredictRequest, timeout: float) -> loader_pb2.PredictResponse:
+    """Call Predict; a failure becomes PredictFailed with its cause (5xx unless the input was bad)."""
+    try:
+        return await _predict(endpoint, request, timeout)
+    except LoaderCallError as exc:
+        status = PREDICT_STATUS_FOR.get(exc.code, 502) if exc.code is not None else 502
+        raise PredictFailed(f"the model served in the sandbox failed: {exc}", status) from None

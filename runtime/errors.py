@@ -22,3 +22,22 @@ class ModelRefused(MLServerError):
 
     def __init__(self, msg: str, status_code: int = 400) -> None:
         super().__init__(msg, status_code)
+
+
+class PredictFailed(MLServerError):
+    """A prediction by a model served in the sandbox failed: bad input (400), the model raised
+    (500), its worker crashed, hit a limit or answered outside the checks (502), it is gone (503)
+    or ran past its deadline (504). MLServer and the other models carry on."""
+
+    def __init__(self, msg: str, status_code: int = 502) -> None:
+        super().__init__(msg, status_code)
+
+
+# How a Predict failure reaches the caller of `/v2/models/NAME/infer`.
+PREDICT_STATUS_FOR = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.NOT_FOUND: 503,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}

@@ -6,13 +6,19 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
+from mlserver.codecs import NumpyCodec, NumpyRequestCodec
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from mlserver.utils import get_model_uri
 from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import WELLKNOWN_MODEL_FILENAMES
 
 from loader.bundles import bundle_candidates, find_bundle
-from runtime.client import Consumer, FetchedModel, build_request, verify_and_load
+from loader.client import LoaderCallError, unload
+from loader.proto.v1 import loader_pb2
+from runtime._internal.sandboxed import encode_inputs, parse_output
+from runtime.client import Consumer, FetchedModel, build_request, predict, serve, verify_and_load
 from runtime.docker_sandbox import EphemeralLoader
 from runtime.errors import ModelRefused
 from runtime.safe_load import load_model
@@ -37,12 +43,33 @@ def refuse_code_beside(folder: Path, what: str) -> None:
         )
 
 
+class SandboxedEstimator:
+    """Stands for a model served in the loader's sandbox: it has exactly the methods the worker
+    reported (so `SKLearnModel`'s checks, e.g. for predict_proba, hold), called through `call`."""
+
+    def __init__(self, endpoint: str, served: loader_pb2.ServedModel, timeout: float, max_bytes: int) -> None:
+        self.endpoint, self.handle, self.timeout, self.max_bytes = endpoint, served.handle, timeout, max_bytes
+        for method in served.methods:
+            setattr(self, method, None)  # present for hasattr; calls go through `call`
+
+    async def call(self, method: str, decoded: Any) -> Any:
+        arrays, frame, rows = encode_inputs(decoded)
+        request = loader_pb2.PredictRequest(handle=self.handle, method=method, inputs=arrays, frame=frame)
+        response = await predict(self.endpoint, request, self.timeout)
+        return parse_output(response.output, rows, self.max_bytes)
+
+
 class SigstoreModel(SKLearnModel):
     """Drop-in for `mlserver_sklearn.SKLearnModel`: same inputs, outputs and `predict_fn`.
 
     `load()` never unpickles: the loader verifies the Sigstore bundle and converts the model in
-    its sandbox; this process loads the returned skops bytes with a type allowlist.
+    its sandbox; this process loads the returned skops bytes with a type allowlist. A model it
+    cannot validate is served in the loader's sandbox instead (policy `execution`), and
+    `predict` then exchanges only plain arrays with it.
     """
+
+    execution: str = ""
+    execution_reason: str = ""
 
     async def load(self) -> bool:
         policy = SigstorePolicy.from_model_settings(self._settings)
@@ -55,12 +82,18 @@ class SigstoreModel(SKLearnModel):
         if source:
             refuse_code_beside(Path(source).parent, "model-settings folder")
 
-        trusted = policy.trusted_types
-        # On a worker thread, from the passed memfd read as a file (its pages are never mapped
-        # into this process), while the loader hashes it; kept only if the digest matches.
-        fetched = await self._fetch(policy, env, artefact, lambda model_file: load_model(model_file, trusted))
-        self._model = fetched.consumed
-        facts = fetched.header.facts
+        mode = policy.sandbox or env.sandbox
+        if mode == "docker" and policy.execution == "sandbox":
+            raise ModelRefused(
+                f"model {self.name!r}: execution 'sandbox' needs a loader that lives as long as the model, and "
+                "docker mode starts a loader per load and stops it after; use a loader endpoint "
+                "(MLSERVER_SIGSTORE_SANDBOX=endpoint) or execution 'server'",
+                400,
+            )
+        if policy.execution == "sandbox":
+            facts, cached = await self._serve(policy, env, artefact, "", "policy execution: sandbox"), False
+        else:
+            facts, cached = await self._load_here_or_serve(policy, env, artefact, mode)
         logger.info(
             json.dumps(
                 {
@@ -70,25 +103,109 @@ class SigstoreModel(SKLearnModel):
                     "identity": facts.identity,
                     "issuer": facts.issuer,
                     "log_index": facts.log_index,
-                    "cached": fetched.header.cached,
+                    "cached": cached,
+                    "execution": self.execution,
+                    "why": self.execution_reason,
                 }
             )
         )
         self.verification = facts
         return True
 
+    async def _load_here_or_serve(
+        self, policy: SigstorePolicy, env: RuntimeSettings, artefact: Path, mode: str
+    ) -> tuple[loader_pb2.VerificationFacts, bool]:
+        """Load the model in this process if the allowlist and validators accept it; with
+        execution "auto" (and a loader endpoint), serve it in the sandbox otherwise."""
+        trusted = policy.trusted_types
+        fall_back = policy.execution == "auto" and mode == "endpoint"
+
+        def consume(model_file: BinaryIO) -> Any:
+            try:
+                return load_model(model_file, trusted)
+            except ModelRefused as exc:
+                if fall_back and exc.status_code == 422:
+                    return exc  # cannot be validated here: served in the sandbox below
+                raise
+
+        try:
+            # On a worker thread, from the passed memfd read as a file (its pages are never mapped
+            # into this process), while the loader hashes it; kept only if the digest matches.
+            fetched = await self._fetch(policy, env, artefact, consume)
+        except ModelRefused as exc:
+            # The loader's child could not convert it (a lambda, a class skops cannot write):
+            # verified again and served by a worker, which reports its own error if it fails too.
+            if fall_back and exc.status_code == 422:
+                return await self._serve(policy, env, artefact, "", f"the loader could not convert it: {exc}"), False
+            raise
+        if isinstance(fetched.consumed, ModelRefused):
+            ticket = fetched.header.sandbox_ticket
+            if not ticket:
+                raise fetched.consumed
+            reason = f"the server cannot validate it: {fetched.consumed}"
+            return await self._serve(policy, env, artefact, ticket, reason), fetched.header.cached
+        self._model = fetched.consumed
+        self.execution, self.execution_reason = "server", "every type is allowlisted and validates"
+        return fetched.header.facts, fetched.header.cached
+
+    def _request_path(self, env: RuntimeSettings, artefact: Path) -> str:
+        if not env.artefacts_root:
+            return str(artefact)
+        root = Path(env.artefacts_root).resolve()
+        if root not in artefact.resolve().parents:
+            raise ModelRefused(f"artefact {artefact} is outside MLSERVER_SIGSTORE_ARTEFACTS_ROOT {root}", 400)
+        return str(artefact.resolve().relative_to(root))
+
+    async def _serve(
+        self, policy: SigstorePolicy, env: RuntimeSettings, artefact: Path, ticket: str, reason: str
+    ) -> loader_pb2.VerificationFacts:
+        """Have the loader serve the model in a confined worker (by `ticket`, or verified anew)."""
+        endpoint = policy.endpoint or env.endpoint
+        request = loader_pb2.ServeRequest(
+            load=build_request(policy, self._request_path(env, artefact), self.name), sandbox_ticket=ticket, reason=reason
+        )
+        served = await serve(endpoint, request, env.timeout_seconds)
+        self._model = SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes)
+        self.execution, self.execution_reason = "sandbox", reason
+        return served.facts
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        """`SKLearnModel.predict`; for a model served in the sandbox, each requested output is
+        computed by its worker from plain arrays and checked here."""
+        model = getattr(self, "_model", None)
+        if not isinstance(model, SandboxedEstimator):
+            return await super().predict(payload)
+        payload = self._check_request(payload)
+        decoded = self.decode_request(payload, default_codec=NumpyRequestCodec)
+        outputs = []
+        for request_output in payload.outputs or ():
+            result = await model.call(request_output.name, decoded)
+            outputs.append(self.encode(result, request_output, default_codec=NumpyCodec))
+        return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
+
+    async def unload(self) -> bool:
+        """End the model's sandboxed worker, if it has one."""
+        model = getattr(self, "_model", None)
+        if isinstance(model, SandboxedEstimator):
+            try:
+                await unload(model.endpoint, model.handle, 10.0)
+            except LoaderCallError as exc:  # a loader that restarted has ended it already
+                logger.warning("model %r: could not end its sandboxed worker: %s", self.name, exc)
+        return await super().unload()
+
+    async def metadata(self) -> MetadataModelResponse:
+        """MLServer's metadata, plus where the model runs and why."""
+        found = await super().metadata()
+        extra = {"sigstore_execution": self.execution, "sigstore_execution_reason": self.execution_reason}
+        found.parameters = Parameters(**{**(found.parameters.model_dump() if found.parameters else {}), **extra})
+        return found
+
     async def _fetch(
         self, policy: SigstorePolicy, env: RuntimeSettings, artefact: Path, consume: Consumer
     ) -> FetchedModel:
         mode = policy.sandbox or env.sandbox
         if mode == "endpoint":
-            request_path = str(artefact)
-            if env.artefacts_root:
-                root = Path(env.artefacts_root).resolve()
-                if root not in artefact.resolve().parents:
-                    raise ModelRefused(f"artefact {artefact} is outside MLSERVER_SIGSTORE_ARTEFACTS_ROOT {root}", 400)
-                request_path = str(artefact.resolve().relative_to(root))
-            request = build_request(policy, request_path, self.name)
+            request = build_request(policy, self._request_path(env, artefact), self.name)
             return await verify_and_load(
                 policy.endpoint or env.endpoint, request, env.timeout_seconds, env.max_model_bytes, consume
             )
@@ -103,7 +220,9 @@ class SigstoreModel(SKLearnModel):
         try:
             endpoint = await sandbox.start()
             await sandbox.wait_ready()
-            request = build_request(policy.model_copy(update={"bundle": sandbox.bundle_name}), sandbox.artefact_name, self.name)
+            # An ephemeral loader cannot serve the model after this call: nothing to keep for it.
+            update = {"bundle": sandbox.bundle_name, "execution": "server"}
+            request = build_request(policy.model_copy(update=update), sandbox.artefact_name, self.name)
             return await verify_and_load(
                 endpoint, request, env.timeout_seconds, env.max_model_bytes, consume, reuse_channel=False
             )

@@ -14,6 +14,8 @@ assumes they are well formed. The steps, each refusing with a 422 that names wha
 
 from __future__ import annotations
 
+import sys
+
 from sklearn.base import BaseEstimator
 from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -35,10 +37,29 @@ def check_archive(data: Source) -> ScanResult:
 
 
 def refuse_types(types: set[str] | list[str], trusted: frozenset[str]) -> None:
-    """Refuse, by name, every type outside the allowlist and the operator's trusted types."""
-    refused = sorted(set(types) - ALLOWLIST - trusted)
+    """Refuse, by name, every type outside the allowlist and the operator's trusted types, and
+    every function outside the allowlist (trusting cannot add a function: see `_function`)."""
+    outside = set(types) - ALLOWLIST
+    functions = sorted(name for name in outside if _function(name))
+    if functions:
+        raise ModelRefused(
+            f"the model calls the functions {functions}, which are not accepted in this process; trusted_types "
+            "cannot add functions (only NumPy's element-wise functions are accepted, see docs/serving-safety.md): "
+            "a model that calls other code must be served in the sandbox",
+            422,
+        )
+    refused = sorted(outside - trusted)
     if refused:
         raise ModelRefused(f"the model holds types outside the allowlist: {refused}; {TRUST_HINT}", 422)
+
+
+def _function(name: str) -> bool:
+    """Whether `name` is a function (not a class) of a module this process has already imported.
+    A schema can name a function where a type is expected (skops' TypeNode resolves any
+    attribute); nothing is imported to find out."""
+    module, _, attribute = name.rpartition(".")
+    found = getattr(sys.modules.get(module), attribute, None)
+    return callable(found) and not isinstance(found, type)
 
 
 def load_model(data: Source, trusted_types: list[str] | tuple[str, ...] = ()) -> BaseEstimator:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Literal
 
+import re2
 from mlserver.settings import ModelSettings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -17,6 +17,9 @@ POLICY_KEY = "sigstore"
 
 
 _CLAIMS = ("workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger")
+# The loader's bound on identity_regexp (loader/_internal/policy.py), checked here too so that a
+# model is refused when its settings are read, not at its first load.
+_MAX_PATTERN = 1024
 
 
 def _field_error(field: str, reason: str) -> PydanticCustomError:
@@ -62,11 +65,21 @@ class SignerPolicy(BaseModel):
         if not self.issuer:
             raise _field_error("issuer", "a keyless signer needs the OIDC issuer (matched exactly)")
         if self.identity_regexp:
-            try:
-                re.compile(self.identity_regexp)
-            except re.error as exc:
-                raise _field_error("identity_regexp", f"not a valid regular expression: {exc}") from None
+            _check_pattern(self.identity_regexp)
         return self
+
+
+def _check_pattern(pattern: str) -> None:
+    """The loader matches identity_regexp with RE2 (linear time): refuse what RE2 cannot compile."""
+    if len(pattern) > _MAX_PATTERN:
+        raise _field_error("identity_regexp", f"{len(pattern)} characters long; at most {_MAX_PATTERN} are accepted")
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise _field_error("identity_regexp", f"not a regular expression RE2 accepts ({reason}); use RE2 syntax") from None
 
 
 def _located(error: ErrorDetails) -> tuple[str, ...]:
@@ -85,6 +98,8 @@ class RuntimeSettings(BaseSettings):
     artefacts_root: str = ""
     timeout_seconds: float = 120.0
     max_model_bytes: int = 1 << 30
+    # The largest answer accepted from a model served in the sandbox.
+    max_predict_bytes: int = 64 << 20
     # docker mode: the loader image, and trust roots to mount into it as NAME=PATH[,NAME=PATH].
     docker_image: str = "mlserver-sigstore/loader:dev"
     docker_trust_configs: str = ""
@@ -125,6 +140,11 @@ class SigstorePolicy(BaseModel):
     )
     sandbox: Literal["endpoint", "docker"] | None = None
     endpoint: str | None = None
+    execution: Literal["auto", "server", "sandbox"] = Field(
+        default="auto",
+        description="auto: handed back when every type is allowlisted and validates, else served in the loader's "
+        "sandbox; server: handed back or refused; sandbox: always served in the sandbox",
+    )
 
     @field_validator("ignore_paths")
     @classmethod

@@ -248,3 +248,61 @@ def wait_for_connections(accepted: list, seconds: float = 1.0) -> int:
     while not accepted and time.monotonic() < deadline:
         time.sleep(0.05)
     return len(accepted)
+
+
+# A loader-like process for the signal techniques: it reads an unconfined child's output pipe, as
+# the loader reads a confined child's, and reports whether it was sent SIGUSR1 meanwhile.
+_SIGNAL_HARNESS = r"""
+import json, os, signal, subprocess, sys
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+r, w = os.pipe()
+child = subprocess.Popen([sys.executable, "-c", "import joblib, sys; joblib.load(sys.argv[1])", sys.argv[1]],
+                         stdout=w, stderr=subprocess.PIPE, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+os.close(w)
+while os.read(r, 65536):
+    pass
+error = child.stderr.read().decode(errors="replace")
+child.wait()
+print("HARNESS " + json.dumps({"signalled": bool(got), "error": error[-2000:]}))
+"""
+
+# A child forked the way the loader forked its children before they closed what they inherit:
+# a multiprocessing fork-server child that unpickles the artefact; then wait for the fork server.
+_OLD_CHILD_HARNESS = r"""
+import multiprocessing, os, sys
+from multiprocessing import forkserver
+import joblib
+if __name__ == "__main__":
+    child = multiprocessing.get_context("forkserver").Process(target=joblib.load, args=(sys.argv[1],))
+    child.start()
+    child.join()
+    os.waitpid(forkserver._forkserver._forkserver_pid, 0)  # returns once the fork server has ended
+    print("HARNESS FORKSERVER-ENDED", flush=True)
+"""
+
+
+def signal_harness_argv(path: str, python: str = "python") -> list[str]:
+    """Run `_SIGNAL_HARNESS` on the artefact at `path`; its last line is `HARNESS {json}`."""
+    return [python, "-c", _SIGNAL_HARNESS, path]
+
+
+def old_child_harness_argv(path: str, python: str = "python") -> list[str]:
+    """Run `_OLD_CHILD_HARNESS` on the artefact at `path`: prints `HARNESS FORKSERVER-ENDED`
+    only if the payload ended the fork server (and never returns otherwise)."""
+    return [python, "-c", _OLD_CHILD_HARNESS, path]
+
+
+def harness_report(output: bytes) -> dict:
+    """The JSON report on the signal harness's last `HARNESS ` line."""
+    for line in output.splitlines()[::-1]:
+        if line.startswith(b"HARNESS {"):
+            return json.loads(line[len(b"HARNESS "):])
+    raise AssertionError(f"the harness printed no report: {output[-2000:]!r}")
+
+
+def run_harness_on_host(argv: list[str], cwd: Path, seconds: float = 120) -> bytes:
+    """Run a harness on the host in a session of its own (its signals reach nothing else)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    completed = subprocess.run(argv, capture_output=True, cwd=cwd, env=env, start_new_session=True, timeout=seconds, check=False)
+    return completed.stdout + completed.stderr

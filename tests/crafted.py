@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import skops.io
 from scipy import sparse
+from sklearn import calibration, cluster, ensemble, preprocessing
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import CountVectorizer
@@ -488,6 +489,129 @@ def backtracking_token_pattern() -> bytes:
     return skops.io.dumps(model)
 
 
+# -- computed properties --------------------------------------------------------------------------
+
+def _polynomial(**state: Any) -> bytes:
+    """An honest degree-1 PolynomialFeatures over 2,000 features with stored state replaced."""
+    model = preprocessing.PolynomialFeatures(degree=1).fit(np.zeros((2, 2000)))
+    vars(model).update(state)
+    return skops.io.dumps(model)
+
+
+def polynomial_max_degree() -> bytes:
+    """No code at all: `_max_degree` 10**6 behind an honest `degree` 1. `powers_` (a property, read
+    by the landed validator) enumerates every combination up to it, 16 KB each."""
+    return _polynomial(_max_degree=10**6)
+
+
+def polynomial_expansion_width() -> bytes:
+    """`_n_out_full` 10**10: transform allocates that many columns per request row."""
+    return _polynomial(_n_out_full=10**10)
+
+
+def tree_of_four_billion_outputs() -> bytes:
+    """Found by the fuzzer: skops builds Tree(n_features, n_classes, n_outputs) from the schema
+    before any check, and the constructor allocates n_outputs counters (2**32: 32 GiB)."""
+    def edit(schema: dict[str, Any]) -> None:
+        attrs(schema)["tree_"]["__reduce__"]["args"]["content"][2] = json_node(2**32, 909090)
+    return rewrite(skops.io.dumps(DecisionTreeClassifier(max_depth=2, random_state=0).fit(X, Y)), edit)
+
+
+# -- meta-estimators, clustering, functions, search objects (issue 27) -----------------------------
+
+Y3 = np.arange(len(X)) % 3
+
+
+def voting_member_label_of_a_billion() -> bytes:
+    """A hard-voting member (fit on the encoded labels 0..2) whose classes_ say 0, 1, 10**9: the
+    vote counts each row's labels with bincount, 10**9 counters per row."""
+    model = ensemble.VotingClassifier([("tree", DecisionTreeClassifier(max_depth=2, random_state=0)), ("lr", LogisticRegression())])
+    model.fit(X, Y3)
+    model.estimators_[0].classes_ = np.array([0, 1, 10**9])
+    return skops.io.dumps(model)
+
+
+def isolation_forest_member_wider() -> bytes:
+    """An isolation tree built for 10,000,000 features (its own state consistent) in a forest of
+    4. The forest applies its trees with check_input=False; the width check scikit-learn still
+    makes there is all that keeps the split on feature 9,999,999 inside the request row."""
+    model = ensemble.IsolationForest(n_estimators=2, random_state=0).fit(X)
+    member = model.estimators_[0]
+    state = member.tree_.__getstate__()
+    state["nodes"] = state["nodes"].copy()
+    state["nodes"]["feature"][0] = 9_999_999
+    wide = Tree(10_000_000, member.tree_.n_classes, member.tree_.n_outputs)
+    wide.__setstate__(state)
+    member.tree_, member.n_features_in_ = wide, 10_000_000
+    return skops.io.dumps(model)
+
+
+def kmeans_narrow_centres() -> bytes:
+    """Centres of 2 columns for 4 features: predict's Cython loop reads 4 values per centre."""
+    model = cluster.KMeans(3, n_init=1, random_state=0).fit(X)
+    model.cluster_centers_ = np.ascontiguousarray(model.cluster_centers_[:, :2])
+    return skops.io.dumps(model)
+
+
+def calibrators_fewer_than_classes() -> bytes:
+    model = calibration.CalibratedClassifierCV(LogisticRegression(), cv=2).fit(X, Y3)
+    model.calibrated_classifiers_[0].calibrators.pop()
+    return skops.io.dumps(model)
+
+
+def function_outside_the_list() -> bytes:
+    """FunctionTransformer(numpy.fromfile): a request's value opened as a file name."""
+    return skops.io.dumps(preprocessing.FunctionTransformer(np.fromfile).fit(X))
+
+
+def function_writing_into_the_model() -> bytes:
+    """log1p with `out=` an array of the model: every request writes its result into the model and
+    returns that shared array (one caller's answer becomes another's)."""
+    return skops.io.dumps(preprocessing.FunctionTransformer(np.log1p, kw_args={"out": np.zeros((60, 4))}).fit(X))
+
+
+def masked_array_holding_an_estimator() -> bytes:
+    """A search's cv_results_ column (a masked array of objects) holding a malformed fitted
+    LinearRegression: masked data is walked like any other."""
+    from sklearn.model_selection import GridSearchCV
+
+    model = GridSearchCV(LinearRegression(), {"fit_intercept": [True, False]}, cv=2).fit(X, X[:, 0])
+    hidden = LinearRegression().fit(X, X[:, 0])
+    hidden.coef_ = np.zeros(7)
+    column = model.cv_results_["param_fit_intercept"]
+    model.cv_results_["param_fit_intercept"] = np.ma.MaskedArray(np.array([hidden, column[1]], dtype=object), [False, False])
+    return skops.io.dumps(model)
+
+
+def stacking_method_outside_the_list() -> bytes:
+    """A stacking member called with `fit` at predict."""
+    model = ensemble.StackingClassifier([("lr", LogisticRegression()), ("tree", DecisionTreeClassifier(max_depth=2))], cv=2).fit(X, Y3)
+    model.stack_method_[0] = "fit"
+    return skops.io.dumps(model)
+
+
+def bagging_features_out_of_range() -> bytes:
+    model = ensemble.BaggingClassifier(n_estimators=2, random_state=0).fit(X, Y)
+    model.estimators_features_[0] = np.array([0, 1, 2, 10**6])
+    return skops.io.dumps(model)
+
+
+def adaboost_fewer_weights() -> bytes:
+    model = ensemble.AdaBoostClassifier(n_estimators=5, random_state=0).fit(X, Y3)
+    model.estimator_weights_ = model.estimator_weights_[:1]
+    return skops.io.dumps(model)
+
+
+def passthrough_column_out_of_range() -> bytes:
+    from sklearn.compose import ColumnTransformer
+
+    model = make_pipeline(ColumnTransformer([("s", StandardScaler(), [0])], remainder="passthrough"), LogisticRegression()).fit(X, Y)
+    columns = model.steps[0][1]
+    name, passthrough, _ = columns.transformers_[1]
+    columns.transformers_[1] = (name, passthrough, [1, 2, 10**6])
+    return skops.io.dumps(model)
+
+
 def _patched_member(data: bytes, pick: Callable[[str], bool], offset_local: int, offset_central: int, value: bytes) -> bytes:
     """The archive with `value` written at the given offsets of the local and central headers of
     the first member `pick` accepts (flags, compression method)."""
@@ -522,6 +646,7 @@ class Case:
     harm: str  # what the archive does when loaded by skops alone (tests/integration/test_fuzz.py)
     unchecked: str = ""  # the fuzz worker's outcome without these checks (a regex), where a test shows it
     input: str = "X"  # the request batch (tests/fuzz_cases.py INPUTS) sent to predict
+    touch: str = ""  # an attribute read after an unchecked load (what a landed validator read)
 
 
 CASES: dict[str, Case] = {
@@ -561,5 +686,19 @@ CASES: dict[str, Case] = {
     "nested_pipelines": Case(nested_pipelines, "composites nest deeper than", "minutes of CPU", "timeout"),
     "hashing_negative_ngrams": Case(hashing_negative_ngrams, r"ngram_range \(-2147483648, -2147483648\) is outside", "billions of n-gram loops per document", "timeout", "TEXTS"),
     "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples"),
+    "polynomial_max_degree": Case(polynomial_max_degree, r"_max_degree 1000000 disagree with degree 1", "memory without bound while powers_ is read (in the landed load_model)", "memory", "WIDE", "powers_"),
+    "polynomial_expansion_width": Case(polynomial_expansion_width, r"_n_out_full = 10000000000 is outside", "a 10**10-column array per request", "memory", "WIDE"),
+    "tree_of_four_billion_outputs": Case(tree_of_four_billion_outputs, r"a tree's n_outputs 4294967296 is outside", "32 GiB asked for while skops builds the tree", "memory"),
+    "voting_member_label_of_a_billion": Case(voting_member_label_of_a_billion, r"classes_ are not the 3 encoded classes", "10**9 vote counters per row", "memory"),
+    "isolation_forest_member_wider": Case(isolation_forest_member_wider, "a member takes 10000000 features; it is given 4", "a member that cannot take the request (scikit-learn's own width check stops it)"),
+    "kmeans_narrow_centres": Case(kmeans_narrow_centres, r"cluster_centers_ has shape \(3, 2\)", "reads past each centre at predict"),
+    "calibrators_fewer_than_classes": Case(calibrators_fewer_than_classes, "2 calibrators for 3 predicted columns", "a class never calibrated"),
+    "function_outside_the_list": Case(function_outside_the_list, r"calls the functions \['numpy.fromfile'\].*trusted_types cannot add functions", "a request value opened as a file"),
+    "function_writing_into_the_model": Case(function_writing_into_the_model, r"kw_args|keyword arguments \{'out'", "results written into the model, shared between requests"),
+    "masked_array_holding_an_estimator": Case(masked_array_holding_an_estimator, r"coef_ has shape \(7,\)", "an estimator no validator looked at"),
+    "stacking_method_outside_the_list": Case(stacking_method_outside_the_list, "stack method 'fit' is not one of", "a member refitted at predict"),
+    "bagging_features_out_of_range": Case(bagging_features_out_of_range, r"estimators_features_\[0\] has shape|estimators_features_\[0\] holds an index outside", "a column outside the request"),
+    "adaboost_fewer_weights": Case(adaboost_fewer_weights, "estimator_weights_ has 1 finite weights for 5 members", "members silently dropped from the vote"),
+    "passthrough_column_out_of_range": Case(passthrough_column_out_of_range, "transformer columns holds an index outside", "a column outside the request"),
     "vectorizer_reads_files": Case(vectorizer_reads_files, "input = 'filename' is not one of", "reads server files at predict", "ok", "PATHS"),
 }

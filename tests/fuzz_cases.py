@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 import skops.io
 from sklearn import (
+    calibration,
+    cluster,
     compose,
     decomposition,
     dummy,
     ensemble,
     impute,
+    isotonic,
     linear_model,
+    model_selection,
     naive_bayes,
     neighbors,
     neural_network,
@@ -43,8 +47,11 @@ MIXED = np.hstack([X[:, :2], XC[:, 2:]])
 # PATHS: what a caller sends to a model that reads files (a request naming the server's own files).
 PATHS = ["/proc/self/environ", "/etc/hostname", "/proc/self/cmdline"] * 2
 WORDS = np.array([["red"], ["green"], ["blue"], ["red"]] * 5)  # one categorical string column
+WIDE = _rng.normal(size=(3, 2000))  # for the 2,000-feature crafted PolynomialFeatures
+X1 = X[:, 0]  # a 1-D request (IsotonicRegression)
 INPUTS: dict[str, Any] = {
-    "X": X, "XP": XP, "XC": XC, "XCAT": XCAT, "TEXTS": TEXTS, "MIXED": MIXED, "PATHS": PATHS, "WORDS": WORDS,
+    "X1": X1, "X": X, "XP": XP, "XC": XC, "XCAT": XCAT, "TEXTS": TEXTS, "MIXED": MIXED, "PATHS": PATHS, "WORDS": WORDS,
+    "WIDE": WIDE,
 }
 
 
@@ -99,6 +106,39 @@ def _fitted() -> Iterator[tuple[str, Any, Any]]:
     yield "column-forest", pipeline.Pipeline([("ct", columns), ("rf", ensemble.RandomForestClassifier(n_estimators=2, max_depth=3))]).fit(MIXED, Y2), MIXED
     union = pipeline.make_union(preprocessing.StandardScaler(), decomposition.PCA(2))
     yield "union-knn", pipeline.make_pipeline(union, neighbors.KNeighborsClassifier()).fit(X, Y2), X
+    yield from _fitted_meta()
+
+
+def _fitted_meta() -> Iterator[tuple[str, Any, Any]]:
+    """Issue 27's families: passthrough, NumPy functions, meta-estimators, clustering, searches."""
+    passthrough = compose.ColumnTransformer([("num", preprocessing.StandardScaler(), [0]), ("keep", "passthrough", [1])], remainder="passthrough")
+    yield "column-passthrough", pipeline.make_pipeline(passthrough, linear_model.LogisticRegression()).fit(X, Y3), X
+    yield "function-log1p", pipeline.make_pipeline(preprocessing.FunctionTransformer(np.log1p, inverse_func=np.expm1), linear_model.Ridge()).fit(XP, R), XP
+    yield "function-clip", preprocessing.FunctionTransformer(np.clip, kw_args={"a_min": -1.0, "a_max": 1.0}).fit(X), X
+    yield "target-log1p", compose.TransformedTargetRegressor(linear_model.Ridge(), func=np.log1p, inverse_func=np.expm1).fit(X, np.abs(R)), X
+    yield "target-scaler", compose.TransformedTargetRegressor(tree.DecisionTreeRegressor(max_depth=3), transformer=preprocessing.StandardScaler()).fit(X, R), X
+    members = [("lr", linear_model.LogisticRegression()), ("dt", tree.DecisionTreeClassifier(max_depth=3))]
+    for voting in ("hard", "soft"):
+        yield f"voting-{voting}", ensemble.VotingClassifier(members, voting=voting, weights=[2, 1]).fit(X, Y3), X
+    yield "voting-regressor", ensemble.VotingRegressor([("r", linear_model.Ridge()), ("dt", tree.DecisionTreeRegressor(max_depth=3))]).fit(X, R), X
+    for labels, suffix in ((Y2, "binary"), (Y3, "3class")):
+        yield f"stacking-{suffix}", ensemble.StackingClassifier(members, cv=2).fit(X, labels), X
+        yield f"bagging-{suffix}", ensemble.BaggingClassifier(n_estimators=3, max_features=0.75, random_state=0).fit(X, labels), X
+        yield f"adaboost-{suffix}", ensemble.AdaBoostClassifier(n_estimators=3, random_state=0).fit(X, labels), X
+        for method in ("sigmoid", "isotonic"):
+            model = calibration.CalibratedClassifierCV(tree.DecisionTreeClassifier(max_depth=3), method=method, cv=2)
+            yield f"calibrated-{method}-{suffix}", model.fit(X, labels), X
+    yield "stacking-regressor", ensemble.StackingRegressor([("r", linear_model.Ridge()), ("dt", tree.DecisionTreeRegressor(max_depth=3))], cv=2, passthrough=True).fit(X, R), X
+    yield "bagging-regressor", ensemble.BaggingRegressor(n_estimators=3, random_state=0).fit(X, R), X
+    yield "adaboost-regressor", ensemble.AdaBoostRegressor(n_estimators=3, random_state=0).fit(X, R), X
+    yield "isotonic", isotonic.IsotonicRegression().fit(X1, R), X1
+    yield "kmeans", cluster.KMeans(3, n_init=1, random_state=0).fit(X), X
+    yield "minibatch-kmeans", cluster.MiniBatchKMeans(3, n_init=1, random_state=0).fit(X), X
+    yield "isolation-forest", ensemble.IsolationForest(n_estimators=3, max_features=0.75, random_state=0).fit(X), X
+    grid = model_selection.GridSearchCV(pipeline.make_pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression()), {"logisticregression__C": [0.1, 1.0]}, cv=2)
+    yield "grid-search", grid.fit(X, Y3), X
+    search = model_selection.RandomizedSearchCV(tree.DecisionTreeRegressor(), {"max_depth": [2, 3]}, n_iter=2, cv=2, random_state=0)
+    yield "randomized-search", search.fit(X, R), X
 
 
 def _clone(model: Any) -> Any:
@@ -290,15 +330,37 @@ def mutate_class(archive: Archive, rng: random.Random) -> str:
     return f"class -> {other}"
 
 
+def mutate_function(archive: Archive, rng: random.Random) -> str:
+    """A function (or a type) renamed: another NumPy function, or something that is no element-wise one."""
+    nodes = [n for n in archive.nodes() if n["__loader__"] in ("FunctionNode", "TypeNode")]
+    if not nodes:
+        return "no functions"
+    node = rng.choice(nodes)
+    node["__module__"], node["__class__"] = rng.choice(_FUNCTION_POOL).rsplit(".", 1)
+    return f"function -> {node['__module__']}.{node['__class__']}"
+
+
+_FUNCTION_POOL = [
+    "numpy.log1p", "numpy.expm1", "numpy.exp", "numpy.sqrt", "numpy.clip", "numpy.square", "numpy.absolute",
+    "numpy.fromfile", "numpy.load", "numpy.frompyfunc", "numpy.sin", "builtins.eval", "builtins.open", "os.system",
+    "sklearn.utils.validation.check_array", "numpy.float64", "builtins.int",
+]
+
 _CLASS_POOL = [
     "sklearn.svm._classes.SVC", "sklearn.svm._classes.SVR", "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.neighbors._classification.KNeighborsClassifier", "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.preprocessing._data.StandardScaler", "sklearn.pipeline.Pipeline", "sklearn.naive_bayes.GaussianNB",
     "sklearn.ensemble._forest.RandomForestClassifier", "sklearn.feature_extraction.text.CountVectorizer",
+    "sklearn.ensemble._voting.VotingClassifier", "sklearn.ensemble._stacking.StackingClassifier",
+    "sklearn.ensemble._bagging.BaggingClassifier", "sklearn.ensemble._weight_boosting.AdaBoostClassifier",
+    "sklearn.ensemble._iforest.IsolationForest", "sklearn.calibration.CalibratedClassifierCV", "sklearn.cluster._kmeans.KMeans",
+    "sklearn.model_selection._search.GridSearchCV", "sklearn.compose._target.TransformedTargetRegressor",
+    "sklearn.isotonic.IsotonicRegression", "sklearn.preprocessing._function_transformer.FunctionTransformer",
 ]
 
 MUTATORS: list[Callable[[Archive, random.Random], str]] = [
     mutate_values, mutate_values, mutate_shape, mutate_dtype, mutate_json, mutate_json, mutate_reference, mutate_class,
+    mutate_function,
 ]
 
 

@@ -1,6 +1,7 @@
 """Runs fuzz samples: one forked, resource-limited child per sample that loads it and predicts.
 
-`python -m tests.fuzz_worker [--unchecked] [--wall S]` reads `SAMPLE_PATH INPUT_KEY` lines on stdin and
+`python -m tests.fuzz_worker [--unchecked] [--wall S]` reads `SAMPLE_PATH INPUT_KEY [ATTRIBUTE]` lines on
+stdin (ATTRIBUTE: read right after an unchecked load, as a landed validator did) and
 answers one JSON line per sample: outcome (ok, refused, predict-error, load-error, memory,
 signal, timeout) and detail. --unchecked loads with skops alone (what the server did before
 issue 17), to show that crafted archives really hurt.
@@ -41,7 +42,12 @@ def _virtual_size() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(path: str, key: str, unchecked: bool, report: int) -> int:
+def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "") -> int:
+    # stdout is the worker's answer channel: a model that prints (a `verbose` flag the mutation
+    # set, say) must not corrupt it.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     limit = _virtual_size() + MEMORY_HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
@@ -52,13 +58,16 @@ def _child(path: str, key: str, unchecked: bool, report: int) -> int:
             with open(path, "rb") as sample:
                 data = sample.read()
             model = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
+            if touch:
+                getattr(model, touch)
         else:
             # From a file, as the runtime reads the passed memfd (arrays are read in place).
             with open(path, "rb") as sample:
                 model = load_model(sample, [])
     except ModelRefused as exc:
         os.write(report, str(exc)[:400].encode())
-        return 10
+        # A refusal because checking ran out of memory is memory harm, not a refusal.
+        return 12 if "MemoryError" in str(exc) else 10
     except MemoryError:
         return 12
     except skops.io.exceptions.UntrustedTypesFoundException as exc:
@@ -83,14 +92,14 @@ def _child(path: str, key: str, unchecked: bool, report: int) -> int:
     return 11 if failed else 0
 
 
-def run_one(path: str, key: str, unchecked: bool, wall: float = WALL_SECONDS) -> dict[str, str]:
+def run_one(path: str, key: str, unchecked: bool, wall: float = WALL_SECONDS, touch: str = "") -> dict[str, str]:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
         code = 13
         try:
-            code = _child(path, key, unchecked, write)
+            code = _child(path, key, unchecked, write, touch)
         finally:
             os._exit(code)
     os.close(write)
@@ -120,24 +129,25 @@ def main() -> None:
     unchecked = "--unchecked" in sys.argv
     wall = float(sys.argv[sys.argv.index("--wall") + 1]) if "--wall" in sys.argv else WALL_SECONDS
     for line in sys.stdin:
-        path, key = line.split()
-        print(json.dumps(run_one(path, key, unchecked, wall)), flush=True)
+        path, key, *touch = line.split()
+        print(json.dumps(run_one(path, key, unchecked, wall, *touch)), flush=True)
 
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_samples(samples: Iterable[tuple[bytes, str]], unchecked: bool = False, wall: float = WALL_SECONDS) -> Iterator[dict[str, str]]:
-    """Feed (skops bytes, input key) samples to one worker process; yield its verdict per sample."""
+def run_samples(samples: Iterable[tuple[bytes, str] | tuple[bytes, str, str]], unchecked: bool = False, wall: float = WALL_SECONDS) -> Iterator[dict[str, str]]:
+    """Feed (skops bytes, input key[, attribute to read]) samples to one worker process; yield its
+    verdict per sample."""
     args = [sys.executable, "-m", "tests.fuzz_worker", "--wall", str(wall)] + (["--unchecked"] if unchecked else [])
     with tempfile.TemporaryDirectory() as scratch, subprocess.Popen(
         args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as worker:
         assert worker.stdin is not None and worker.stdout is not None
         path = Path(scratch) / "sample.skops"
-        for data, key in samples:
+        for data, key, *touch in samples:
             path.write_bytes(data)
-            worker.stdin.write(f"{path} {key}\n")
+            worker.stdin.write(" ".join([str(path), key, *touch]) + "\n")
             worker.stdin.flush()
             line = worker.stdout.readline()
             if not line:

@@ -239,3 +239,70 @@ def forged_result(skops_bytes: bytes) -> bytes:
         "        pass\n"
         "os._exit(0)\n"
     )
+
+
+CONTAINED = "contained:"  # what the probes below raise when every step was refused
+
+
+def inherited_pipes() -> bytes:
+    """Writes to the pipes a fork-server child inherits from multiprocessing: one byte on the fork
+    server's "alive" pipe (which ends the fork server) and a line on the resource tracker's
+    (an unconfined loader process that acts on what it reads), found through multiprocessing's
+    references, then registers a name with the tracker (which would start one if none were
+    reachable) and, whatever those say, by trying every pipe the process holds other than its
+    output and its own live Connections. Raises "FIRED: ..." if any write went through, else
+    "contained: ..." with each refusal."""
+    return run_python(
+        "import gc, os, stat\n"
+        "from multiprocessing import forkserver, resource_tracker\n"
+        "from multiprocessing.connection import Connection\n"
+        "steps, written = [], False\n"
+        "for name, fd, data in (('alive', forkserver._forkserver._forkserver_alive_fd, b'x'),\n"
+        "                       ('tracker', resource_tracker._resource_tracker._fd, b'PROBE:h1-probe:noop\\n')):\n"
+        "    try:\n"
+        "        os.write(fd, data)\n"
+        "        steps.append(name + ' written'); written = True\n"
+        "    except (OSError, TypeError) as exc:\n"
+        "        steps.append(name + ' refused: ' + type(exc).__name__)\n"
+        "try:\n"
+        "    resource_tracker.register('/h1-probe', 'semaphore')  # a tracker is there to take it\n"
+        "    steps.append('register written'); written = True\n"
+        "except Exception as exc:\n"
+        "    steps.append('register refused: ' + type(exc).__name__)\n"
+        "own = {1, 2} | {c.fileno() for c in gc.get_objects() if isinstance(c, Connection) and not c.closed}\n"
+        "for fd in range(3, 1024):\n"
+        "    try:\n"
+        "        if fd in own or not stat.S_ISFIFO(os.fstat(fd).st_mode): continue\n"
+        "        os.write(fd, b'\\n')\n"
+        "        steps.append(f'pipe {fd} written'); written = True\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "raise RuntimeError(('FIRED:' if written else 'contained:') + ' ' + '; '.join(steps))\n"
+    )
+
+
+def sigio_to_group(signum: int) -> bytes:
+    """Asks the kernel to send `signum` to the child's process group whenever its output pipe
+    (stdout) is read: owner by fcntl(F_SETOWN) or ioctl(FIOSETOWN), signal by F_SETSIG, async by
+    O_ASYNC or ioctl(FIOASYNC). Then writes more than a pipe holds, so that the write returns only
+    after the reader has read. Raises "FIRED: ..." when the owner and async mode were set,
+    else "contained: ..." with each step's outcome."""
+    return run_python(
+        "import fcntl, os, signal, struct\n"
+        f"signal.signal({signum}, signal.SIG_IGN)  # the payload's own process is in the group too\n"
+        "steps = []\n"
+        "def step(name, call):\n"
+        "    try:\n"
+        "        call(); steps.append(name + ' ok'); return True\n"
+        "    except OSError as exc:\n"
+        "        steps.append(name + ' refused: ' + str(exc.strerror)); return False\n"
+        "group = -os.getpgrp()\n"
+        "owner = step('F_SETOWN', lambda: fcntl.fcntl(1, 8, group))\n"
+        "owner = step('FIOSETOWN', lambda: fcntl.ioctl(1, 0x8901, struct.pack('i', group))) or owner\n"
+        f"step('F_SETSIG', lambda: fcntl.fcntl(1, 10, {signum}))\n"
+        "asynced = step('O_ASYNC', lambda: fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_ASYNC))\n"
+        "asynced = step('FIOASYNC', lambda: fcntl.ioctl(1, 0x5452, struct.pack('i', 1))) or asynced\n"
+        "if owner and asynced:\n"
+        "    os.write(1, b'x' * (1 << 17))\n"
+        "raise RuntimeError(('FIRED:' if owner and asynced else 'contained:') + ' ' + '; '.join(steps))\n"
+    )

@@ -17,7 +17,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loader._internal.confine import ChildLimits, confine
+from loader._internal.confine import ChildLimits, confine, isolate
 
 
 class PassedFd:
@@ -38,8 +38,13 @@ class PassedFd:
 # plus two descriptors over `control`.
 _HANDOFF_FDS = 2
 REPORT_TYPES, NO_TYPES = b"t", b"-"
-# Sent on `status` once the child is confined and about to wait for its artefact.
-READY = b'{"ready": true}'
+
+
+def ready_message(landlock: str) -> bytes:
+    """Sent on `status` once the child is confined and about to wait for its artefact, with the
+    Landlock status line of what it applied (the loader checks it is what it announced)."""
+    return json.dumps({"ready": True, "landlock": landlock}).encode()
+
 # A model from a pickle smaller than this is converted in memory and written with one call.
 _IN_MEMORY_BELOW = 8 << 20
 # After its result, a child waits this long to be ended by the loader before it exits itself.
@@ -147,6 +152,12 @@ def _reported_types(archive_file: Any) -> list[str]:
     return skops.io.get_untrusted_types(data=light.getvalue())
 
 
+def child_descriptors(control: int, status: int) -> tuple[int, ...]:
+    """The only descriptors a confined child holds while it waits: stdin (/dev/null), stdout and
+    stderr (the output pipe), `control` and `status`."""
+    return (0, 1, 2, control, status)
+
+
 def _receive(control: socket.socket) -> tuple[int, int, bool] | None:
     """Wait for the artefact and the result memfd; None if the parent closed the connection."""
     message, fds, _, _ = socket.recv_fds(control, 1, _HANDOFF_FDS)
@@ -168,17 +179,20 @@ def run(control: PassedFd, status: Connection, output: Connection, limits: Child
         # Whatever the payload prints goes to a pipe the parent reads with a cap.
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
+        output.close()
         os.chdir("/")
         # Relative sys.path entries ('' is the working directory) would resolve against "/".
         sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
         os.environ.clear()
         channel = socket.socket(fileno=control.fd)  # probes the socket now, before the filter
-        confine(limits)
+        # Exactly: /dev/null as stdin, the output pipe as stdout and stderr, control, status.
+        isolate(child_descriptors(channel.fileno(), status.fileno()))
+        landlock = confine(limits)
     except Exception as exc:  # noqa: BLE001 - report any confinement failure, never run unconfined
         status.send_bytes(json.dumps({"ok": False, "error": f"could not confine the child: {exc}"}).encode())
         os._exit(3)
     _warm_up()  # confined already: it is our own model, but nothing runs unconfined here
-    status.send_bytes(READY)
+    status.send_bytes(ready_message(landlock))
     try:
         received = _receive(channel)
     except OSError:

@@ -1,10 +1,16 @@
 """Confinement of the child: rlimits, then Landlock, then a default-deny seccomp filter.
 
 `confine` runs in the child after it has set up its descriptors and before it touches the
-artefact. From then on the child can compute, read and write the descriptors it holds, and read
-the interpreter's own files; nothing else. Every step fails closed (an exception means the child
-refuses to run), except that a kernel without Landlock leaves the filesystem step out, which
-`landlock_status` reports so the loader can say so at start.
+artefact; before it, `leave_loader_group` and `hold_only` take the child out of the loader's
+process group and session and close every descriptor it does not need. From then on the child
+can compute, read and write the descriptors it holds, and read the interpreter's own files;
+nothing else. Every step fails closed (an exception means the child refuses to run), except
+that a kernel without Landlock leaves the filesystem step out, which `landlock_status` reports
+so the loader can say so at start.
+
+For tests and diagnosis only, MLSERVER_SIGSTORE_LANDLOCK=off leaves Landlock out and
+MLSERVER_SIGSTORE_LANDLOCK=abi:N applies it as ABI N would (at most the kernel's), so that the
+fallbacks of older kernels can be exercised on a new one; the status line says so.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import resource
+import signal
 import sys
 import sysconfig
 from collections.abc import Iterable
@@ -23,6 +31,13 @@ import pyseccomp as seccomp
 from loader._internal import syscalls
 
 _CLONE_THREAD = 0x00010000
+# fcntl commands the child may use (include/uapi/asm-generic/fcntl.h, linux/fcntl.h): duplicate,
+# read and set the close-on-exec flag, read the status flags. F_SETFL only without O_ASYNC. Any
+# other command gets the default: F_SETOWN(_EX), F_SETSIG and O_ASYNC would have the kernel
+# signal another process (or process group) on I/O, F_SETLEASE and F_NOTIFY on file events.
+_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL, _F_DUPFD_CLOEXEC = 0, 1, 2, 3, 4, 1030
+_FCNTL_ALLOWED = (_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_DUPFD_CLOEXEC)
+_O_ASYNC = 0o20000
 # open/openat flags that ask for more than reading (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC; O_TMPFILE
 # needs write access too).
 _WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000
@@ -36,6 +51,58 @@ class ChildLimits:
     cpu_seconds: int = 30
     max_open_files: int = 64
     max_result_bytes: int = 1 << 30
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def leave_loader_group() -> None:
+    """Start a session and process group of the child's own, and die with the fork server.
+
+    A signal aimed at the child's process group (kill(0), F_SETOWN to -pgrp) then reaches only
+    the child, never the loader or its other processes; and a child outlives no loader (the
+    fork server exits when the loader does)."""
+    parent = os.getppid()
+    os.setsid()
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # the fork server ended before the line above
+        os._exit(0)
+
+
+def hold_only(keep: Iterable[int]) -> None:
+    """Close every descriptor of the process except `keep`.
+
+    A forked child inherits whatever its parent held: the fork server's and multiprocessing's
+    pipes (its "alive" pipe, the resource tracker's) lead to processes that are not confined.
+    Callers must drop their own references to what this closes."""
+    low = 0
+    # No descriptor can be above the soft limit: it is the same as when each was opened.
+    for fd in (*sorted(set(keep)), os.sysconf("SC_OPEN_MAX")):
+        if fd > low:  # os.closerange(n, n) would close every descriptor from n up (close_range)
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+
+
+def isolate(keep: Iterable[int]) -> None:
+    """Cut a freshly forked process off from the loader before it is confined: a session and
+    process group of its own, exactly the descriptors `keep`, and multiprocessing's references
+    to what was closed dropped. The conversion child and the sandboxed worker both start here."""
+    leave_loader_group()
+    hold_only(keep)
+    _forget_closed_descriptors()
+
+
+def _forget_closed_descriptors() -> None:
+    """Drop multiprocessing's references to descriptors `hold_only` closed (the fork server's
+    "alive" pipe, the resource tracker's pipe, the parent sentinel), so that nothing writes to
+    a number a later open reuses. Without its pipe, the resource tracker is out of reach: a
+    registration would have to start a new tracker, and the process can start no other."""
+    from multiprocessing import forkserver, process, resource_tracker
+
+    forkserver._forkserver._forkserver_alive_fd = None  # type: ignore[attr-defined]
+    resource_tracker._resource_tracker._fd = None  # type: ignore[attr-defined]
+    process._parent_process = None  # type: ignore[attr-defined]
 
 
 def apply_limits(limits: ChildLimits) -> None:
@@ -96,12 +163,53 @@ def landlock_abi() -> int:
     return _syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
 
 
-def landlock_status() -> str:
-    """One line for the log and health details: whether children get Landlock, and why not."""
+LANDLOCK_SETTING = "MLSERVER_SIGSTORE_LANDLOCK"
+# Read once at import: the fork server imports this module with the loader's environment, and
+# each child clears its environment before it confines itself.
+_landlock_setting = os.environ.get(LANDLOCK_SETTING, "")
+
+
+def forced_landlock_abi() -> int | None:
+    """The ABI that MLSERVER_SIGSTORE_LANDLOCK forces (0: off), or None when it is unset.
+
+    For tests and diagnosis only: it weakens the children's confinement. An unknown value
+    raises ValueError, so that neither the loader nor a child starts with it."""
+    value = _landlock_setting.strip()
+    if not value:
+        return None
+    if value == "off":
+        return 0
+    if value.startswith("abi:") and value[4:].isdigit() and int(value[4:]) >= 1:
+        return int(value[4:])
+    raise ValueError(f"{LANDLOCK_SETTING}={value!r} is not understood: use 'off' or 'abi:N' (N >= 1), or leave it unset")
+
+
+def _effective_landlock() -> tuple[int, str]:
+    """The ABI children apply (0: none) and the status line that says so."""
+    forced = forced_landlock_abi()
+    if forced == 0:
+        return 0, (
+            f"landlock: forced off by {LANDLOCK_SETTING}=off (testing/diagnosis only); "
+            "children run with rlimits and seccomp only"
+        )
     try:
-        return f"landlock: ABI {landlock_abi()} enforced"
+        kernel = landlock_abi()
     except OSError as exc:
-        return f"landlock: unavailable ({exc.strerror}); children run with rlimits and seccomp only"
+        return 0, f"landlock: unavailable ({exc.strerror}); children run with rlimits and seccomp only"
+    abi = kernel if forced is None else min(kernel, forced)
+    line = f"landlock: ABI {abi} enforced"
+    if abi < kernel:
+        line += f" (forced below the kernel's ABI {kernel} by {LANDLOCK_SETTING}=abi:{forced}, testing/diagnosis only)"
+    missing = [what for since, what in ((4, "TCP bind/connect"), (6, "signal and abstract-socket scoping")) if abi < since]
+    if missing:
+        line += "; without " + " or ".join(missing) + " (seccomp and the child's own process group hold those)"
+    return abi, line
+
+
+def landlock_status() -> str:
+    """One line for the log and health details: whether children get Landlock, at which ABI
+    (and whether MLSERVER_SIGSTORE_LANDLOCK forced it off or lower), and why not."""
+    return _effective_landlock()[1]
 
 
 def readable_paths() -> list[str]:
@@ -144,10 +252,9 @@ def restrict_filesystem(paths: Iterable[str] | None = None) -> str:
     remembered, else `readable_paths()`),
     nothing else; no TCP bind/connect, no signals or abstract sockets outside the process.
     Returns the one-line status; raises if Landlock is present but cannot be applied."""
-    try:
-        abi = landlock_abi()
-    except OSError:
-        return landlock_status()
+    abi, status = _effective_landlock()
+    if abi == 0:
+        return status
     attr = _RulesetAttr(_FS_RIGHTS.get(abi, _FS_RIGHTS_LATEST), _NET_TCP if abi >= 4 else 0, _SCOPE_ALL if abi >= 6 else 0)
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
     ruleset = _syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
@@ -166,7 +273,11 @@ def restrict_filesystem(paths: Iterable[str] | None = None) -> str:
         _syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
-    return f"landlock: ABI {abi} enforced"
+    return status
+
+
+# Allowed only with the arguments ruled on below, whatever `allowed` lists.
+_BY_ARGUMENT = frozenset({"clone", "open", "openat", "kill", "tgkill", "prlimit64", "ioctl", "fcntl"})
 
 
 def syscall_filter(default: object, allowed: Iterable[str]) -> seccomp.SyscallFilter:
@@ -175,7 +286,8 @@ def syscall_filter(default: object, allowed: Iterable[str]) -> seccomp.SyscallFi
     me = os.getpid()
     f = seccomp.SyscallFilter(defaction=default)
     for name in allowed:
-        f.add_rule(seccomp.ALLOW, name)
+        if name not in _BY_ARGUMENT:
+            f.add_rule(seccomp.ALLOW, name)
     for name in syscalls.KILL:
         try:
             f.add_rule(seccomp.KILL_PROCESS, name)
@@ -196,6 +308,10 @@ def syscall_filter(default: object, allowed: Iterable[str]) -> seccomp.SyscallFi
     f.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(0, seccomp.EQ, 0), seccomp.Arg(2, seccomp.EQ, 0))
     for request in syscalls.IOCTLS:
         f.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.EQ, request))
+    # fcntl by command: nothing that makes the kernel signal anyone (see _FCNTL_ALLOWED).
+    for command in _FCNTL_ALLOWED:
+        f.add_rule(seccomp.ALLOW, "fcntl", seccomp.Arg(1, seccomp.EQ, command))
+    f.add_rule(seccomp.ALLOW, "fcntl", seccomp.Arg(1, seccomp.EQ, _F_SETFL), seccomp.Arg(2, seccomp.MASKED_EQ, _O_ASYNC, 0))
     return f
 
 
@@ -216,8 +332,36 @@ def confinement_summary(limits: ChildLimits) -> list[str]:
     ]
 
 
-def confine(limits: ChildLimits) -> None:
-    """Apply rlimits, the filesystem restriction and the syscall filter, in that order."""
+def confine(limits: ChildLimits) -> str:
+    """Apply rlimits, the filesystem restriction and the syscall filter, in that order; return
+    the Landlock status line of what was applied."""
     apply_limits(limits)
-    restrict_filesystem()
+    landlock = restrict_filesystem()
     install_syscall_filter()
+    return landlock
+
+
+_DENIED = re.compile(r"PermissionError: \[Errno 13\] Permission denied: '([^']+)'")
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
+_USER_CODE = (
+    "install it into the loader's image, or give its package folder to the loader with "
+    "`loader serve --user-code DIR` (read-only, never the model folder), and serve the model "
+    "with execution \"sandbox\" or \"auto\""
+)
+
+
+def unpickling_error(error: str) -> str:
+    """The confined process's error, with what will help when the model's own code could not be
+    imported: the path the child may not read (its read-only view of the filesystem) or the
+    module the loader lacks, and how to make user code importable."""
+    denied = _DENIED.search(error)
+    if denied:
+        return (
+            f"{error}; the confined process reads only the interpreter's libraries and the "
+            f"--user-code folders, so it cannot read {denied.group(1)}: if that is the model's own "
+            f"code, {_USER_CODE}"
+        )
+    missing = _MISSING.search(error)
+    if missing:
+        return f"{error}; the model needs the module {missing.group(1)!r}, which the loader does not have: {_USER_CODE}"
+    return error

@@ -16,7 +16,7 @@ from model_signing._signing import sign_certificate, sign_ec_key, signing
 
 from loader.errors import BadRequest
 
-_CURVES = ("secp256r1", "secp384r1")
+_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # OMS v1.0 algorithm registry: P-256, P-384, P-521
 
 
 class KeyConfigError(ValueError):
@@ -39,7 +39,7 @@ def _key_verifier(name: str, path: Path) -> signing.Verifier:
     except ValueError:
         raise KeyConfigError(f"public key {name!r}: {path} is not a PEM public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
-        raise KeyConfigError(f"public key {name!r}: {path} is not an EC P-256 or P-384 public key")
+        raise KeyConfigError(f"public key {name!r}: {path} is not an EC P-256, P-384 or P-521 public key")
     return sign_ec_key.Verifier(path)
 
 

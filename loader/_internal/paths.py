@@ -59,23 +59,58 @@ class ModelsRoot:
         return found
 
 
-def _open_regular(path: Path, what: str, max_bytes: int) -> tuple[int, os.stat_result]:
-    """Open a regular file (no symlink at the last component) within a size cap."""
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this mode is, for a refusal that names it."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
+    """Open `path` for reading only if it is a regular file, and never block doing so.
+
+    A FIFO would block `open` until a writer came, a device could act on being opened, a link
+    swapped in after the path was resolved could point anywhere: the file is opened without
+    blocking and without following a link at the last component, its type is checked on the
+    open descriptor, and only then is the descriptor made blocking again for reading."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"{what} {path} does not exist") from None
     except OSError as exc:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            kind = kind_of(mode)
+            raise BadRequest(f"{what} {path} is {kind}; only a regular file can be loaded") from None
         raise BadRequest(f"cannot open {what} {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise BadRequest(f"{what} {path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise LimitExceeded(f"{what} {path} is {info.st_size} bytes; the limit is {max_bytes}")
+            raise BadRequest(f"{what} {path} is {kind_of(info.st_mode)}; only a regular file can be loaded")
+        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
+    return fd, info
+
+
+def _open_regular(path: Path, what: str, max_bytes: int) -> tuple[int, os.stat_result]:
+    """Open a regular file (see `open_regular`) within a size cap."""
+    fd, info = open_regular(path, what)
+    if info.st_size > max_bytes:
+        os.close(fd)
+        raise LimitExceeded(f"{what} {path} is {info.st_size} bytes; the limit is {max_bytes}")
     return fd, info
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loader._internal.child import NO_TYPES, READY, REPORT_TYPES, ChildLimits, PassedFd, run
+from loader._internal.child import NO_TYPES, REPORT_TYPES, ChildLimits, PassedFd, ready_message, run
+from loader._internal.confine import landlock_status, unpickling_error
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
 from loader.client import run_in_background
 from loader.errors import LimitExceeded, UnpicklingFailed
@@ -159,6 +160,8 @@ class Sandbox:
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(name, "1")
         self._child_limits = ChildLimits(**{f.name: getattr(self.limits, f.name) for f in fields(ChildLimits)})
+        # What the loader announces (log, health details); every child must report the same.
+        self._landlock = landlock_status()
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(_PRELOAD)
         self._ready: collections.deque[_Child] = collections.deque()
@@ -235,7 +238,7 @@ class Sandbox:
             if not status_r.poll(_START_SECONDS):
                 raise UnpicklingFailed(f"the confined child did not start within {_START_SECONDS} s")
             message = status_r.recv_bytes(1 << 16)
-            if message != READY:
+            if message != ready_message(self._landlock):
                 raise self._early_failure(message)
         except (EOFError, OSError):
             error = self._died(child)
@@ -350,14 +353,18 @@ class Sandbox:
         if not meta.get("ok"):
             if meta.get("limit") == "memory":
                 raise LimitExceeded(f"unpickling exceeded the memory limit of {self.limits.memory_bytes} bytes")
-            raise UnpicklingFailed(f"unpickling the verified artefact failed: {meta.get('error')}")
+            raise UnpicklingFailed(f"unpickling the verified artefact failed: {unpickling_error(str(meta.get('error')))}")
         return meta
 
-    @staticmethod
-    def _early_failure(message: bytes) -> Exception:
+    def _early_failure(self, message: bytes) -> Exception:
         try:
             meta = json.loads(message)
             error = meta.get("error") if isinstance(meta, dict) else None
+            if isinstance(meta, dict) and meta.get("ready") is True and "landlock" in meta:
+                error = (
+                    f"the child applied {meta['landlock']!r}, not what the loader announced "
+                    f"({self._landlock!r}); the fork server and the loader disagree on the confinement"
+                )
         except ValueError:
             error = None
         return UnpicklingFailed(f"the sandbox refused to run: {error or 'the child sent a malformed message'}")

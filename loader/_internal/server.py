@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -16,10 +17,11 @@ from grpc_reflection.v1alpha import reflection
 
 from loader._internal.confine import confinement_summary
 from loader._internal.handoff import Handoff
+from loader._internal.inference import answer_array, predict_request
 from loader._internal.memfd import SealedFile
-from loader._internal.service import LoaderService, LoadRequest, LoadResult
+from loader._internal.service import TICKET_SECONDS, LoaderService, LoadRequest, LoadResult
 from loader._internal.verify import Signer
-from loader.errors import LoaderError
+from loader.errors import BadRequest, LoaderError
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
@@ -27,6 +29,10 @@ CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client 
 # only add a round of thread handoffs on both sides.
 DIGEST_LAST_FROM_BYTES = 8 << 20
 MAX_SOCKET_PATH = 107
+# How often the side channel is probed; health says NOT_SERVING while it does not answer.
+PROBE_SECONDS = 5.0
+# VerifyAndLoad requests are small; the server's message limit is raised for Predict only.
+MAX_LOAD_REQUEST_BYTES = 1 << 20
 
 
 class LoaderServicer(loader_pb2_grpc.LoaderServicer):
@@ -37,6 +43,10 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
     def VerifyAndLoad(  # noqa: N802 - gRPC method name
         self, request: loader_pb2.VerifyAndLoadRequest, context: grpc.ServicerContext
     ) -> Iterator[loader_pb2.VerifyAndLoadResponse]:
+        if request.execution == loader_pb2.EXECUTION_SANDBOX:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "EXECUTION_SANDBOX: call Serve, which never hands the model back")
+        if request.ByteSize() > MAX_LOAD_REQUEST_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is over {MAX_LOAD_REQUEST_BYTES} bytes")
         handoff = self._handoff if request.accept_fd else None
         claim = request.fd_claim if handoff is not None else ""
         handles: list[str] = []
@@ -87,7 +97,51 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             default_trust_root=service.trust_roots.default,
             child_pool=service.sandbox.pool_size,
             fd_socket=str(self._handoff.path) if self._handoff is not None else "",
+            served_models=service.workers.count() if service.workers is not None else 0,
+            max_served_models=service.workers.limits.max_workers if service.workers is not None else 0,
+            user_code=service.workers.user_code if service.workers is not None else "",
         )
+
+    def Serve(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.ServeRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.ServedModel:
+        try:
+            verified, served = self._service.serve(_to_load_request(request.load), request.sandbox_ticket, request.reason)
+        except LoaderError as exc:
+            context.abort(exc.code, str(exc))
+        return loader_pb2.ServedModel(
+            handle=served.handle,
+            facts=loader_pb2.VerificationFacts(**dataclasses.asdict(verified)),
+            methods=served.methods,
+            reason=request.reason,
+            timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in served.timings.items()],
+            memory_bytes=served.limits.memory_bytes,
+            deadline_seconds=served.limits.deadline_seconds,
+        )
+
+    def Predict(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.PredictResponse:
+        workers = self._service.workers
+        started = time.perf_counter()
+        try:
+            if workers is None:
+                raise BadRequest("this loader does not serve models")
+            header, buffers = predict_request(
+                request.method, [(a.name, a.dtype, tuple(a.shape), a.data, a.object) for a in request.inputs], request.frame
+            )
+            answer, body = workers.predict(request.handle, header, buffers)
+            dtype, shape, is_object = answer_array(answer)
+        except LoaderError as exc:
+            context.abort(exc.code, str(exc))
+        output = loader_pb2.Array(dtype=dtype, shape=shape, data=bytes(body), object=is_object)
+        return loader_pb2.PredictResponse(output=output, seconds=time.perf_counter() - started)
+
+    def Unload(  # noqa: N802 - gRPC method name
+        self, request: loader_pb2.UnloadRequest, context: grpc.ServicerContext
+    ) -> loader_pb2.UnloadResponse:
+        workers = self._service.workers
+        return loader_pb2.UnloadResponse(ended=workers.unload(request.handle) if workers is not None else False)
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
@@ -104,6 +158,7 @@ def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
         trusted_types=tuple(request.trusted_types),
         ignore_paths=tuple(request.ignore_paths),
         report_types=not request.omit_untrusted_types,
+        execution="auto" if request.execution == loader_pb2.EXECUTION_AUTO else "server",
     )
 
 
@@ -116,6 +171,8 @@ def _header(result: LoadResult) -> loader_pb2.LoadedModel:
         format="skops",
         size=result.converted.size,
         cached=result.cached,
+        sandbox_ticket=result.sandbox_ticket,
+        sandbox_ticket_ttl_seconds=TICKET_SECONDS if result.sandbox_ticket else 0.0,
     )
 
 
@@ -131,8 +188,34 @@ def _set_digest(header: loader_pb2.LoadedModel, result: LoadResult, algorithm: s
     header.timings.append(loader_pb2.StageTiming(stage="result_hash", seconds=time.perf_counter() - started))
 
 
-def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
-    """A gRPC server bound to `socket_path` (a stale socket file is replaced)."""
+def _predict_bytes(service: LoaderService) -> int:
+    return service.workers.limits.max_input_bytes + (1 << 20) if service.workers is not None else 0
+
+
+def _watch_side_channel(
+    handoff: Handoff, health_servicer: health.HealthServicer, names: tuple[str, ...], every: float
+) -> None:
+    """Probe the side channel for good: a loader whose handoffs cannot be served is not healthy
+    (its gRPC calls would still answer, and a liveness probe would never restart it)."""
+    serving = True
+    while True:
+        try:
+            answered = handoff.probe(timeout=every)
+        except Exception:  # noqa: BLE001 - whatever broke the probe, the side channel did not answer
+            answered = False
+        if answered != serving:
+            serving = answered
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in names:
+                health_servicer.set(name, status)
+            state = "answers again" if serving else f"does not answer within {every:g} s: NOT_SERVING"
+            print(f"loader: the side channel {handoff.path} {state}", file=sys.stderr, flush=True)
+        time.sleep(every)
+
+
+def build_server(service: LoaderService, socket_path: Path, probe_seconds: float = PROBE_SECONDS) -> grpc.Server:
+    """A gRPC server bound to `socket_path` (a stale socket file is replaced). Its health
+    follows the side channel's, probed every `probe_seconds`."""
     if len(str(socket_path)) > MAX_SOCKET_PATH:
         raise ValueError(f"socket path {socket_path} is longer than {MAX_SOCKET_PATH} bytes")
     if socket_path.is_socket():
@@ -140,7 +223,8 @@ def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
     workers = service.limits.max_concurrent_loads + 4
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader-rpc"),
-        options=[("grpc.max_receive_message_length", 1 << 20)],
+        # Predict carries the request's arrays inline (VerifyAndLoad is held to 1 MiB above).
+        options=[("grpc.max_receive_message_length", max(MAX_LOAD_REQUEST_BYTES, _predict_bytes(service)))],
     )
     handoff = None
     fd_socket = Handoff.path_for(socket_path)
@@ -155,6 +239,11 @@ def build_server(service: LoaderService, socket_path: Path) -> grpc.Server:
     service_name = loader_pb2.DESCRIPTOR.services_by_name["Loader"].full_name
     for name in ("", service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if handoff is not None:
+        threading.Thread(
+            target=_watch_side_channel, args=(handoff, health_servicer, ("", service_name), probe_seconds),
+            daemon=True, name="fd-probe",
+        ).start()
     reflection.enable_server_reflection(
         (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,

@@ -2,33 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import secrets
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 from prometheus_client import Counter, Histogram
 
+from loader._internal.inference import Served, Workers
 from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import SignedBundle, Signer, TrustRoots, Verified, verify_bundle
-from loader.errors import LimitExceeded, LoaderError
+from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
 LOAD_SECONDS = Histogram(
     "loader_load_seconds", "VerifyAndLoad duration", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 )
+SERVED = Counter("loader_served_models_total", "Models started in a sandboxed worker")
 _log = logging.getLogger("loader")
+# How long, and how many, verified artefacts an EXECUTION_AUTO load keeps for `serve`.
+TICKET_SECONDS = 120.0
+_MAX_TICKETS = 32
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class LoadRequest:
     ignore_paths: tuple[str, ...] = ()
     # The caller needs skops' list of types it does not trust by default.
     report_types: bool = True
+    # "server", or "auto": keep the verified bytes for `serve` under a ticket.
+    execution: str = "server"
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class LoadResult:
     converted: Converted
     timings: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    sandbox_ticket: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,30 @@ class _ResultCache:
                 self._size -= evicted.converted.size
 
 
+class _Tickets:
+    """Verified artefacts kept briefly for `serve`, by a random single-use ticket."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, tuple[float, SealedFile, Verified]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, artefact: SealedFile, verified: Verified) -> str:
+        ticket = secrets.token_hex(24)
+        now = time.monotonic()
+        with self._lock:
+            self._items[ticket] = (now + TICKET_SECONDS, artefact, verified)
+            while len(self._items) > _MAX_TICKETS or next(iter(self._items.values()))[0] < now:
+                self._items.popitem(last=False)
+        return ticket
+
+    def take(self, ticket: str) -> tuple[SealedFile, Verified] | None:
+        with self._lock:
+            found = self._items.pop(ticket, None)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1], found[2]
+
+
 def _timed_read(path: Path, max_bytes: int) -> tuple[SealedFile, str, float]:
     started = time.perf_counter()
     artefact, digest = read_sealed(path, "artefact", max_bytes)
@@ -107,6 +141,7 @@ class LoaderService:
         trust_roots: TrustRoots,
         sandbox: Sandbox,
         limits: ServiceLimits | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self.root = root
         self.trust_roots = trust_roots
@@ -117,6 +152,9 @@ class LoaderService:
         self._inflight: dict[tuple, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
         # One reader per load that may run at once (gRPC serves a few more calls than that).
+        # Models served in the sandbox (None: this loader only hands models back).
+        self.workers = workers
+        self._tickets = _Tickets()
         self._readers = ThreadPoolExecutor(self.limits.max_concurrent_loads + 4, thread_name_prefix="artefact-read")
 
     def load(self, request: LoadRequest, on_sealed: Callable[[SealedFile], None] | None = None) -> LoadResult:
@@ -157,49 +195,7 @@ class LoaderService:
     ) -> LoadResult:
         timings: dict[str, float] = {}
         record["timings"] = timings  # filled in as stages complete, refused requests included
-        record["stage"] = "read"
-        artefact_path = self.root.resolve(request.artefact, "artefact")
-        # A model directory is loaded through its well-known model file; the file's directory
-        # is what a model-signing bundle covering more than one file must match.
-        model_path = self.root.model_file(artefact_path)
-        # The bundle first: a request refused for its bundle must not leave a read behind.
-        bundle_path = self.root.bundle_for(artefact_path, request.bundle)
-        bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
-        # Read once into the sealed memfd that is verified here and unpickled by the child,
-        # hashed on the way (one pass: the stage is "read" and includes hashing), on another
-        # thread while the bundle's signature is verified here; waited for whatever the verdict.
-        reading = self._readers.submit(_timed_read, model_path, self.limits.max_artefact_bytes)
-        return self._verify_and_convert(request, record, timings, model_path, bundle, reading, on_sealed)
-
-    def _verify_and_convert(
-        self,
-        request: LoadRequest,
-        record: dict[str, object],
-        timings: dict[str, float],
-        model_path: Path,
-        bundle: bytearray,
-        reading: Future[tuple[SealedFile, str, float]],
-        on_sealed: Callable[[SealedFile], None] | None,
-    ) -> LoadResult:
-        record["stage"] = "verify"
-        t1 = time.perf_counter()
-        try:
-            signed: SignedBundle | LoaderError = verify_bundle(
-                bundle, list(request.signers), self.trust_roots, request.trust_root
-            )
-        except LoaderError as exc:
-            signed = exc
-        except BaseException:
-            futures.wait([reading])  # nothing is left reading once the request has its answer
-            raise
-        timings["verify"] = time.perf_counter() - t1
-        record["stage"] = "read"
-        # A file that cannot be read is the first thing to fix: its error wins.
-        artefact, digest, timings["read"] = reading.result()
-        if isinstance(signed, LoaderError):
-            record["stage"] = "verify"
-            raise signed
-        record["sha256"] = digest
+        model_path, bundle, artefact, digest, signed = self._read_and_verify(request, record, timings)
         key = (
             digest,
             hashlib.sha256(bundle).hexdigest(),
@@ -224,8 +220,90 @@ class LoaderService:
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
+        if request.execution == "auto" and self.workers is not None:
+            # The verified bytes, kept for `serve` should the caller be unable to validate the model.
+            ticket = self._tickets.put(artefact, verified)
+            result = dataclasses.replace(result, sandbox_ticket=ticket)
         # The loader only reports types; the runtime's allowlist (runtime/safe_load.py) decides.
         return result
+
+    def _read_and_verify(
+        self, request: LoadRequest, record: dict[str, object], timings: dict[str, float]
+    ) -> tuple[Path, bytearray, SealedFile, str, SignedBundle]:
+        """Read the artefact into a sealed memfd while its bundle is verified (not yet bound to it)."""
+        record["stage"] = "read"
+        artefact_path = self.root.resolve(request.artefact, "artefact")
+        # A model directory is loaded through its well-known model file; the file's directory
+        # is what a model-signing bundle covering more than one file must match.
+        model_path = self.root.model_file(artefact_path)
+        # The bundle first: a request refused for its bundle must not leave a read behind.
+        bundle_path = self.root.bundle_for(artefact_path, request.bundle)
+        bundle = read_once(bundle_path, "bundle", self.limits.max_bundle_bytes)
+        # Read once into the sealed memfd that is verified here and unpickled by the child,
+        # hashed on the way (one pass: the stage is "read" and includes hashing), on another
+        # thread while the bundle's signature is verified here; waited for whatever the verdict.
+        reading = self._readers.submit(_timed_read, model_path, self.limits.max_artefact_bytes)
+        record["stage"] = "verify"
+        t1 = time.perf_counter()
+        try:
+            signed: SignedBundle | LoaderError = verify_bundle(
+                bundle, list(request.signers), self.trust_roots, request.trust_root
+            )
+        except LoaderError as exc:
+            signed = exc
+        except BaseException:
+            futures.wait([reading])  # nothing is left reading once the request has its answer
+            raise
+        timings["verify"] = time.perf_counter() - t1
+        record["stage"] = "read"
+        # A file that cannot be read is the first thing to fix: its error wins.
+        artefact, digest, timings["read"] = reading.result()
+        if isinstance(signed, LoaderError):
+            record["stage"] = "verify"
+            raise signed
+        record["sha256"] = digest
+        return model_path, bundle, artefact, digest, signed
+
+    def serve(self, request: LoadRequest, ticket: str = "", reason: str = "") -> tuple[Verified, Served]:
+        """Serve a verified model in a confined worker: the artefact verified anew, or the bytes an
+        EXECUTION_AUTO load kept under `ticket`. Raises a LoaderError subclass on any refusal."""
+        started = time.perf_counter()
+        record: dict[str, object] = {"model": request.model_name, "artefact": request.artefact, "execution": "sandbox"}
+        timings: dict[str, float] = {}
+        record["timings"] = timings
+        try:
+            if self.workers is None:
+                raise BadRequest("this loader does not serve models (started with --max-served-models=0)")
+            if ticket:
+                record["stage"] = "ticket"
+                kept = self._tickets.take(ticket)
+                if kept is None:
+                    raise NotFound("the sandbox ticket is unknown or expired: load the model again")
+                artefact, verified = kept
+            else:
+                model_path, _, artefact, digest, signed = self._read_and_verify(request, record, timings)
+                verified = self._bind(signed, artefact, digest, request, model_path, timings, record)
+            record["stage"] = "serve"
+            served = self.workers.start(artefact.fd, request.model_name or request.artefact)
+            timings.update(served.timings)
+        except LoaderError as exc:
+            VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
+            record.update(verdict="refused", code=exc.code.name, reason=str(exc))
+            raise
+        except Exception as exc:
+            VERIFICATIONS.labels(result="internal").inc()
+            record.update(verdict="error", code="INTERNAL", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            VERIFICATIONS.labels(result="served").inc()
+            SERVED.inc()
+            record.update(verdict="served", identity=verified.identity, issuer=verified.issuer, why=reason, sha256=verified.artefact_sha256)
+            return verified, served
+        finally:
+            elapsed = time.perf_counter() - started
+            record["seconds"] = round(elapsed, 4)
+            record["timings"] = {k: round(v, 4) for k, v in timings.items()}
+            print(json.dumps({"event": "serve", **record}), file=sys.stderr, flush=True)
 
     def _bind(
         self,

@@ -9,10 +9,8 @@ one, and each difference is named.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,12 +24,14 @@ from sigstore.models import Bundle
 from sigstore.verify import Verifier
 from sigstore.verify.policy import VerificationPolicy
 
+from loader._internal import oms
+from loader._internal.paths import kind_of, open_regular
 from loader._internal.policy import Method
 from loader.errors import BadRequest, LimitExceeded, NotFound, VerificationFailed
 
-PREDICATES = ("https://model_signing/signature/v1.0", "https://model_signing/Digests/v0.1")
-SINGLE_FILE = "."  # the name model_signing gives the only resource of a one-file model
-_ENGINES: dict[str, Callable[[], ms_hashing.StreamingHashEngine]] = {"sha256": memory.SHA256, "blake2": memory.BLAKE2, "blake2b": memory.BLAKE2, "blake3": memory.BLAKE3}
+PREDICATES = (oms.PREDICATE_TYPE, oms.LEGACY_PREDICATE_TYPE)
+SINGLE_FILE = oms.SINGLE_FILE
+_ENGINES: dict[str, Callable[[], ms_hashing.StreamingHashEngine]] = {"sha256": memory.SHA256, "blake2b": memory.BLAKE2, "blake3": memory.BLAKE3}
 _CHUNK = 1 << 20
 MAX_FILES = 100_000
 
@@ -53,20 +53,23 @@ def bundle_shape(bundle_json: bytes) -> BundleShape:
         envelope = document.get("dsseEnvelope")
         media_type = str(document.get("mediaType", ""))
     except (ValueError, AttributeError) as exc:
-        raise VerificationFailed(f"bundle is malformed: {str(exc).splitlines()[0]}") from None
+        raise VerificationFailed(
+            f"bundle is malformed: {str(exc).splitlines()[0]} (not JSON: the Sigstore bundle format, OMS v1.0 §8.1)"
+        ) from None
     if "publicKey" in material:
         method: Method = "key"
     elif "x509CertificateChain" in material and not material.get("tlogEntries"):
         method = "certificate"
     else:
         method = "sigstore"
-    predicate = ""
-    if isinstance(envelope, dict):
-        try:
-            predicate = str(json.loads(base64.b64decode(envelope.get("payload", ""))).get("predicateType", ""))
-        except (ValueError, AttributeError):
-            predicate = ""
-    return BundleShape(method, predicate in PREDICATES, media_type)
+    predicate = oms.predicate_type(bundle_json) if isinstance(envelope, dict) else ""
+    # A key or a chain without a message signature (`sigstore sign` with a managed key) is only
+    # ever a model-signing bundle: a wrong predicate or a missing envelope is refused as such (OMS).
+    signs_a_message = "messageSignature" in document
+    model_signing = predicate in PREDICATES or predicate.startswith("https://model_signing/") or (
+        method != "sigstore" and not signs_a_message
+    )
+    return BundleShape(method, model_signing, media_type)
 
 
 class _InMemory:
@@ -142,14 +145,8 @@ def _chunks_of(buffer: bytes | bytearray) -> Iterator[memoryview]:
 
 def _hash_file(path: Path, name: str, budget: int, params: dict[str, Any]) -> tuple[int, list[ms_manifest.ManifestItem]]:
     """Stream one regular file (never following a link) through the manifest's hash engine."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BadRequest(f"cannot open {path}: {exc.strerror}") from None
+    fd, info = open_regular(path, "model directory member")
     with open(fd, "rb", buffering=0) as raw:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise VerificationFailed(f"{path} is not a regular file")
         if info.st_size > budget:
             raise LimitExceeded(f"the model directory is larger than the artefact size limit (at {path})")
         chunks = iter(lambda: raw.read(_CHUNK), b"")
@@ -184,14 +181,18 @@ def _walk(directory: Path, ignore: list[PurePosixPath]) -> list[PurePosixPath]:
             elif entry.is_file(follow_symlinks=False):
                 found.append(relative)
             else:
-                raise VerificationFailed(f"{relative} in the model directory {directory} is not a regular file")
+                kind = kind_of(entry.stat(follow_symlinks=False).st_mode)
+                raise VerificationFailed(f"{relative} in the model directory {directory} is {kind}, not a regular file")
             if len(found) > MAX_FILES:
                 raise LimitExceeded(f"the model directory {directory} holds more than {MAX_FILES} files")
     return sorted(found)
 
 
-def _resources(signed: ms_manifest.Manifest) -> dict[str, ms_hashing.Digest]:
-    return {rd.identifier: rd.digest for rd in signed.resource_descriptors()}
+def _resources(signed: ms_manifest.Manifest) -> dict[str, bytes]:
+    """Digest values by resource name. The algorithm names are left out: OMS v1.0 names a shard's
+    algorithm after hash_type and model_signing after the shard size; oms.py checks the name,
+    and every digest here is computed with the manifest's hash_type."""
+    return {rd.identifier: rd.digest.digest_value for rd in signed.resource_descriptors()}
 
 
 def _file_of(identifier: str, params: dict[str, Any]) -> str:
@@ -222,9 +223,9 @@ def _items(name: str, data: Iterator[bytes | memoryview], size: int, params: dic
 
 
 def _compare(signed: ms_manifest.Manifest, actual: ms_manifest.Manifest, where: str) -> None:
-    if actual == signed:
-        return
     expected, found = _resources(signed), _resources(actual)
+    if expected == found:
+        return
     params = signed.serialization_type
     changed = sorted({_file_of(i, params) for i in set(expected) & set(found) if expected[i] != found[i]})
     missing = sorted({_file_of(i, params) for i in set(expected) - set(found)} - set(changed))
@@ -252,35 +253,66 @@ def check_file(signed: ms_manifest.Manifest, data: bytes | bytearray, name: str,
     params = signed.serialization_type
     items = _buffer_items(SINGLE_FILE, data, sha256, params)
     actual = ms_manifest.Manifest(signed.model_name, items, ms_manifest.SerializationType.from_args(params))
-    if actual != signed:
+    if _resources(actual) != _resources(signed):
         raise VerificationFailed(
             f"the signed model-signing manifest does not name this artefact ({name}): it attests to other "
             "bytes (modified or replaced)"
         )
 
 
+def _exclusions(signed: ms_manifest.Manifest, directory: Path, ignore_paths: list[str], signature: Path | None) -> list[PurePosixPath]:
+    """What verification skips (OMS §6.2): the default exclusions, the signer's ignore paths,
+    the request's (checked here: exact relative paths) and the signature file itself."""
+    for path in ignore_paths:
+        if problem := oms.ignore_path_problem(path):
+            raise BadRequest(f"{problem} (OMS v1.0 §6.2.1)")
+    listed = [*oms.DEFAULT_EXCLUSIONS, *(signed.serialization_type.get("ignore_paths") or []), *ignore_paths]
+    ignore = [PurePosixPath(p) for p in listed]
+    if signature is not None and signature.resolve().is_relative_to(directory.resolve()):
+        ignore.append(PurePosixPath(signature.resolve().relative_to(directory.resolve()).as_posix()))
+    return ignore
+
+
+def _check_enumerated(signed: ms_manifest.Manifest, directory: Path, files: list[PurePosixPath]) -> None:
+    """OMS rules on what lies on disk: UTF-8 names (§6.1.2), a model that is not empty (§6.1),
+    and signed resources that are regular files, not directories (§5.2.1)."""
+    for relative in files:
+        try:
+            str(relative).encode("utf-8")
+        except UnicodeEncodeError:
+            raise VerificationFailed(
+                f"OMS v1.0 §6.1.2: the file name {str(relative)!r} in {directory} is not valid UTF-8"
+            ) from None
+    if not files:
+        raise VerificationFailed(f"OMS v1.0 §6.1: the model directory {directory} holds no file to verify (empty model)")
+    for name in signed_files(signed):
+        if name != SINGLE_FILE and (directory / name).is_dir() and not (directory / name).is_symlink():
+            raise VerificationFailed(
+                f"OMS v1.0 §5.2.1: the signed resource {name!r} is a directory in {directory}; resources are regular files only"
+            )
+
+
 def check_directory(
     signed: ms_manifest.Manifest,
     directory: Path,
-    model_file: PurePosixPath,
+    model_file: PurePosixPath | None,
     model_bytes: bytes | bytearray,
     ignore_paths: list[str],
     max_bytes: int,
     model_sha256: str = "",
+    signature: Path | None = None,
 ) -> list[str]:
-    """Hash every file of `directory` (the model file from `model_bytes`, whose sha256 may be
-    given) and require the signed manifest exactly; return the files verified. `ignore_paths`
-    are relative to `directory`."""
+    """Hash every file of `directory` (the model file, if any, from `model_bytes`, whose sha256
+    may be given) and require the signed manifest exactly; return the files verified.
+    `ignore_paths` are relative to `directory`; `signature`, the bundle, is skipped if inside."""
     params = signed.serialization_type
-    ignore = [PurePosixPath(p) for p in list(params.get("ignore_paths") or []) + ignore_paths]
-    for path in ignore:
-        if path.is_absolute() or ".." in path.parts:
-            raise BadRequest(f"ignore path {str(path)!r} must be relative to the model directory, without '..'")
-    if _ignored(model_file, ignore):
+    ignore = _exclusions(signed, directory, ignore_paths, signature)
+    if model_file is not None and _ignored(model_file, ignore):
         raise VerificationFailed(f"{model_file} is excluded from the signature (ignore_paths); it cannot be loaded")
     files = _walk(directory, ignore)
-    if model_file not in files:
+    if model_file is not None and model_file not in files:
         raise NotFound(f"the model file {model_file} is not in the model directory {directory}")
+    _check_enumerated(signed, directory, files)
     budget = max_bytes
     items: list[ms_manifest.ManifestItem] = []
     for relative in files:
@@ -293,7 +325,7 @@ def check_directory(
             raise LimitExceeded(f"the model directory {directory} is larger than {max_bytes} bytes")
         items += hashed
     actual = ms_manifest.Manifest(directory.name, items, ms_manifest.SerializationType.from_args(params))
-    if str(model_file) not in signed_files(signed):
+    if model_file is not None and str(model_file) not in signed_files(signed):
         raise VerificationFailed(
             f"the signature covers the directory {directory} ({', '.join(signed_files(signed))}) but not "
             f"the model file {model_file}"

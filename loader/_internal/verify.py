@@ -7,6 +7,7 @@ their sigstore-python policies live in policy.py, the model-signing formats in s
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import TypeVar
 import sigstore
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL.crypto import X509StoreContextError
 from sigstore.errors import Error as SigstoreError
 from sigstore.errors import VerificationError as SigstoreVerificationError
@@ -26,13 +28,14 @@ from sigstore.verify import Verifier
 from sigstore.verify.policy import AnyOf
 from sigstore_models.common.v1 import HashAlgorithm
 
-from loader._internal import signed_manifest
+from loader._internal import oms, signed_manifest
 from loader._internal.keys import SigningKeys
 from loader._internal.policy import Method, Signer, certificate_facts, describe_certificate, holds
 from loader.errors import BadRequest, LoaderError, VerificationFailed
 
 __all__ = [
     "PRODUCTION", "SignedBundle", "Signer", "TrustConfigError", "TrustRoots", "Verified", "verify_artefact", "verify_bundle",
+    "verify_directory",
 ]
 
 PRODUCTION = "production"
@@ -134,6 +137,7 @@ def verify_artefact(
     model_file: str = "",
     ignore_paths: tuple[str, ...] | list[str] = (),
     max_bytes: int = 4 << 30,
+    signature: Path | None = None,
 ) -> Verified:
     """Verify `artefact` (the exact bytes that will be deserialized) against its bundle.
 
@@ -146,7 +150,7 @@ def verify_artefact(
     signed = verify_bundle(bundle_json, signers, roots, trust_root)
     return signed.bind(
         artefact, digest or hashlib.sha256(artefact).hexdigest(),
-        directory=directory, model_file=model_file, ignore_paths=ignore_paths, max_bytes=max_bytes,
+        directory=directory, model_file=model_file, ignore_paths=ignore_paths, max_bytes=max_bytes, signature=signature,
     )
 
 
@@ -155,7 +159,9 @@ class SignedBundle:
     artefact's bytes. Together they are `verify_artefact`; apart, the bundle is verified while
     the artefact is still being read."""
 
-    def __init__(self, bind: Callable[[bytes | bytearray, str, Path | None, str, tuple[str, ...] | list[str], int], Verified]) -> None:
+    def __init__(
+        self, bind: Callable[[bytes | bytearray, str, Path | None, str, tuple[str, ...] | list[str], int, Path | None], Verified]
+    ) -> None:
         self._bind = bind
 
     def bind(
@@ -167,10 +173,29 @@ class SignedBundle:
         model_file: str = "",
         ignore_paths: tuple[str, ...] | list[str] = (),
         max_bytes: int = 4 << 30,
+        signature: Path | None = None,
     ) -> Verified:
         """The verification facts, once `artefact` (whose sha256 hex is `digest`) is the one signed;
-        raises VerificationFailed otherwise."""
-        return self._bind(artefact, digest, directory, model_file, ignore_paths, max_bytes)
+        raises VerificationFailed otherwise. `signature`: the bundle's file, skipped in `directory`."""
+        return self._bind(artefact, digest, directory, model_file, ignore_paths, max_bytes, signature)
+
+    def bind_directory(
+        self, directory: Path, ignore_paths: tuple[str, ...] | list[str] = (), max_bytes: int = 4 << 30,
+        signature: Path | None = None,
+    ) -> Verified:
+        """The verification facts, once every file of `directory` is the one signed (a model-signing
+        bundle over a directory, whatever its files are); raises VerificationFailed otherwise."""
+        return self._bind(b"", "", directory, "", ignore_paths, max_bytes, signature)
+
+
+def verify_directory(
+    bundle_json: bytes | bytearray, signers: list[Signer], roots: TrustRoots, directory: Path, *,
+    trust_root: str = "", ignore_paths: tuple[str, ...] | list[str] = (), max_bytes: int = 4 << 30,
+    signature: Path | None = None,
+) -> Verified:
+    """Verify a model-signing directory as OMS v1.0 says, whatever files it holds (no model file
+    needed: nothing is loaded)."""
+    return verify_bundle(bundle_json, signers, roots, trust_root).bind_directory(directory, ignore_paths, max_bytes, signature)
 
 
 def verify_bundle(
@@ -187,14 +212,21 @@ def verify_bundle(
     bundle_sha256 = hashlib.sha256(bundle_json).hexdigest()
     if not shape.model_signing:
         return _verify_sigstore_bundle(bundle_json, bundle_sha256, signers, roots, trust_root, shape.media_type)
+    oms.check_bundle(bundle_json)
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
 
     def bind(
         artefact: bytes | bytearray, digest: str, directory: Path | None, model_file: str,
-        ignore_paths: tuple[str, ...] | list[str], max_bytes: int,
+        ignore_paths: tuple[str, ...] | list[str], max_bytes: int, signature: Path | None,
     ) -> Verified:
         name = model_file or "artefact"
-        if signed_manifest.covers_one_file(signed):
+        if not model_file and directory is not None:
+            if signed_manifest.covers_one_file(signed):
+                raise VerificationFailed("the signature covers one file, not a directory: give that file")
+            files = signed_manifest.check_directory(
+                signed, directory, None, b"", list(ignore_paths), max_bytes, signature=signature
+            )
+        elif signed_manifest.covers_one_file(signed):
             signed_manifest.check_file(signed, artefact, name, digest)
             files = [model_file or signed_manifest.SINGLE_FILE]
         elif directory is None:
@@ -205,7 +237,7 @@ def verify_bundle(
             )
         else:
             files = signed_manifest.check_directory(
-                signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest
+                signed, directory, PurePosixPath(model_file), artefact, list(ignore_paths), max_bytes, digest, signature
             )
         return Verified(
             artefact_sha256=digest,
@@ -265,7 +297,9 @@ def _verify_sigstore_bundle(
     facts = certificate_facts(bundle.signing_certificate)
     entry = bundle.log_entry._inner
 
-    def bind(artefact: bytes | bytearray, digest: str, *_: object) -> Verified:
+    def bind(artefact: bytes | bytearray, digest: str, directory: Path | None, model_file: str, *_: object) -> Verified:
+        if directory is not None and not model_file:
+            raise VerificationFailed("a Sigstore bundle signs one file, not a model directory: give the file it signs")
         if bundle._dsse_envelope is not None:
             _require_subject(payload_type, payload, digest)
         elif claimed is None or (failed is not None and digest != claimed):
@@ -331,9 +365,12 @@ class _Staged(signed_manifest.signing.Verifier):
 
     def _verify_signed_content(self, signature: signed_manifest.signing.Signature) -> tuple[str, bytes]:
         try:
-            return self._inner._verify_signed_content(signature)
+            payload_type, payload = self._inner._verify_signed_content(signature)
         except (SigstoreError, ValueError, InvalidSignature, X509StoreContextError) as exc:
             raise _SignatureRejected(exc) from exc
+        # The statement whose signature was just verified, before model_signing reads it.
+        oms.check_statement(payload)
+        return payload_type, payload
 
 
 def _verify_manifest_signature(
@@ -368,8 +405,45 @@ def _verify_manifest_signature(
         except _SignatureRejected as exc:
             refusals.append(_trust_refusal(signer, exc.cause))
             continue
+        if method == "certificate":
+            _require_code_signing(_leaf(signature))
+            _require_current(_leaf(signature))
         return signed, _signed_by(signer, signature)
     raise VerificationFailed("; ".join(refusals))
+
+
+def _leaf(signature: signed_manifest.signing.Signature) -> x509.Certificate:
+    chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
+    return x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
+
+
+def _require_current(leaf: x509.Certificate) -> None:
+    """OMS v1.0 §8.2: the leaf must be within its validity period. model_signing checks the chain
+    at the leaf's notBefore only; with no timestamp to say when it signed, that period is now."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise VerificationFailed(
+            f"OMS v1.0 §8.2: the signing certificate {leaf.subject.rfc4514_string()!r} is not valid now (valid "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC); "
+            "renew the signing certificate and sign again"
+        )
+
+
+def _require_code_signing(leaf: x509.Certificate) -> None:
+    """RFC 5280 4.2.1.12: a leaf whose extended key usage is given may serve only those uses, so
+    it must list codeSigning (model_signing accepts any leaf with digitalSignature, such as a TLS
+    server certificate); a leaf without the extension is not restricted by it."""
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CODE_SIGNING in usage:
+        return
+    named = ", ".join(getattr(oid, "_name", "") or oid.dotted_string for oid in usage) or "(empty)"
+    raise VerificationFailed(
+        f"the signing certificate {leaf.subject.rfc4514_string()!r} has extended key usage {named}, not codeSigning: "
+        "it was not issued for signing code or models (RFC 5280 4.2.1.12); sign with a code-signing certificate"
+    )
 
 
 def _manifest(
@@ -399,8 +473,7 @@ def _trust_refusal(signer: Signer, cause: Exception) -> str:
 def _signed_by(signer: Signer, signature: signed_manifest.signing.Signature) -> _SignedBy:
     if signer.key:
         return _SignedBy("key", f"public key {signer.key!r}", "", signer.key)
-    chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
-    leaf = x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
+    leaf = _leaf(signature)
     identity = certificate_facts(leaf)["identity"] or leaf.subject.rfc4514_string()
     return _SignedBy("certificate", identity, leaf.issuer.rfc4514_string(), signer.certificate_authority)
 

@@ -22,7 +22,8 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 from numpy.lib import format as npy_format
 
-from runtime._internal.allowlist import ALLOWLIST
+from runtime._internal.allowlist import ALLOWLIST, FUNCTIONS
+from runtime._internal.refusal import refuse
 from runtime.errors import ModelRefused
 
 MAX_ZIP_ENTRIES = 100_000
@@ -35,13 +36,14 @@ MAX_JSON_CONTENT = 1 << 20
 SPARSE_MEMBERS = frozenset({"data.npy", "indices.npy", "indptr.npy", "shape.npy", "format.npy", "row.npy", "col.npy"})
 SPARSE_FORMATS = frozenset({b"csr", b"csc", b"coo"})
 
-# skops node kinds the allowlisted families need. Methods, operators, masked arrays and free-form
-# reduce constructors are never needed by them and are refused.
+# skops node kinds the allowlisted families need. Methods, operators and free-form reduce
+# constructors are never needed by them and are refused. Masked arrays (a search's cv_results_)
+# hold exactly a data and a mask array.
 LEAF_LOADERS = frozenset({"JsonNode", "TypeNode", "NdArrayNode", "SparseMatrixNode", "DTypeNode", "FunctionNode", "SliceNode"})
 ALLOWED_LOADERS = LEAF_LOADERS | {
     "ObjectNode", "DictNode", "ListNode", "TupleNode", "SetNode", "CachedNode",
     "TreeNode", "LossNode", "RandomStateNode", "RandomGeneratorNode", "DefaultDictNode",
-    "PartialNode", "FunctionNode",
+    "PartialNode", "FunctionNode", "MaskedArrayNode",
 }
 # Cython types whose __setstate__ indexes its state tuple without bounds checks (a short tuple
 # crashes skops' construct, before any validator runs): their exact arity.
@@ -59,19 +61,20 @@ FIXED_TYPES: dict[str, Any] = {
     "PartialNode": {"functools.partial"}.__contains__,
     "RandomStateNode": {"numpy.random.mtrand.RandomState"}.__contains__,
     "RandomGeneratorNode": {"numpy.random._generator.Generator"}.__contains__,
+    "MaskedArrayNode": {"numpy.ma.MaskedArray"}.__contains__,
     # Loss classes (skops builds the named class with the node's arguments, then sets its state).
     "LossNode": lambda name: name.startswith(("sklearn._loss.", "sklearn.linear_model._sgd_fast.")),
 }
 MAX_SEED_POOL = 64
+MAX_TREE_FEATURES = 10_000_000  # as validators.common.MAX_FEATURES
+MAX_TREE_OUTPUTS = 10_000  # as the trees validator's n_outputs_
 # Nodes whose children skops reads from named content fields, in its order.
 _NAMED_CHILDREN = {
     "DefaultDictNode": ("main", "default_factory"),
     "PartialNode": ("func", "args", "kwds", "namespace"),
     "RandomGeneratorNode": ("bit_generator", "seed_seq"),
+    "MaskedArrayNode": ("data", "mask"),
 }
-# HistGradientBoosting with categorical features keeps partial(check_array, ...) in a
-# FunctionTransformer; no other function is ever accepted (validators check its arguments).
-FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,11 +96,6 @@ def behaviour_of(qualified: str) -> frozenset[str]:
         attr for attr in dir(cls)
         if callable(found := inspect.getattr_static(cls, attr, None)) or hasattr(type(found), "__get__")
     )
-
-
-def refuse(message: str) -> ModelRefused:
-    """The 422 every structural refusal of the converted model uses."""
-    return ModelRefused(f"the converted model is refused: {message}", 422)
 
 
 @dataclass
@@ -285,7 +283,10 @@ class _Scanner:
             raise refuse("its schema holds a node without a type name")
         self.result.types.add(f"{module}.{name}")
         if loader == "FunctionNode" and f"{module}.{name}" not in FUNCTIONS:
-            raise refuse(f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} may appear")
+            raise refuse(
+                f"it holds the function {module}.{name}; only {sorted(FUNCTIONS)} are accepted in this process "
+                "(a model that calls other code must be served in the sandbox)"
+            )
         self._count(1)
         fixed = FIXED_TYPES.get(loader)
         if fixed is not None and not fixed(f"{module}.{name}"):
@@ -407,6 +408,20 @@ class _Scanner:
         if type(size) is not int or not 1 <= size <= MAX_SEED_POOL:
             raise refuse(f"a random generator's seed sequence has pool size {size!r} (at most {MAX_SEED_POOL})")
 
+    def _check_tree_arguments(self, args: Any) -> None:
+        """A Tree is built as Tree(n_features, n_classes, n_outputs) before any check runs, and
+        allocates n_outputs counters first (found by the fuzzer: n_outputs 2**32 asked for 32 GiB
+        inside skops' construct)."""
+        args = self._resolved(args)
+        items = args.get("content") if isinstance(args, dict) and args.get("__loader__") == "TupleNode" else None
+        if not isinstance(items, list) or len(items) != 3:
+            raise refuse("a tree's constructor arguments are not (n_features, n_classes, n_outputs)")
+        for (node, name, high) in ((items[0], "n_features", MAX_TREE_FEATURES), (items[2], "n_outputs", MAX_TREE_OUTPUTS)):
+            node = self._resolved(node)
+            value = json.loads(node["content"]) if isinstance(node, dict) and node.get("__loader__") == "JsonNode" and isinstance(node.get("content"), str) else None
+            if type(value) is not int or not 1 <= value <= high:
+                raise refuse(f"a tree's {name} {value!r} is outside [1, {high}]")
+
     def _children(self, loader: str, state: dict[str, Any]) -> list[Any]:
         # In the order skops' get_tree builds them: with shared ids, the node skops builds first
         # is the one it keeps, so it must be the one visited first here.
@@ -415,11 +430,17 @@ class _Scanner:
             reduce = state.get("__reduce__")
             if not isinstance(reduce, dict) or "args" not in reduce:
                 raise refuse("a reduced object in its schema has no arguments")
+            if loader == "TreeNode":
+                self._check_tree_arguments(reduce["args"])
             return [content, reduce["args"]]
         if loader in _NAMED_CHILDREN:
             names = _NAMED_CHILDREN[loader]
             if not isinstance(content, dict) or set(content) != set(names):
                 raise refuse(f"a {loader} in its schema does not hold exactly {list(names)}")
+            if loader == "MaskedArrayNode" and not all(
+                isinstance(content[n], dict) and self._resolved(content[n]).get("__loader__") == "NdArrayNode" for n in names
+            ):
+                raise refuse("a masked array in its schema is not a data array and a mask array")
             return [content[name] for name in names]
         if loader == "DictNode":
             if not isinstance(content, dict) or "key_types" not in state:

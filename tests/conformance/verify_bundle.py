@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from loader._internal.keys import KeyConfigError, SigningKeys
 from loader._internal.verify import (
     PRODUCTION,
     Signer,
@@ -37,26 +38,25 @@ def verify(argv: list[str], strict: bool = False) -> tuple[bool, str]:
     parser.add_argument("--trusted-root", type=Path)
     parser.add_argument("input")
     args = parser.parse_args(argv)
-    if args.key:
-        return False, "key-based bundles are not supported: the loader verifies keyless Sigstore identities only"
     if args.input.startswith("sha256:"):
         return False, "digest inputs are not supported: the loader verifies the exact bytes it then loads"
     root = args.trusted_root or production_root_file()
     try:
-        roots = TrustRoots({PRODUCTION: root}, PRODUCTION)
-        verified = verify_artefact(
-            Path(args.input).read_bytes(),
-            args.bundle.read_bytes(),
-            [Signer(args.certificate_identity, args.certificate_oidc_issuer)],
-            roots,
-        )
-    except (LoaderError, TrustConfigError) as exc:
+        if args.key:
+            # The loader's own key support: the key is configured by name, as `--public-key` does.
+            roots = TrustRoots({PRODUCTION: root}, PRODUCTION, SigningKeys(keys={"conformance": args.key}))
+            signers = [Signer(key="conformance")]
+        else:
+            roots = TrustRoots({PRODUCTION: root}, PRODUCTION)
+            signers = [Signer(args.certificate_identity, args.certificate_oidc_issuer)]
+        verified = verify_artefact(Path(args.input).read_bytes(), args.bundle.read_bytes(), signers, roots)
+    except (LoaderError, TrustConfigError, KeyConfigError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a conformance client reports, never crashes
         if strict:
             raise
         return False, f"unexpected {type(exc).__name__}: {exc}"
-    return True, f"signed by {verified.identity}"
+    return True, f"signed by {verified.identity or verified.signing_method}"
 
 
 def main() -> int:

@@ -73,8 +73,9 @@ class LoaderContainer:
 
 
 @contextmanager
-def running_loader(docker_client: docker.DockerClient, authority: Authority, *extra: str) -> Iterator[LoaderContainer]:
-    """A loader container hardened as in compose.yaml, with its models and socket on the host."""
+def running_loader(docker_client: docker.DockerClient, authority: Authority, *extra: str, environment: dict[str, str] | None = None) -> Iterator[LoaderContainer]:
+    """A loader container hardened as in compose.yaml, with its models and socket on the host
+    (and `environment` added to the container's)."""
     work = Path(tempfile.mkdtemp(prefix="loader-container-"))
     models, socket_dir = work / "models", work / "socket"
     models.mkdir()
@@ -96,7 +97,7 @@ def running_loader(docker_client: docker.DockerClient, authority: Authority, *ex
             Mount("/run/loader", str(socket_dir), type="bind"),
         ],
         labels={"mlserver-sigstore.role": "test-loader"},
-        environment={"CANARY_SECRET": CANARY},
+        environment={"CANARY_SECRET": CANARY, **(environment or {})},
         # The product's own hardening (the runtime's docker mode uses the same options).
         **hardened_loader_options(),
     )

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import errno
 import io
+import signal
 import tarfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import skops.io
 
-from tests import hostile_reads
-from tests.container.conftest import ControlContainer, LoaderContainer
-from tests.support import Authority, call
+import docker
+from loader._internal.confine import LANDLOCK_SETTING
+from tests import controls, hostile, hostile_reads
+from tests.container.conftest import ControlContainer, LoaderContainer, running_loader
+from tests.integration.test_confinement import (
+    _check_holds_only_its_own,
+    _cmdline,
+    _fds,
+    _helpers,
+    _proc_children,
+    _waiting_children,
+)
+from tests.support import Authority, call, refused
 
 TRUST = "/trust/trust_config.json"
 SIBLING = b"TENANT-B-MODEL-BYTES:container"
@@ -77,3 +90,75 @@ def test_the_container_profile_denies_what_was_not_recorded(loader_container: Lo
 
 def test_the_loader_container_logs_that_landlock_is_enforced(loader_container: LoaderContainer) -> None:
     assert "landlock: ABI" in loader_container.container.logs().decode() and "enforced" in loader_container.container.logs().decode()
+
+
+# --- What a confined child inherits, and what it can signal (issue 25, items 2 and 3) ---------
+# The container's processes are read from the host's /proc (the tests run as root on the host).
+
+
+def _loader_pid(loader: LoaderContainer) -> int:
+    loader.container.reload()
+    pid = int(loader.container.attrs["State"]["Pid"])
+    for candidate in [pid, *_proc_children(pid)]:
+        if "-m loader" in _cmdline(candidate):
+            return candidate
+    raise AssertionError(f"no loader process under container pid {pid}")
+
+
+def test_a_waiting_child_in_the_container_holds_exactly_its_descriptors(loader_container: LoaderContainer) -> None:
+    loader = _loader_pid(loader_container)
+    forkserver, tracker = _helpers(loader)
+    children = _waiting_children(forkserver)
+    loader_fds = set(_fds(loader).values())
+    helper_fds = set(_fds(forkserver).values()) | set(_fds(tracker).values())
+    checked = 0
+    for child in children:
+        try:
+            _check_holds_only_its_own(child, loader_fds, helper_fds)
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        assert (int(fields[2]), int(fields[3])) == (child, child), f"pgrp/session {fields[2:4]} of child {child}"
+        checked += 1
+    assert checked
+
+
+def test_a_signed_model_in_the_container_cannot_write_to_the_fork_server_or_the_tracker(loader_container: LoaderContainer, control_container: ControlContainer, authority: Authority) -> None:
+    name = loader_container.put("inherited-pipes", hostile.inherited_pipes(), authority)
+    result = control_container.container.exec_run(controls.old_child_harness_argv(f"/models/{name}"), environment={"OPENBLAS_NUM_THREADS": "1"})
+    assert b"FIRED: alive written; tracker written" in result.output and b"HARNESS FORKSERVER-ENDED" in result.output, result.output[-2000:]
+
+    loader = _loader_pid(loader_container)
+    helpers = _helpers(loader)
+    error = refused(loader_container, name, authority)  # type: ignore[arg-type]
+    assert hostile.CONTAINED + " alive refused" in error.details() and "register refused" in error.details() and "written" not in error.details(), error.details()
+    assert _helpers(loader) == helpers
+    assert loader_container.container.status == "running"
+
+
+@pytest.fixture(scope="module", params=["off", "abi:5"])
+def fallback_container(request: pytest.FixtureRequest, docker_client: docker.DockerClient, authority: Authority) -> Iterator[tuple[str, LoaderContainer]]:
+    with running_loader(docker_client, authority, environment={LANDLOCK_SETTING: request.param}) as loader:
+        yield request.param, loader
+
+
+def test_a_signed_model_in_the_container_cannot_have_the_kernel_signal_the_loader_without_landlock(fallback_container: tuple[str, LoaderContainer], loader_container: LoaderContainer, control_container: ControlContainer, authority: Authority, digits_svm_bytes: bytes) -> None:
+    mode, loader = fallback_container
+    logs = loader.container.logs().decode()
+    assert ("forced off by" if mode == "off" else "landlock: ABI 5 enforced (forced below") in logs, logs
+    artefact = hostile.sigio_to_group(signal.SIGUSR1)
+    control_path = loader_container.put(f"sigio-{mode.replace(':', '-')}", artefact, authority)
+    result = control_container.container.exec_run(controls.signal_harness_argv(f"/models/{control_path}"), environment={"OPENBLAS_NUM_THREADS": "1"})
+    report = controls.harness_report(result.output)
+    assert report["signalled"] and controls.FIRED in report["error"], report
+
+    name = loader.put(f"sigio-{mode.replace(':', '-')}", artefact, authority)
+    error = refused(loader, name, authority)  # type: ignore[arg-type]
+    details = error.details()
+    assert hostile.CONTAINED in details and controls.FIRED not in details, details
+    for step in ("F_SETOWN", "F_SETSIG", "O_ASYNC", "FIOASYNC"):
+        assert f"{step} refused: Operation not permitted" in details, details
+    loader.container.reload()
+    assert loader.container.status == "running"
+    header, data = call(loader, loader.put("good-after-sigio", digits_svm_bytes, authority), authority)  # type: ignore[arg-type]
+    assert header.size == len(data) > 0

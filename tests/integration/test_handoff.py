@@ -10,6 +10,7 @@ import io
 import os
 import secrets
 import socket
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -198,6 +199,39 @@ def test_a_failed_call_ends_the_wait_with_its_reason(handoff: Handoff) -> None:
 
     with pytest.raises(LoaderCallError, match="no model: signer policy failed"):
         asyncio.run(scenario())
+
+
+def _until(condition: Callable[[], bool], what: str, within: float = 60.0) -> None:
+    """Wait for a state the side channel reaches on its own; `within` only ends a run that
+    would otherwise hang (the verdict is the state, never the time taken)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.concurrency
+def test_a_wait_that_arrives_after_its_call_failed_gets_the_reason(handoff: Handoff) -> None:
+    """The call can fail before the client's wait is read (a refusal takes milliseconds): the
+    late wait is answered with the reason at once, not left open until its time runs out."""
+    claim = secrets.token_hex(24)
+    handoff.withdraw(claim, "signature check failed")
+    with pytest.raises(LoaderCallError, match="no model: signature check failed"):
+        asyncio.run(receive_fd(handoff.path, claim, 30, wait=True))
+    assert not handoff._waiting
+
+
+@pytest.mark.concurrency
+@pytest.mark.parametrize("handoff", [600.0], indirect=True)
+def test_a_waiting_client_that_left_is_let_go_without_any_offer(handoff: Handoff) -> None:
+    """A client that gave up closes its connection; the loader closes its end too, although no
+    offer or other wait comes to sweep it (the soak saw such sockets pile up)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(handoff.path))
+    conn.sendall(f"wait {secrets.token_hex(24)}\n".encode())
+    _until(lambda: len(handoff._waiting) == 1, "the wait is parked")
+    conn.close()
+    _until(lambda: not handoff._waiting, "the loader let go of the client that left")
 
 
 @contextmanager
@@ -447,7 +481,7 @@ def test_closed_waiting_clients_do_not_keep_the_fast_path_full(handoff: Handoff)
         conn.connect(str(handoff.path))
         conn.sendall(f"wait {secrets.token_hex(24)}\n".encode())
         idle.append(conn)
-    time.sleep(0.5)  # all parked
+    _until(lambda: len(handoff._waiting) == _MAX_WAITING, "every wait is parked")
     claim = secrets.token_hex(24)
 
     async def waits() -> int:
@@ -473,3 +507,233 @@ def test_malformed_timings_from_the_child_are_refused_before_its_result_goes_any
     with pytest.raises(UnpicklingFailed, match="malformed stage timings"):
         Sandbox._reported({"ok": True, "timings": timings})
     assert Sandbox._reported({"ok": True, "timings": {"unpickle": 0.5, "convert": 1}}) == (None, {"unpickle": 0.5, "convert": 1.0})
+
+
+# A slow or vanished client on the side channel (issue 25, item 4, and the two known defects) ---
+
+
+class _SlowLoris:
+    """`count` connections to the side channel, each sending its line a byte at a time, every
+    `every` seconds, never finishing it; a connection the loader ends is opened again."""
+
+    def __init__(self, path: Path, count: int, every: float) -> None:
+        self.path, self.count, self.every = path, count, every
+        self.opened = 0  # connections opened in all (the loader ends slow ones)
+        self.rounds = 0  # rounds of a byte on every connection
+        self.ready = threading.Event()  # every connection was opened and has sent a byte
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="slow-loris")
+
+    def __enter__(self) -> _SlowLoris:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join()
+
+    def _open(self) -> socket.socket | None:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(0.5)  # a full backlog: try again on the next round
+        try:
+            conn.connect(str(self.path))
+            conn.send(b"w")
+        except OSError:
+            conn.close()
+            return None
+        self.opened += 1
+        return conn
+
+    def _run(self) -> None:
+        conns: list[socket.socket | None] = [self._open() for _ in range(self.count)]
+        self.ready.set()
+        sent = [1] * self.count
+        while not self.stop.wait(self.every):  # the attack's pace, not a synchronisation
+            for i, conn in enumerate(conns):
+                try:
+                    if conn is None or sent[i] >= 100:
+                        raise OSError
+                    conn.send(b"a")
+                    sent[i] += 1
+                except OSError:
+                    if conn is not None:
+                        conn.close()
+                    conns[i], sent[i] = self._open(), 1
+            self.rounds += 1
+        for conn in conns:
+            if conn is not None:
+                conn.close()
+
+
+def _health(endpoint: str) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(endpoint) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=20).status
+
+
+def test_slow_clients_on_the_side_channel_do_not_hold_up_honest_handoffs(
+    handoff_loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes
+) -> None:
+    """More slow connections than the side channel serves at once, each a byte a second and
+    never done, held open (or opened again) all through the honest loads, which go on until the
+    attack has run past the side channel's request deadline."""
+    from grpc_health.v1 import health_pb2
+
+    import loader._internal.handoff as handoff_module
+
+    artefact = put(models_root, "handoff-beside-slow-clients", digits_svm_bytes, authority)
+    side = fd_socket_for(handoff_loader.endpoint)
+    assert side is not None
+    slow = getattr(handoff_module, "MAX_PENDING", 64) + 16
+    loads, loaded = 0, 0
+    with _SlowLoris(side, slow, every=1.0) as attack:
+        attack.ready.wait()
+        while loads < 20 or attack.rounds < 7:
+            loads += 1
+            try:
+                fetched = asyncio.run(verify_and_load(handoff_loader.endpoint, _request(artefact, authority), 20, 1 << 30))
+                loaded += bool(fetched.header.fd_handle) and len(fetched.data) == fetched.header.size
+            except LoaderCallError as exc:
+                print(f"honest load failed: {exc}")
+                if not loaded:
+                    break  # the side channel is held: no need to wait out every load
+        assert not attack.stop.is_set() and attack.ready.is_set()
+        serving = _health(handoff_loader.endpoint)
+        opened = attack.opened
+    print(f"honest loads beside {slow} slow side-channel clients: {loaded}/{loads} ({opened} slow connections opened)")
+    assert loaded == loads
+    assert serving == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_says_not_serving_when_the_side_channel_does_not_answer(
+    tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority
+) -> None:
+    """The side channel's socket is gone: no handoff can happen, so health must not say SERVING
+    (a liveness probe then restarts the loader)."""
+    from grpc_health.v1 import health_pb2
+
+    work = Path(os.path.realpath(tmp_path_factory.mktemp("p")))
+    proc = start_loader(work, models_root, {"local": authority.trust_config}, "--child-pool=0")
+    try:
+        assert _health(proc.endpoint) == health_pb2.HealthCheckResponse.SERVING
+        side = fd_socket_for(proc.endpoint)
+        assert side is not None
+        side.unlink()
+        # The loader probes its side channel every few seconds; the guard only ends a run
+        # whose health never changes.
+        deadline = time.monotonic() + 60
+        status = _health(proc.endpoint)
+        while status == health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = _health(proc.endpoint)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert "side channel" in proc.log_text() and "NOT_SERVING" in proc.log_text()
+    finally:
+        stop_process(proc.process)
+
+
+class _HeaderNamingTheClaim(loader_pb2_grpc.LoaderServicer):
+    """A loader whose header names the client's claim at once (no digest after it)."""
+
+    def VerifyAndLoad(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        header = loader_pb2.LoadedModel(format="skops", size=5, fd_handle=request.fd_claim, model_blake3=blake3.blake3(b"model").hexdigest())
+        yield loader_pb2.VerifyAndLoadResponse(header=header)
+
+
+def test_a_call_waits_on_the_side_channel_no_longer_than_its_own_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A side channel that accepts nothing (its thread held): the wait for the model, then the
+    claim of the header's handle, must both end by the call's deadline, not one timeout each.
+    Each side-channel attempt's end is recorded as the client sets it."""
+    import loader.client as client_module
+
+    sock = Path(os.path.realpath(tmp_path)) / "held.sock"
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.bind(str(Handoff.path_for(sock)))
+    held.listen(16)  # connections queue; none is ever accepted
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    loader_pb2_grpc.add_LoaderServicer_to_server(_HeaderNamingTheClaim(), server)
+    server.add_insecure_port(f"unix://{sock}")
+    server.start()
+    ends: list[float] = []
+    starts: list[float] = []
+    original = client_module.receive_fd
+
+    async def recorded(path: Path, handle: str, timeout: float, wait: bool = False, **kwargs: Any) -> int:
+        now = asyncio.get_running_loop().time()
+        starts.append(now)
+        ends.append(min(now + timeout, kwargs.get("deadline") or float("inf")))
+        return await original(path, handle, timeout, wait, **kwargs)
+
+    monkeypatch.setattr(client_module, "receive_fd", recorded)
+    timeout = 1.0
+    try:
+        with pytest.raises(LoaderCallError, match="could not receive the model descriptor"):
+            asyncio.run(verify_and_load(f"unix://{sock}", loader_pb2.VerifyAndLoadRequest(artefact="m"), timeout, 1 << 20))
+    finally:
+        server.stop(0)
+        held.close()
+    assert len(ends) == 2, "expected a wait, then a claim"
+    assert max(ends) <= starts[0] + timeout, f"the side channel was given {max(ends) - starts[0]:.2f} s of a {timeout} s call"
+
+
+def test_a_wait_whose_client_gave_up_does_not_use_up_the_stored_offer(handoff: Handoff) -> None:
+    """The client sent `wait` and left before its line was read; the model was already offered.
+    The descriptor must stay for the client's claim."""
+    claim = secrets.token_hex(24)
+    assert handoff.offer(_sealed(b"the model"), claim) == claim
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    gone.connect(str(handoff.path))
+    gone.sendall(f"wait {claim}\n".encode())
+    gone.close()
+    fd = asyncio.run(receive_fd(handoff.path, claim, 20))
+    assert os.pread(fd, 64, 0) == b"the model"
+    os.close(fd)
+
+
+def test_a_waiting_client_that_left_does_not_take_the_model_it_waited_for(handoff: Handoff) -> None:
+    """The client's `wait` was registered, then it left; the model offered next must stay for a
+    claim rather than go to the closed connection."""
+    claim = secrets.token_hex(24)
+    leaving = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leaving.connect(str(handoff.path))
+    leaving.sendall(f"wait {claim}\n".encode())
+    deadline = time.monotonic() + 20  # a guard: the wait is registered within microseconds
+    while claim not in handoff._waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert claim in handoff._waiting
+    leaving.close()
+    assert handoff.offer(_sealed(b"the model"), claim) == claim
+    fd = asyncio.run(receive_fd(handoff.path, claim, 20))
+    assert os.pread(fd, 64, 0) == b"the model"
+    os.close(fd)
+
+
+def test_the_side_channel_answers_the_loaders_probe_and_ends_a_line_that_never_comes(tmp_path: Path) -> None:
+    """A connection that never finishes its line is ended once its whole request has taken the
+    deadline, however often it sends a byte (here five times within the deadline: a timeout per
+    read would never end it, and it would run into the line limit instead)."""
+    side = Handoff(Path(os.path.realpath(tmp_path)) / "p.fd", request_seconds=0.5)
+    side.start()
+    try:
+        assert side.probe(timeout=20)
+        ended = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+            slow.connect(str(side.path))
+            for _ in range(200):
+                try:
+                    slow.send(b"a")
+                except OSError:
+                    break  # ended: its message is waiting below
+                slow.settimeout(0.1)  # the attack's pace
+                try:
+                    ended = slow.recv(128)
+                    break
+                except TimeoutError:
+                    continue
+            slow.settimeout(20)
+            ended = ended or slow.recv(128)
+        assert b"took too long" in ended, ended
+    finally:
+        side.stop()
+    assert not side.probe(timeout=1)

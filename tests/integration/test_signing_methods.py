@@ -54,8 +54,10 @@ def _key_pem(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
 
 
 def _issue(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey, ca: bool, start: datetime.datetime
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey, ca: bool, start: datetime.datetime,
+    usage: list[x509.ObjectIdentifier] | None = None, lifetime: datetime.timedelta = datetime.timedelta(days=1),
 ) -> x509.Certificate:
+    """A certificate; a leaf's extended key usage is `usage` (default codeSigning, [] for none)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()
@@ -64,7 +66,7 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=1))
+        .not_valid_after(start + lifetime)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -76,11 +78,12 @@ def _issue(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )
     else:
-        builder = (
-            builder.add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(f"{subject}@acme.example")]), critical=False)
-        )
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        ).add_extension(x509.SubjectAlternativeName([x509.RFC822Name(f"{subject}@acme.example")]), critical=False)
+        usage = [ExtendedKeyUsageOID.CODE_SIGNING] if usage is None else usage
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -90,6 +93,12 @@ class Pki:
     leaf: Path
     leaf_key: Path
     chain: Path  # the intermediate, carried in the bundle
+    # Leaves under the same intermediate with another extended key usage: name -> (leaf, key).
+    other_leaves: dict[str, tuple[Path, Path]]
+
+
+# Extended key usages of the other leaves: a TLS server certificate, and a leaf without the extension.
+OTHER_LEAVES: dict[str, list[x509.ObjectIdentifier]] = {"serverauth": [ExtendedKeyUsageOID.SERVER_AUTH], "no-eku": []}
 
 
 def _pki(folder: Path, name: str) -> Pki:
@@ -99,7 +108,19 @@ def _pki(folder: Path, name: str) -> Pki:
     root = _issue(f"{name} root", root_key, None, root_key, True, now - datetime.timedelta(hours=1))
     inter = _issue(f"{name} intermediate", inter_key, root, root_key, True, now - datetime.timedelta(minutes=30))
     leaf = _issue(f"{name}-signer", leaf_key, inter, inter_key, False, now - datetime.timedelta(minutes=5))
-    return Pki(_pem(folder / "ca.pem", root), _pem(folder / "leaf.pem", leaf), _key_pem(folder / "leaf.key", leaf_key), _pem(folder / "chain.pem", inter))
+    others = {}
+    for usage_name, usage in OTHER_LEAVES.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(f"{name}-{usage_name}", key, inter, inter_key, False, now - datetime.timedelta(minutes=5), usage)
+        others[usage_name] = (_pem(folder / f"{usage_name}.pem", cert), _key_pem(folder / f"{usage_name}.key", key))
+    # A code-signing leaf whose validity ended a minute ago (OMS v1.0 §8.2).
+    key = ec.generate_private_key(ec.SECP256R1())
+    expired = _issue(f"{name}-expired", key, inter, inter_key, False, now - datetime.timedelta(minutes=10), lifetime=datetime.timedelta(minutes=9))
+    others["expired"] = (_pem(folder / "expired.pem", expired), _key_pem(folder / "expired.key", key))
+    return Pki(
+        _pem(folder / "ca.pem", root), _pem(folder / "leaf.pem", leaf), _key_pem(folder / "leaf.key", leaf_key),
+        _pem(folder / "chain.pem", inter), others,
+    )
 
 
 def _key_pair(folder: Path, name: str) -> tuple[Path, Path]:
@@ -160,6 +181,10 @@ def signed(tmp_path_factory: pytest.TempPathFactory, authority: Authority, digit
         folder = "certificate" if name == "acme" else "certificate-other-ca"
         _sign("certificate", _model_dir(artefacts, folder, digits_svm_bytes), env,
               "--private_key", str(pki.leaf_key), "--signing_certificate", str(pki.leaf), "--certificate_chain", str(pki.chain))
+    acme = env.pkis["acme"]
+    for usage_name, (leaf, leaf_key) in acme.other_leaves.items():
+        _sign("certificate", _model_dir(artefacts, f"certificate-{usage_name}", digits_svm_bytes), env,
+              "--private_key", str(leaf_key), "--signing_certificate", str(leaf), "--certificate_chain", str(acme.chain))
     return env
 
 
@@ -228,6 +253,8 @@ REFUSED = {
     "symlink": ("sigstore", _symlink, POLICIES["sigstore"], "metadata.json in the model directory"),
     "wrong-key": ("key", None, {"signers": [{"key": "other"}]}, "signed by another key"),
     "other-ca": ("certificate-other-ca", None, POLICIES["certificate"], "signed under another CA"),
+    # A TLS server certificate under the trusted CA (RFC 5280 4.2.1.12: EKU present, no codeSigning).
+    "serverauth-leaf": ("certificate-serverauth", None, POLICIES["certificate"], "extended key usage serverAuth, not codeSigning"),
     "regexp-other-repository": (
         "sigstore", None, {"signers": [{"identity_regexp": r"release\+v[0-9.]+@other-repo\.example", "issuer": "ISSUER"}]},
         f"signed by '{RELEASE}'",
@@ -261,6 +288,8 @@ def stack(signed: Signed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     stack = Stack(signed, repo, f"http://127.0.0.1:{http}", loader)
     for method in METHODS:
         stack.add(f"{method}-model", signed.artefacts / method, POLICIES[method])
+    # A leaf without the extended key usage extension is not restricted by it (RFC 5280 4.2.1.12).
+    stack.add("certificate-no-eku-model", signed.artefacts / "certificate-no-eku", POLICIES["certificate"])
     # Files the deployment adds beside a signed model are fine once the policy names them.
     beside = _copy(signed, "key", "key-with-notes")
     (beside / "deploy-notes").mkdir()
@@ -284,7 +313,7 @@ def _records(loader: LoaderProcess, model: str) -> list[dict]:
     return [record for record in lines if record.get("model") == model]
 
 
-@pytest.mark.parametrize("method", [*METHODS, "key-with-notes"])
+@pytest.mark.parametrize("method", [*METHODS, "key-with-notes", "certificate-no-eku"])
 def test_a_signed_model_directory_loads_and_predicts(stack: Stack, method: str) -> None:
     response = stack.load(f"{method}-model")
     assert response.status_code == 200, response.text
@@ -341,6 +370,24 @@ def test_loader_verify_refuses_another_key_or_ca_by_name(signed: Signed) -> None
     assert wrong_key.returncode == 1 and "signed by another key" in wrong_key.stderr
     other_ca = _verify(signed, "certificate", signed.artefacts / "certificate-other-ca")
     assert other_ca.returncode == 1 and "signed under another CA" in other_ca.stderr
+
+
+def test_loader_verify_refuses_a_leaf_past_its_validity(signed: Signed) -> None:
+    """OMS v1.0 §8.2: the leaf must be within its validity period (model_signing checks the chain
+    at the leaf's notBefore only, so an expired leaf would pass)."""
+    expired = _verify(signed, "certificate", signed.artefacts / "certificate-expired")
+    assert expired.returncode == 1, expired.stdout
+    assert "OMS v1.0 §8.2: the signing certificate" in expired.stderr and "is not valid now" in expired.stderr
+
+
+def test_loader_verify_takes_a_code_signing_leaf_only_where_the_leaf_restricts_its_use(signed: Signed) -> None:
+    """RFC 5280 4.2.1.12: a leaf with an extended key usage must list codeSigning."""
+    server = _verify(signed, "certificate", signed.artefacts / "certificate-serverauth")
+    assert server.returncode == 1, server.stdout
+    assert "extended key usage serverAuth, not codeSigning" in server.stderr
+    assert _verify(signed, "certificate", signed.artefacts / "certificate").returncode == 0  # codeSigning
+    no_eku = _verify(signed, "certificate", signed.artefacts / "certificate-no-eku")
+    assert no_eku.returncode == 0, no_eku.stderr
 
 
 def test_a_single_file_sigstore_bundle_still_loads_beside_the_methods(stack: Stack, digits_svm_bytes: bytes) -> None:

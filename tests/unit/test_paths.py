@@ -1,9 +1,14 @@
+import fcntl
 import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from loader._internal.paths import ModelsRoot, read_once
+from loader._internal.paths import ModelsRoot, open_regular, read_once, read_sealed
 from loader.errors import BadRequest, LimitExceeded, NotFound
 
 
@@ -88,3 +93,87 @@ def test_the_well_known_model_files_are_mlservers() -> None:
     from loader.bundles import WELL_KNOWN_MODEL_FILES
 
     assert list(WELL_KNOWN_MODEL_FILES) == list(WELLKNOWN_MODEL_FILENAMES)
+
+
+# Special files: a models-root file is opened without blocking and its type checked on the
+# descriptor (issue 25, item 5). Each case runs on a thread: on code that opens before it checks,
+# `open` of a FIFO blocks until a writer comes; the test then plays that writer so the thread
+# ends. The verdict is the refusal's message, never how long it took.
+
+
+def _special(kind: str, path: Path) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        _keep.append(listener)
+    elif kind == "character device":
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    elif kind == "symbolic link":
+        (path.parent / "target").write_bytes(b"x")
+        os.symlink(path.parent / "target", path)
+    elif kind == "directory":
+        path.mkdir()
+
+
+_keep: list[socket.socket] = []
+KINDS = {
+    "fifo": "a FIFO (named pipe)",
+    "socket": "a socket",
+    "character device": "a character device",
+    "symbolic link": "a symbolic link",
+    "directory": "a directory",
+}
+
+
+def _refusal(call: Callable[[], object], path: Path) -> tuple[BaseException | None, bool]:
+    """What `call` raised, and whether it was found blocked opening the FIFO (seen in the
+    kernel's wait channel of its thread, not guessed from how long it took)."""
+    outcome: list[BaseException | None] = []
+    tid: list[int] = []
+
+    def run() -> None:
+        tid.append(threading.get_native_id())
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the verdict looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    blocked = False
+    thread.join(5)
+    while thread.is_alive():
+        if Path(f"/proc/self/task/{tid[0]}/wchan").read_text() == "wait_for_partner":
+            blocked = True
+            try:  # be the writer the blocked reader waits for, so that the thread ends
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        thread.join(1)
+    return outcome[0], blocked
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("reader", ["read_once", "read_sealed"])
+def test_a_special_file_is_refused_naming_what_it_is(root: ModelsRoot, kind: str, reader: str) -> None:
+    if kind == "character device" and os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    path = root.path / "m" / "special"
+    _special(kind, path)
+    read = read_once if reader == "read_once" else read_sealed
+    refusal, blocked = _refusal(lambda: read(path, "artefact", 1 << 20), path)
+    assert not blocked, f"the read blocked opening {path}"
+    assert isinstance(refusal, BadRequest), refusal
+    assert f"artefact {path} is {KINDS[kind]}" in str(refusal)
+
+
+def test_a_regular_file_is_read_through_a_blocking_descriptor(root: ModelsRoot) -> None:
+    fd, info = open_regular(root.path / "m" / "model.joblib", "artefact")
+    try:
+        assert os.get_blocking(fd) and info.st_size == 1
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    finally:
+        os.close(fd)

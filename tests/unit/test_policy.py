@@ -94,6 +94,10 @@ def test_every_signer_kind_parses_and_reaches_the_request_unchanged(signer: dict
     [
         ({"identity": "a", "identity_regexp": "a.*", "issuer": "https://i"}, "signers.0.identity"),
         ({"identity_regexp": "(", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        # Matched with RE2 (linear time): no backreferences or lookaround, at most 1024 characters.
+        ({"identity_regexp": r"(a)\1", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        ({"identity_regexp": r"(?!a).*", "issuer": "https://i"}, "signers.0.identity_regexp"),
+        ({"identity_regexp": "a" * 1025, "issuer": "https://i"}, "signers.0.identity_regexp"),
         ({"identity_regexp": "a.*"}, "signers.0.issuer"),
         ({"key": "k", "issuer": "https://i"}, "signers.0.issuer"),
         ({"key": "k", "certificate_authority": "c"}, "signers.0.certificate_authority"),
@@ -237,12 +241,12 @@ def test_keys_and_cas_are_checked_at_start_and_picked_by_name(tmp_path: Path, re
     from loader._internal.keys import KeyConfigError, SigningKeys
 
     _, roots = release_key
-    p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
-    (tmp_path / "p521.pub").write_bytes(p521.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    k1 = ec.generate_private_key(ec.SECP256K1()).public_key()  # not in the OMS v1.0 registry
+    (tmp_path / "k1.pub").write_bytes(k1.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     (tmp_path / "empty.pem").write_text("")
     for keys, authorities, words in [
         ({"k": tmp_path / "missing.pub"}, {}, "does not exist"),
-        ({"k": tmp_path / "p521.pub"}, {}, "not an EC P-256 or P-384 public key"),
+        ({"k": tmp_path / "k1.pub"}, {}, "not an EC P-256, P-384 or P-521 public key"),
         ({}, {"ca": tmp_path / "empty.pem"}, "holds no PEM certificate"),
     ]:
         with pytest.raises(KeyConfigError, match=words):

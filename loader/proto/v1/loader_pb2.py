@@ -24,31 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloader/proto/v1/loader.proto\x12\tloader.v1\"\x11\n\x0f\x44\x65scribeRequest\"\x80\x01\n\x11LoaderDescription\x12\x13\n\x0b\x63onfinement\x18\x01 \x03(\t\x12\x13\n\x0btrust_roots\x18\x02 \x03(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_trust_root\x18\x03 \x01(\t\x12\x12\n\nchild_pool\x18\x04 \x01(\x05\x12\x11\n\tfd_socket\x18\x05 \x01(\t\"\xe9\x01\n\x06Signer\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x1b\n\x13workflow_repository\x18\x03 \x01(\t\x12\x14\n\x0cworkflow_ref\x18\x04 \x01(\t\x12\x14\n\x0cworkflow_sha\x18\x05 \x01(\t\x12\x15\n\rworkflow_name\x18\x06 \x01(\t\x12\x18\n\x10workflow_trigger\x18\x07 \x01(\t\x12\x17\n\x0fidentity_regexp\x18\x08 \x01(\t\x12\x0b\n\x03key\x18\t \x01(\t\x12\x1d\n\x15\x63\x65rtificate_authority\x18\n \x01(\t\"\xa8\x02\n\x14VerifyAndLoadRequest\x12\x10\n\x08\x61rtefact\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\"\n\x07signers\x18\x03 \x03(\x0b\x32\x11.loader.v1.Signer\x12\x12\n\ntrust_root\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rtrusted_types\x18\x06 \x03(\t\x12\x14\n\x0cignore_paths\x18\x07 \x03(\t\x12\x11\n\taccept_fd\x18\x10 \x01(\x08\x12\x15\n\raccept_blake3\x18\x11 \x01(\x08\x12\x1c\n\x14omit_untrusted_types\x18\x12 \x01(\x08\x12\x1b\n\x13\x64igest_after_handle\x18\x13 \x01(\x08\x12\x10\n\x08\x66\x64_claim\x18\x14 \x01(\t\"\x84\x02\n\x11VerificationFacts\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x11\n\tlog_index\x18\x05 \x01(\x03\x12\x17\n\x0fintegrated_time\x18\x06 \x01(\x03\x12\x19\n\x11\x62undle_media_type\x18\x07 \x01(\t\x12\x12\n\ntrust_root\x18\x08 \x01(\t\x12\x16\n\x0esigning_method\x18\t \x01(\t\x12\x12\n\nmodel_file\x18\n \x01(\t\x12\x16\n\x0everified_files\x18\x0b \x03(\t\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x88\x02\n\x0bLoadedModel\x12+\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x1c.loader.v1.VerificationFacts\x12\'\n\x07timings\x18\x02 \x03(\x0b\x32\x16.loader.v1.StageTiming\x12\x17\n\x0funtrusted_types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\x12\x11\n\tfd_handle\x18\x10 \x01(\t\x12\x1d\n\x15\x66\x64_handle_ttl_seconds\x18\x11 \x01(\x01\x12\x14\n\x0cmodel_blake3\x18\x12 \x01(\t\"-\n\x0bModelDigest\x12\x0e\n\x06\x62lake3\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x84\x01\n\x15VerifyAndLoadResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.loader.v1.LoadedModelH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12(\n\x06\x64igest\x18\x03 \x01(\x0b\x32\x16.loader.v1.ModelDigestH\x00\x42\x06\n\x04part2\xa4\x01\n\x06Loader\x12T\n\rVerifyAndLoad\x12\x1f.loader.v1.VerifyAndLoadRequest\x1a .loader.v1.VerifyAndLoadResponse0\x01\x12\x44\n\x08\x44\x65scribe\x12\x1a.loader.v1.DescribeRequest\x1a\x1c.loader.v1.LoaderDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloader/proto/v1/loader.proto\x12\tloader.v1\"\x11\n\x0f\x44\x65scribeRequest\"\xc5\x01\n\x11LoaderDescription\x12\x13\n\x0b\x63onfinement\x18\x01 \x03(\t\x12\x13\n\x0btrust_roots\x18\x02 \x03(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_trust_root\x18\x03 \x01(\t\x12\x12\n\nchild_pool\x18\x04 \x01(\x05\x12\x11\n\tfd_socket\x18\x05 \x01(\t\x12\x15\n\rserved_models\x18\x06 \x01(\x05\x12\x19\n\x11max_served_models\x18\x07 \x01(\x05\x12\x11\n\tuser_code\x18\x08 \x01(\t\"\xe9\x01\n\x06Signer\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x1b\n\x13workflow_repository\x18\x03 \x01(\t\x12\x14\n\x0cworkflow_ref\x18\x04 \x01(\t\x12\x14\n\x0cworkflow_sha\x18\x05 \x01(\t\x12\x15\n\rworkflow_name\x18\x06 \x01(\t\x12\x18\n\x10workflow_trigger\x18\x07 \x01(\t\x12\x17\n\x0fidentity_regexp\x18\x08 \x01(\t\x12\x0b\n\x03key\x18\t \x01(\t\x12\x1d\n\x15\x63\x65rtificate_authority\x18\n \x01(\t\"\xd1\x02\n\x14VerifyAndLoadRequest\x12\x10\n\x08\x61rtefact\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\"\n\x07signers\x18\x03 \x03(\x0b\x32\x11.loader.v1.Signer\x12\x12\n\ntrust_root\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rtrusted_types\x18\x06 \x03(\t\x12\x14\n\x0cignore_paths\x18\x07 \x03(\t\x12\x11\n\taccept_fd\x18\x10 \x01(\x08\x12\x15\n\raccept_blake3\x18\x11 \x01(\x08\x12\x1c\n\x14omit_untrusted_types\x18\x12 \x01(\x08\x12\x1b\n\x13\x64igest_after_handle\x18\x13 \x01(\x08\x12\x10\n\x08\x66\x64_claim\x18\x14 \x01(\t\x12\'\n\texecution\x18\x15 \x01(\x0e\x32\x14.loader.v1.Execution\"\x84\x02\n\x11VerificationFacts\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x11\n\tlog_index\x18\x05 \x01(\x03\x12\x17\n\x0fintegrated_time\x18\x06 \x01(\x03\x12\x19\n\x11\x62undle_media_type\x18\x07 \x01(\t\x12\x12\n\ntrust_root\x18\x08 \x01(\t\x12\x16\n\x0esigning_method\x18\t \x01(\t\x12\x12\n\nmodel_file\x18\n \x01(\t\x12\x16\n\x0everified_files\x18\x0b \x03(\t\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\xc4\x02\n\x0bLoadedModel\x12+\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x1c.loader.v1.VerificationFacts\x12\'\n\x07timings\x18\x02 \x03(\x0b\x32\x16.loader.v1.StageTiming\x12\x17\n\x0funtrusted_types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\x12\x11\n\tfd_handle\x18\x10 \x01(\t\x12\x1d\n\x15\x66\x64_handle_ttl_seconds\x18\x11 \x01(\x01\x12\x14\n\x0cmodel_blake3\x18\x12 \x01(\t\x12\x16\n\x0esandbox_ticket\x18\x13 \x01(\t\x12\"\n\x1asandbox_ticket_ttl_seconds\x18\x14 \x01(\x01\"e\n\x0cServeRequest\x12-\n\x04load\x18\x01 \x01(\x0b\x32\x1f.loader.v1.VerifyAndLoadRequest\x12\x16\n\x0esandbox_ticket\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc4\x01\n\x0bServedModel\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12+\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x1c.loader.v1.VerificationFacts\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\'\n\x07timings\x18\x05 \x03(\x0b\x32\x16.loader.v1.StageTiming\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x07 \x01(\x01\"Q\n\x05\x41rray\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06object\x18\x05 \x01(\x08\"a\n\x0ePredictRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12 \n\x06inputs\x18\x03 \x03(\x0b\x32\x10.loader.v1.Array\x12\r\n\x05\x66rame\x18\x04 \x01(\x08\"D\n\x0fPredictResponse\x12 \n\x06output\x18\x01 \x01(\x0b\x32\x10.loader.v1.Array\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x1f\n\rUnloadRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"\x1f\n\x0eUnloadResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\"-\n\x0bModelDigest\x12\x0e\n\x06\x62lake3\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x84\x01\n\x15VerifyAndLoadResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.loader.v1.LoadedModelH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12(\n\x06\x64igest\x18\x03 \x01(\x0b\x32\x16.loader.v1.ModelDigestH\x00\x42\x06\n\x04part*L\n\tExecution\x12\x14\n\x10\x45XECUTION_SERVER\x10\x00\x12\x12\n\x0e\x45XECUTION_AUTO\x10\x01\x12\x15\n\x11\x45XECUTION_SANDBOX\x10\x02\x32\xdf\x02\n\x06Loader\x12T\n\rVerifyAndLoad\x12\x1f.loader.v1.VerifyAndLoadRequest\x1a .loader.v1.VerifyAndLoadResponse0\x01\x12\x44\n\x08\x44\x65scribe\x12\x1a.loader.v1.DescribeRequest\x1a\x1c.loader.v1.LoaderDescription\x12\x38\n\x05Serve\x12\x17.loader.v1.ServeRequest\x1a\x16.loader.v1.ServedModel\x12@\n\x07Predict\x12\x19.loader.v1.PredictRequest\x1a\x1a.loader.v1.PredictResponse\x12=\n\x06Unload\x12\x18.loader.v1.UnloadRequest\x1a\x19.loader.v1.UnloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loader.proto.v1.loader_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EXECUTION']._serialized_start=2277
+  _globals['_EXECUTION']._serialized_end=2353
   _globals['_DESCRIBEREQUEST']._serialized_start=43
   _globals['_DESCRIBEREQUEST']._serialized_end=60
   _globals['_LOADERDESCRIPTION']._serialized_start=63
-  _globals['_LOADERDESCRIPTION']._serialized_end=191
-  _globals['_SIGNER']._serialized_start=194
-  _globals['_SIGNER']._serialized_end=427
-  _globals['_VERIFYANDLOADREQUEST']._serialized_start=430
-  _globals['_VERIFYANDLOADREQUEST']._serialized_end=726
-  _globals['_VERIFICATIONFACTS']._serialized_start=729
-  _globals['_VERIFICATIONFACTS']._serialized_end=989
-  _globals['_STAGETIMING']._serialized_start=991
-  _globals['_STAGETIMING']._serialized_end=1036
-  _globals['_LOADEDMODEL']._serialized_start=1039
-  _globals['_LOADEDMODEL']._serialized_end=1303
-  _globals['_MODELDIGEST']._serialized_start=1305
-  _globals['_MODELDIGEST']._serialized_end=1350
-  _globals['_VERIFYANDLOADRESPONSE']._serialized_start=1353
-  _globals['_VERIFYANDLOADRESPONSE']._serialized_end=1485
-  _globals['_LOADER']._serialized_start=1488
-  _globals['_LOADER']._serialized_end=1652
+  _globals['_LOADERDESCRIPTION']._serialized_end=260
+  _globals['_SIGNER']._serialized_start=263
+  _globals['_SIGNER']._serialized_end=496
+  _globals['_VERIFYANDLOADREQUEST']._serialized_start=499
+  _globals['_VERIFYANDLOADREQUEST']._serialized_end=836
+  _globals['_VERIFICATIONFACTS']._serialized_start=839
+  _globals['_VERIFICATIONFACTS']._serialized_end=1099
+  _globals['_STAGETIMING']._serialized_start=1101
+  _globals['_STAGETIMING']._serialized_end=1146
+  _globals['_LOADEDMODEL']._serialized_start=1149
+  _globals['_LOADEDMODEL']._serialized_end=1473
+  _globals['_SERVEREQUEST']._serialized_start=1475
+  _globals['_SERVEREQUEST']._serialized_end=1576
+  _globals['_SERVEDMODEL']._serialized_start=1579
+  _globals['_SERVEDMODEL']._serialized_end=1775
+  _globals['_ARRAY']._serialized_start=1777
+  _globals['_ARRAY']._serialized_end=1858
+  _globals['_PREDICTREQUEST']._serialized_start=1860
+  _globals['_PREDICTREQUEST']._serialized_end=1957
+  _globals['_PREDICTRESPONSE']._serialized_start=1959
+  _globals['_PREDICTRESPONSE']._serialized_end=2027
+  _globals['_UNLOADREQUEST']._serialized_start=2029
+  _globals['_UNLOADREQUEST']._serialized_end=2060
+  _globals['_UNLOADRESPONSE']._serialized_start=2062
+  _globals['_UNLOADRESPONSE']._serialized_end=2093
+  _globals['_MODELDIGEST']._serialized_start=2095
+  _globals['_MODELDIGEST']._serialized_end=2140
+  _globals['_VERIFYANDLOADRESPONSE']._serialized_start=2143
+  _globals['_VERIFYANDLOADRESPONSE']._serialized_end=2275
+  _globals['_LOADER']._serialized_start=2356
+  _globals['_LOADER']._serialized_end=2707
 # @@protoc_insertion_point(module_scope)

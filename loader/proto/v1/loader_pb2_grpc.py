@@ -44,6 +44,21 @@ class LoaderStub:
                 request_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.LoaderDescription.FromString,
                 _registered_method=True)
+        self.Serve = channel.unary_unary(
+                '/loader.v1.Loader/Serve',
+                request_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.ServeRequest.SerializeToString,
+                response_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.ServedModel.FromString,
+                _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/loader.v1.Loader/Predict',
+                request_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.PredictRequest.SerializeToString,
+                response_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.Unload = channel.unary_unary(
+                '/loader.v1.Loader/Unload',
+                request_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.UnloadRequest.SerializeToString,
+                response_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.UnloadResponse.FromString,
+                _registered_method=True)
 
 
 class LoaderServicer:
@@ -66,6 +81,29 @@ class LoaderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Serve(self, request, context):
+        """Serve a verified model in a confined worker of its own instead of handing it over: the
+        request verifies the artefact anew (`load`), or names the `sandbox_ticket` of an
+        `EXECUTION_AUTO` load, whose verified bytes the loader kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Predict(self, request, context):
+        """One prediction by a served model's worker: plain arrays in, one plain array out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unload(self, request, context):
+        """End a served model's worker (unknown or ended handles are not an error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoaderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +116,21 @@ def add_LoaderServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.DescribeRequest.FromString,
                     response_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.LoaderDescription.SerializeToString,
+            ),
+            'Serve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Serve,
+                    request_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.ServeRequest.FromString,
+                    response_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.ServedModel.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.PredictRequest.FromString,
+                    response_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.PredictResponse.SerializeToString,
+            ),
+            'Unload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unload,
+                    request_deserializer=loader_dot_proto_dot_v1_dot_loader__pb2.UnloadRequest.FromString,
+                    response_serializer=loader_dot_proto_dot_v1_dot_loader__pb2.UnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +187,87 @@ class Loader:
             '/loader.v1.Loader/Describe',
             loader_dot_proto_dot_v1_dot_loader__pb2.DescribeRequest.SerializeToString,
             loader_dot_proto_dot_v1_dot_loader__pb2.LoaderDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Serve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loader.v1.Loader/Serve',
+            loader_dot_proto_dot_v1_dot_loader__pb2.ServeRequest.SerializeToString,
+            loader_dot_proto_dot_v1_dot_loader__pb2.ServedModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loader.v1.Loader/Predict',
+            loader_dot_proto_dot_v1_dot_loader__pb2.PredictRequest.SerializeToString,
+            loader_dot_proto_dot_v1_dot_loader__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loader.v1.Loader/Unload',
+            loader_dot_proto_dot_v1_dot_loader__pb2.UnloadRequest.SerializeToString,
+            loader_dot_proto_dot_v1_dot_loader__pb2.UnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
+from sklearn.base import ClassifierMixin
 
-from runtime._internal.prescan import refuse
+from runtime._internal.refusal import refuse
 from runtime.errors import ModelRefused
 
 MAX_FEATURES = 10_000_000
@@ -18,8 +19,32 @@ MAX_NESTING = 6
 MAX_N_JOBS = 64
 
 
+def qualified_name(cls: type) -> str:
+    """`module.Class` as skops names a type."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def where(obj: Any) -> str:
     return type(obj).__name__
+
+
+def state(obj: Any, name: str, default: Any = None) -> Any:
+    """`obj`'s stored attribute `name` (from its instance dict), or `default` when it has none.
+
+    Validators read fitted state only through this (and a Cython part's `__getstate__`): never a
+    class attribute, method or property. A computed property runs scikit-learn code on state no
+    check has looked at yet (`PolynomialFeatures.powers_` enumerates every combination up to a
+    stored `_max_degree`: 10**6 grew memory without bound inside load_model)."""
+    attributes = getattr(obj, "__dict__", None)  # the instance dict itself, never a class attribute
+    if type(attributes) is not dict:
+        raise fail(obj, "it has no attribute dict")
+    return attributes.get(name, default)
+
+
+def has(obj: Any, name: str) -> bool:
+    """Whether `obj` stores the attribute `name` (see `state`)."""
+    attributes = getattr(obj, "__dict__", None)
+    return type(attributes) is dict and name in attributes
 
 
 def fail(obj: Any, message: str) -> ModelRefused:
@@ -36,7 +61,7 @@ def array(
     kinds: str = "biuf",
 ) -> np.ndarray:
     """`obj.name` (or `value`) as a numeric ndarray of the given rank/shape; refuse otherwise."""
-    found = getattr(obj, name, None) if value is None else value
+    found = state(obj, name) if value is None else value
     if not isinstance(found, np.ndarray) or type(found) is not np.ndarray:
         raise fail(obj, f"{name} is a {type(found).__name__}, not a numpy array")
     if found.dtype.kind not in kinds:
@@ -54,7 +79,7 @@ def array(
 
 def integer(obj: Any, name: str, low: int, high: int, value: Any = None) -> int:
     """`obj.name` as a plain integer in [low, high]; refuse otherwise."""
-    found = getattr(obj, name, None) if value is None else value
+    found = state(obj, name) if value is None else value
     if isinstance(found, bool) or not isinstance(found, (int, np.integer)):
         raise fail(obj, f"{name} is a {type(found).__name__}, not an integer")
     if not low <= int(found) <= high:
@@ -64,17 +89,17 @@ def integer(obj: Any, name: str, low: int, high: int, value: Any = None) -> int:
 
 def n_features(obj: Any) -> int:
     """The required `n_features_in_` of an estimator that owns trees, support vectors or samples."""
-    if not hasattr(obj, "n_features_in_"):
+    if not has(obj, "n_features_in_"):
         raise fail(obj, "n_features_in_ is missing; it is required for this estimator")
     return integer(obj, "n_features_in_", 1, MAX_FEATURES)
 
 
 def optional_n_features(obj: Any) -> int | None:
-    return n_features(obj) if hasattr(obj, "n_features_in_") else None
+    return n_features(obj) if has(obj, "n_features_in_") else None
 
 
 def one_of(obj: Any, name: str, allowed: tuple[Any, ...]) -> Any:
-    found: Any = getattr(obj, name, None)
+    found: Any = state(obj, name)
     if not any(found is a or (type(found) is type(a) and found == a) for a in allowed):
         raise fail(obj, f"{name} = {found!r} is not one of {list(allowed)}")
     return found
@@ -115,7 +140,7 @@ def check_sparse(owner: Any, name: str, matrix: Any) -> None:
 
 def matrix(obj: Any, name: str, shape: tuple[int | None, ...]) -> Any:
     """A dense or (fully checked) sparse 2-D coefficient matrix of the given shape."""
-    found: Any = getattr(obj, name, None)
+    found: Any = state(obj, name)
     if sparse.issparse(found):
         check_sparse(obj, name, found)
         for axis, (got, want) in enumerate(zip(found.shape, shape, strict=True)):
@@ -123,3 +148,9 @@ def matrix(obj: Any, name: str, shape: tuple[int | None, ...]) -> Any:
                 raise fail(obj, f"{name} has shape {found.shape}; axis {axis} should be {want}")
         return found
     return array(obj, name, shape=shape)
+
+
+def is_classifier(est: Any) -> bool:
+    """By class, not by scikit-learn's tags (`__sklearn_tags__` of a meta-estimator reads its
+    sub-estimators before they are checked)."""
+    return isinstance(est, ClassifierMixin)

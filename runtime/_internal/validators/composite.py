@@ -5,10 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from runtime._internal.validators.common import MAX_NESTING, array, fail, in_range, n_features, optional_n_features
+from runtime._internal.validators.common import (
+    MAX_NESTING,
+    array,
+    fail,
+    has,
+    in_range,
+    n_features,
+    optional_n_features,
+    state,
+)
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.pipeline.Pipeline",
+    "sklearn.pipeline.FeatureUnion",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+)
 
 COMPOSITES = ("Pipeline", "FeatureUnion", "ColumnTransformer")
+# Composites and meta-estimators, which call other estimators: their nesting is bounded.
+NESTING = (
+    *COMPOSITES, "VotingClassifier", "VotingRegressor", "StackingClassifier", "StackingRegressor",
+    "BaggingClassifier", "BaggingRegressor", "AdaBoostClassifier", "AdaBoostRegressor", "IsolationForest",
+    "CalibratedClassifierCV", "TransformedTargetRegressor", "GridSearchCV", "RandomizedSearchCV",
+)
+_MEMBER_ATTRS = ("final_estimator_", "regressor_", "transformer_", "best_estimator_")
+MAX_USES = 100_000
+CHECK_UNFITTED = True
 MAX_STEPS = 1000
 
 
@@ -43,47 +69,82 @@ def _columns(est: Any, columns: Any, features: int | None) -> None:
         in_range(est, "transformer columns", values, -features, features)
 
 
-def nesting(est: Any, depth: int = 0) -> int:
-    """How deep composites nest inside `est` (0 for a plain estimator); refuse past MAX_NESTING."""
-    if type(est).__name__ not in COMPOSITES:
-        return 0
+def _input_indices(est: Any) -> dict[Any, Any]:
+    found = state(est, "_transformer_to_input_indices", {})
+    if not isinstance(found, dict):
+        raise fail(est, "_transformer_to_input_indices is not a dict")
+    return found
+
+
+def measure(est: Any, depth: int = 0, memo: dict[int, tuple[int, int]] | None = None) -> tuple[int, int]:
+    """(nesting height, estimator calls per prediction) of `est`; composites and meta-estimators
+    nest at most MAX_NESTING deep, and a member shared by several owners counts once per owner
+    (a list of one shared sub-ensemble, nested, multiplies the work of each request while the
+    archive stays small). Each object is measured once."""
+    memo = {} if memo is None else memo
+    if type(est).__name__ not in NESTING:
+        return 0, 1
     if depth >= MAX_NESTING:
         raise fail(est, f"composites nest deeper than {MAX_NESTING} levels")
-    return 1 + max((nesting(child, depth + 1) for child in children(est)), default=0)
+    if id(est) not in memo:
+        height, calls = 0, 1
+        for child in children(est):
+            child_height, child_calls = measure(child, depth + 1, memo)
+            height, calls = max(height, child_height), calls + child_calls
+            if calls > MAX_USES:
+                raise fail(est, f"one prediction would call more than {MAX_USES} estimators")
+        memo[id(est)] = (height + 1, calls)
+    if depth + memo[id(est)][0] > MAX_NESTING:
+        raise fail(est, f"composites nest deeper than {MAX_NESTING} levels")
+    return memo[id(est)]
 
 
 def children(est: Any) -> list[Any]:
+    """The fitted estimators `est` calls at predict (for composites and meta-estimators)."""
     name = type(est).__name__
     if name == "Pipeline":
-        return [s[1] for s in est.steps]
-    if name == "FeatureUnion":
-        return [t[1] for t in est.transformer_list]
-    return [t[1] for t in getattr(est, "transformers_", [])]
+        found = [s[1] for s in _named(est, "steps", state(est, "steps"), 2)]
+    elif name == "FeatureUnion":
+        found = [t[1] for t in _named(est, "transformer_list", state(est, "transformer_list"), 2)]
+    elif name == "ColumnTransformer":
+        found = [t[1] for t in _named(est, "transformers_", state(est, "transformers_"), 3)] if has(est, "transformers_") else []
+    elif name == "CalibratedClassifierCV":
+        folds = state(est, "calibrated_classifiers_", [])
+        found = [state(fold, "estimator") for fold in folds] if isinstance(folds, list) else []
+    else:
+        found = [state(est, attr) for attr in _MEMBER_ATTRS]
+        found = [*found, *(m for attr in ("estimators_",) if isinstance(state(est, attr), list) for m in state(est, attr))]
+    return [child for child in found if isinstance(child, BaseEstimator)]
 
 
 def validate(est: Any) -> None:
     name = type(est).__name__
-    if getattr(est, "memory", None) is not None:
+    if state(est, "memory") is not None:
         raise fail(est, "memory names a cache location; it must be None")
     if name == "Pipeline":
-        steps = _named(est, "steps", est.steps, 2)
+        steps = _named(est, "steps", state(est, "steps"), 2)
         if any(isinstance(s[1], str) and s[1] != "passthrough" for s in steps):
             raise fail(est, "a pipeline step is a string other than 'passthrough'")
     elif name == "FeatureUnion":
-        _named(est, "transformer_list", est.transformer_list, 2)
-        weights = getattr(est, "transformer_weights", None)
+        _named(est, "transformer_list", state(est, "transformer_list"), 2)
+        weights = state(est, "transformer_weights")
         if weights is not None and not (isinstance(weights, dict) and all(isinstance(w, (int, float)) for w in weights.values())):
             raise fail(est, "transformer_weights must map names to numbers")
-    elif hasattr(est, "transformers_"):
+    elif has(est, "transformers_"):
         features = n_features(est)
-        for _, transformer, columns in _named(est, "transformers_", getattr(est, "transformers_", None), 3):
+        for _, transformer, columns in _named(est, "transformers_", state(est, "transformers_"), 3):
             if isinstance(transformer, str) and transformer not in ("drop", "passthrough"):
                 raise fail(est, f"transformer {transformer!r} is not accepted")
             _columns(est, columns, features)
-        for key, cols in getattr(est, "_transformer_to_input_indices", {}).items():
+        for key, cols in _input_indices(est).items():
             _columns(est, cols, features) if isinstance(key, str) else None
-        remainder = getattr(est, "_remainder", None)
+        remainder = state(est, "_remainder")
         if remainder is not None:
             _columns(est, remainder[2], features)
     optional_n_features(est)
-    nesting(est)
+    check_nesting(est)
+
+
+def check_nesting(est: Any) -> None:
+    """Bounded nesting and bounded calls per prediction (composites and meta-estimators)."""
+    measure(est)

@@ -5,11 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import is_classifier
 from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
 from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
 
-from runtime._internal.validators.common import MAX_ESTIMATORS, array, classes, fail, integer, n_features
+from runtime._internal.validators.common import (
+    MAX_ESTIMATORS,
+    array,
+    classes,
+    fail,
+    integer,
+    is_classifier,
+    n_features,
+    state,
+)
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+)
+PARTS = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+)
 
 
 def check_predictor(pred: TreePredictor, width: int, categorical: np.ndarray | None) -> None:
@@ -22,7 +40,7 @@ def check_predictor(pred: TreePredictor, width: int, categorical: np.ndarray | N
         bitsets = array(pred, name, shape=(None, 8), kinds="u")
         if bitsets.dtype != np.uint32 or not bitsets.flags.c_contiguous:
             raise fail(pred, f"{name} must be a C-contiguous uint32 array")
-    n_bitsets = len(pred.raw_left_cat_bitsets)
+    n_bitsets = len(state(pred, "raw_left_cat_bitsets"))
     n = len(nodes)
     idx = np.arange(n)
     inner = nodes["is_leaf"] == 0
@@ -45,13 +63,13 @@ def check_predictor(pred: TreePredictor, width: int, categorical: np.ndarray | N
 
 def _internal_width(est: Any, features: int) -> int:
     """Columns the predictors see: the input, or the categorical preprocessor's output."""
-    pre = getattr(est, "_preprocessor", None)
+    pre = state(est, "_preprocessor")
     if pre is None:
         return features
-    if type(pre).__name__ != "ColumnTransformer" or getattr(pre, "n_features_in_", None) != features:
+    if type(pre).__name__ != "ColumnTransformer" or state(pre, "n_features_in_") != features:
         raise fail(est, "_preprocessor is not a ColumnTransformer over the model's features")
     width = 0
-    for _, transformer, columns in pre.transformers_:
+    for _, transformer, columns in state(pre, "transformers_"):
         if transformer == "drop":
             continue
         if type(transformer).__name__ not in ("OrdinalEncoder", "FunctionTransformer"):
@@ -64,11 +82,11 @@ def _internal_width(est: Any, features: int) -> int:
 def validate(est: Any) -> None:
     features = n_features(est)
     width = _internal_width(est, features)
-    mapper: Any = getattr(est, "_bin_mapper", None)
+    mapper: Any = state(est, "_bin_mapper")
     if type(mapper).__name__ != "_BinMapper":
         raise fail(est, "_bin_mapper is missing")
     categorical = array(mapper, "is_categorical_", shape=(width,), kinds="bu").astype(bool)
-    thresholds = mapper.bin_thresholds_
+    thresholds = state(mapper, "bin_thresholds_")
     if not isinstance(thresholds, list) or len(thresholds) != width:
         raise fail(est, "the bin mapper's thresholds do not cover every feature")
     for f in np.flatnonzero(categorical):
@@ -83,7 +101,7 @@ def validate(est: Any) -> None:
     elif per_iteration != 1:
         raise fail(est, "a regressor has one tree per iteration")
     array(est, "_baseline_prediction", shape=(1, per_iteration), kinds="f")
-    predictors = getattr(est, "_predictors", None)
+    predictors = state(est, "_predictors")
     if not isinstance(predictors, list) or len(predictors) * per_iteration > MAX_ESTIMATORS:
         raise fail(est, "_predictors is not a bounded list")
     for stage in predictors:

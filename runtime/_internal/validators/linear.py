@@ -4,14 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from sklearn.base import is_classifier
+from runtime._internal.validators.common import (
+    array,
+    classes,
+    fail,
+    is_classifier,
+    matrix,
+    optional_n_features,
+    state,
+)
 
-from runtime._internal.validators.common import array, classes, fail, matrix, optional_n_features
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.linear_model._base.LinearRegression",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+    "sklearn.linear_model._stochastic_gradient.SGDRegressor",
+    "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._ridge.RidgeClassifier",
+    "sklearn.linear_model._ridge.RidgeCV",  # StackingRegressor's default final estimator
+    "sklearn.linear_model._ridge.RidgeClassifierCV",
+    "sklearn.linear_model._coordinate_descent.Lasso",
+    "sklearn.linear_model._coordinate_descent.ElasticNet",
+    "sklearn.linear_model._perceptron.Perceptron",
+    "sklearn.svm._classes.LinearSVC",
+    "sklearn.svm._classes.LinearSVR",
+)
+PARTS = tuple(f"sklearn.linear_model._sgd_fast.{n}" for n in (
+    "Hinge", "ModifiedHuber", "SquaredHinge", "EpsilonInsensitive", "SquaredEpsilonInsensitive",
+))
 
 
 def validate(est: Any) -> None:
     features = optional_n_features(est)
-    coef = getattr(est, "coef_", None)
+    coef = state(est, "coef_")
     if coef is None:
         raise fail(est, "coef_ is missing")
     if getattr(coef, "ndim", 2) == 1:
@@ -20,9 +46,9 @@ def validate(est: Any) -> None:
     else:
         coef = matrix(est, "coef_", (None, features))
         rows = coef.shape[0]
-    intercept = getattr(est, "intercept_", None)
+    intercept = state(est, "intercept_")
     if hasattr(intercept, "shape") and getattr(intercept, "ndim", 0) > 0:
-        array(est, "intercept_", shape=(rows if getattr(est.coef_, "ndim", 2) == 2 else 1,), kinds="f")
+        array(est, "intercept_", shape=(rows if getattr(state(est, "coef_"), "ndim", 2) == 2 else 1,), kinds="f")
     if is_classifier(est):
         n_classes = classes(est)
         expected = 1 if n_classes == 2 else n_classes

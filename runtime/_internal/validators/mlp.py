@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from sklearn.base import is_classifier
+from runtime._internal.validators.common import (
+    array,
+    classes,
+    fail,
+    integer,
+    is_classifier,
+    n_features,
+    one_of,
+    state,
+)
 
-from runtime._internal.validators.common import array, classes, fail, integer, n_features, one_of
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+    "sklearn.neural_network._multilayer_perceptron.MLPRegressor",
+)
+PARTS = (
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
 
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 
 
 def validate(est: Any) -> None:
     width = n_features(est)
-    coefs, intercepts = getattr(est, "coefs_", None), getattr(est, "intercepts_", None)
+    coefs, intercepts = state(est, "coefs_"), state(est, "intercepts_")
     layers = integer(est, "n_layers_", 2, 1000)
     if not isinstance(coefs, list) or not isinstance(intercepts, list) or not len(coefs) == len(intercepts) == layers - 1:
         raise fail(est, f"coefs_/intercepts_ must be lists of {layers - 1} layers")
@@ -27,8 +44,8 @@ def validate(est: Any) -> None:
     one_of(est, "out_activation_", (*ACTIVATIONS, "softmax"))
     if is_classifier(est):
         k = classes(est)
-        binarizer: Any = getattr(est, "_label_binarizer", None)
-        if type(binarizer).__name__ != "LabelBinarizer" or len(binarizer.classes_) != k:
+        binarizer: Any = state(est, "_label_binarizer")
+        if type(binarizer).__name__ != "LabelBinarizer" or classes(binarizer) != k:
             raise fail(est, "_label_binarizer disagrees with classes_")
         if width != (1 if k == 2 else k) and one_of(est, "out_activation_", ("logistic", "softmax")) == "softmax":
             raise fail(est, f"{width} outputs for {k} classes")

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime._internal.validators.common import array, classes, fail, integer, n_features
+from runtime._internal.validators.common import (
+    array,
+    classes,
+    fail,
+    integer,
+    n_features,
+    state,
+)
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.naive_bayes.GaussianNB",
+    "sklearn.naive_bayes.MultinomialNB",
+    "sklearn.naive_bayes.BernoulliNB",
+    "sklearn.naive_bayes.ComplementNB",
+    "sklearn.naive_bayes.CategoricalNB",
+)
 
 
 def validate(est: Any) -> None:
@@ -21,7 +37,7 @@ def validate(est: Any) -> None:
         array(est, "feature_log_prob_", shape=(k, features), kinds="f")
         return
     n_categories = array(est, "n_categories_", shape=(features,), kinds="iu")
-    tables = getattr(est, "feature_log_prob_", None)
+    tables = state(est, "feature_log_prob_")
     if not isinstance(tables, list) or len(tables) != features:
         raise fail(est, "feature_log_prob_ must hold one table per feature")
     for i, table in enumerate(tables):

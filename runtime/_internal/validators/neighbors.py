@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import is_classifier
 from sklearn.neighbors import BallTree, KDTree
 
 from runtime._internal.validators.common import (
@@ -15,8 +14,21 @@ from runtime._internal.validators.common import (
     fail,
     in_range,
     integer,
+    is_classifier,
     n_features,
     one_of,
+    state,
+)
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+    "sklearn.neighbors._regression.KNeighborsRegressor",
+)
+PARTS = (
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    *(f"sklearn.metrics._dist_metrics.{m}Distance64" for m in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")),
 )
 
 METRICS = ("euclidean", "manhattan", "chebyshev", "minkowski", "l1", "l2", "cityblock", "infinity", "p")
@@ -77,13 +89,13 @@ def validate(est: Any) -> None:
     integer(est, "n_neighbors", 1, min(n, MAX_NEIGHBORS))
     one_of(est, "weights", ("uniform", "distance"))
     one_of(est, "effective_metric_", METRICS)
-    params = getattr(est, "effective_metric_params_", {})
+    params = state(est, "effective_metric_params_", {})
     if not isinstance(params, dict) or set(params) - {"p"}:
         raise fail(est, f"effective_metric_params_ {params!r} is not accepted")
     if "p" in params and not (isinstance(params["p"], (int, float)) and params["p"] >= 1):
         raise fail(est, "metric parameter p must be >= 1")
     method = one_of(est, "_fit_method", ("brute", "kd_tree", "ball_tree"))
-    tree = getattr(est, "_tree", None)
+    tree = state(est, "_tree")
     if method == "brute":
         if tree is not None:
             raise fail(est, "a brute-force model carries a tree")
@@ -97,7 +109,7 @@ def validate(est: Any) -> None:
     if is_classifier(est):
         if labels.dtype.kind not in "iu":
             raise fail(est, "_y must hold class indices")
-        counts = [len(c) for c in est.classes_] if labels.ndim == 2 else [classes(est)]
+        counts = [len(c) for c in state(est, "classes_")] if labels.ndim == 2 else [classes(est)]
         columns = labels.reshape(n, -1)
         if columns.shape[1] != len(counts):
             raise fail(est, "_y and classes_ disagree on the number of outputs")

@@ -5,9 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import is_classifier
 
-from runtime._internal.validators.common import array, classes, fail, in_range, integer, n_features, one_of
+from runtime._internal.validators.common import (
+    array,
+    classes,
+    fail,
+    in_range,
+    integer,
+    is_classifier,
+    n_features,
+    one_of,
+    state,
+)
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.svm._classes.SVC",
+    "sklearn.svm._classes.SVR",
+    "sklearn.svm._classes.NuSVC",
+    "sklearn.svm._classes.NuSVR",
+)
 
 
 def validate(est: Any) -> None:
@@ -16,14 +33,14 @@ def validate(est: Any) -> None:
     one_of(est, "_sparse", (False,))
     integer(est, "fit_status_", 0, 0)
     integer(est, "degree", 0, 100)
-    gamma = getattr(est, "_gamma", None)
+    gamma = state(est, "_gamma")
     if not isinstance(gamma, (float, np.floating)) or not np.isfinite(gamma):
         raise fail(est, "_gamma is not a finite number")
     vectors = array(est, "support_vectors_", shape=(None, features), kinds="f")
     if vectors.dtype != np.float64 or not vectors.flags.c_contiguous:
         raise fail(est, "support_vectors_ must be C-contiguous float64")
     n_sv = len(vectors)
-    fitted = array(est, "shape_fit_", value=np.asarray(getattr(est, "shape_fit_", None)), shape=(2,), kinds="iu")
+    fitted = array(est, "shape_fit_", value=np.asarray(state(est, "shape_fit_")), shape=(2,), kinds="iu")
     if int(fitted[1]) != features:
         raise fail(est, f"shape_fit_ {tuple(fitted)} disagrees with n_features_in_ {features}")
     support = array(est, "support_", shape=(n_sv,), kinds="i")
@@ -51,5 +68,5 @@ def validate(est: Any) -> None:
         prob = array(est, name, ndim=1, kinds="f")
         if len(prob) not in (0, pairs):
             raise fail(est, f"{name} has {len(prob)} entries, expected 0 or {pairs}")
-    if len(est._probA) != len(est._probB):
+    if len(state(est, "_probA")) != len(state(est, "_probB")):
         raise fail(est, "_probA and _probB differ in length")

@@ -7,7 +7,22 @@ from typing import Any
 
 import numpy as np
 
-from runtime._internal.validators.common import array, fail, integer, one_of
+from runtime._internal.validators.common import (
+    array,
+    fail,
+    has,
+    integer,
+    one_of,
+    state,
+)
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.feature_extraction.text.CountVectorizer",
+    "sklearn.feature_extraction.text.TfidfVectorizer",
+    "sklearn.feature_extraction.text.TfidfTransformer",
+    "sklearn.feature_extraction.text.HashingVectorizer",
+)
 
 MAX_VOCABULARY = 50_000_000
 # The token patterns accepted: the model's pattern runs on every request in the serving process,
@@ -22,28 +37,29 @@ def _check_text_params(est: Any) -> None:
     one_of(est, "decode_error", ("strict", "ignore", "replace"))
     one_of(est, "strip_accents", (None, "ascii", "unicode"))
     for name in ("preprocessor", "tokenizer"):
-        if getattr(est, name, None) is not None:
+        if state(est, name) is not None:
             raise fail(est, f"{name} is a callable; only the built-in text processing is accepted")
-    encoding = getattr(est, "encoding", None)
+    encoding = state(est, "encoding")
     try:
         if not isinstance(encoding, str) or not codecs.lookup(encoding)._is_text_encoding:
             raise LookupError(encoding)
     except LookupError:
         raise fail(est, f"encoding {encoding!r} is not a text encoding") from None
-    pattern = getattr(est, "token_pattern", None)
+    pattern = state(est, "token_pattern")
     if pattern is not None and (not isinstance(pattern, str) or pattern not in TOKEN_PATTERNS):
         raise fail(
             est,
             f"token_pattern {pattern!r} is not one of {sorted(TOKEN_PATTERNS)}: the pattern runs on every "
             "request in this process, and a backtracking one never returns",
         )
-    low, high = getattr(est, "ngram_range", (0, 0))
+    ngram = state(est, "ngram_range", (0, 0))
+    low, high = ngram if isinstance(ngram, tuple) and len(ngram) == 2 else (0, 0)
     if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= MAX_NGRAM):
-        raise fail(est, f"ngram_range {est.ngram_range!r} is outside [1, {MAX_NGRAM}]")
-    stop = getattr(est, "stop_words", None)
+        raise fail(est, f"ngram_range {ngram!r} is outside [1, {MAX_NGRAM}]")
+    stop = state(est, "stop_words")
     if not (stop is None or stop == "english" or (isinstance(stop, (list, tuple, frozenset, set)) and all(isinstance(w, str) for w in stop))):
         raise fail(est, "stop_words must be None, 'english' or a list of words")
-    dtype = getattr(est, "dtype", np.float64)
+    dtype = state(est, "dtype", np.float64)
     if not (isinstance(dtype, type) and issubclass(dtype, (np.number, float, int))):
         raise fail(est, f"dtype {dtype!r} is not a numeric type")
 
@@ -51,16 +67,16 @@ def _check_text_params(est: Any) -> None:
 def validate(est: Any) -> None:
     name = type(est).__name__
     if name == "TfidfTransformer":
-        if hasattr(est, "idf_"):
+        if has(est, "idf_"):
             array(est, "idf_", ndim=1, kinds="f")
         one_of(est, "norm", (None, "l1", "l2"))
         return
     _check_text_params(est)
-    one_of(est, "norm", (None, "l1", "l2")) if hasattr(est, "norm") else None
+    one_of(est, "norm", (None, "l1", "l2")) if has(est, "norm") else None
     if name == "HashingVectorizer":
         integer(est, "n_features", 1, (1 << 31) - 1)
         return
-    vocabulary = getattr(est, "vocabulary_", None)
+    vocabulary = state(est, "vocabulary_")
     if not isinstance(vocabulary, dict) or len(vocabulary) > MAX_VOCABULARY:
         raise fail(est, "vocabulary_ is not a bounded dict")
     if not all(isinstance(k, str) for k in vocabulary):
@@ -69,8 +85,8 @@ def validate(est: Any) -> None:
     if not np.array_equal(np.sort(columns), np.arange(len(vocabulary))):
         raise fail(est, "vocabulary_ does not map its terms onto columns 0..n-1 exactly once")
     if name == "TfidfVectorizer":
-        tfidf: Any = getattr(est, "_tfidf", None)
+        tfidf: Any = state(est, "_tfidf")
         if type(tfidf).__name__ != "TfidfTransformer":
             raise fail(est, "_tfidf is not a TfidfTransformer")
-        if hasattr(tfidf, "idf_") and tfidf.idf_.shape != (len(vocabulary),):
+        if has(tfidf, "idf_") and array(tfidf, "idf_", ndim=1, kinds="f").shape != (len(vocabulary),):
             raise fail(est, "idf_ disagrees with the vocabulary")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import is_classifier
 from sklearn.tree._tree import NODE_DTYPE, Tree
 
 from runtime._internal.validators.common import (
@@ -15,8 +14,26 @@ from runtime._internal.validators.common import (
     fail,
     in_range,
     integer,
+    is_classifier,
     n_features,
+    state,
 )
+
+# The estimators this family validates (the allowlist is derived from these declarations).
+TYPES = (
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._classes.ExtraTreeClassifier",
+    "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.ensemble._forest.ExtraTreesRegressor",
+    "sklearn.ensemble._gb.GradientBoostingClassifier",
+    "sklearn.ensemble._gb.GradientBoostingRegressor",
+)
+# Parts that only exist inside the estimators above; checked wherever they appear.
+PARTS = ("sklearn.tree._tree.Tree",)
 
 TREE_ESTIMATORS = ("DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier", "ExtraTreeRegressor")
 
@@ -57,7 +74,7 @@ def check_tree_estimator(est: Any, n_feat: int | None = None) -> None:
     features = n_features(est)
     if n_feat is not None and features != n_feat:
         raise fail(est, f"built for {features} features, its ensemble for {n_feat}")
-    tree = getattr(est, "tree_", None)
+    tree = state(est, "tree_")
     if not isinstance(tree, Tree):
         raise fail(est, "tree_ is not a scikit-learn Tree")
     check_tree(tree)
@@ -67,7 +84,7 @@ def check_tree_estimator(est: Any, n_feat: int | None = None) -> None:
     if int(tree.n_outputs) != n_outputs:
         raise fail(est, "tree and estimator disagree on the number of outputs")
     if is_classifier(est):
-        labels = est.classes_ if n_outputs > 1 else [est.classes_]
+        labels = state(est, "classes_") if n_outputs > 1 else [state(est, "classes_")]
         if not isinstance(labels, list) or len(labels) != n_outputs:
             raise fail(est, "classes_ does not have one entry per output")
         counts = [classes(est, "classes_") if n_outputs == 1 else len(c) for c in labels]
@@ -79,15 +96,15 @@ def check_tree_estimator(est: Any, n_feat: int | None = None) -> None:
 
 def check_forest(est: Any) -> None:
     features = n_features(est)
-    members = getattr(est, "estimators_", None)
+    members = state(est, "estimators_")
     if not isinstance(members, list) or not 1 <= len(members) <= MAX_ESTIMATORS:
         raise fail(est, f"estimators_ must be a list of 1 to {MAX_ESTIMATORS} trees")
     n_outputs = integer(est, "n_outputs_", 1, 10_000)
     for member in members:
         check_tree_estimator(member, features)
-        if member.n_outputs_ != n_outputs or is_classifier(member) != is_classifier(est):
+        if state(member, "n_outputs_") != n_outputs or is_classifier(member) != is_classifier(est):
             raise fail(est, "a member tree disagrees with the forest's outputs or task")
-        if is_classifier(est) and n_outputs == 1 and len(member.classes_) != classes(est):
+        if is_classifier(est) and n_outputs == 1 and classes(member) != classes(est):
             raise fail(est, "a member tree has a different number of classes")
 
 
@@ -108,17 +125,17 @@ def check_gradient_boosting(est: Any) -> None:
         if type(member).__name__ != "DecisionTreeRegressor":
             raise fail(est, "a boosting stage is not a DecisionTreeRegressor")
         check_tree_estimator(member, features)
-        if member.n_outputs_ != 1:
+        if state(member, "n_outputs_") != 1:
             raise fail(est, "a boosting stage predicts more than one output")
-    init = getattr(est, "init_", None)
+    init = state(est, "init_")
     if not (init == "zero" or type(init).__name__ in ("DummyClassifier", "DummyRegressor")):
         raise fail(est, f"init_ is a {type(init).__name__}; only 'zero' or a Dummy estimator is accepted")
-    if is_classifier(est) and init != "zero" and len(getattr(init, "classes_", [])) != n_classes:
+    if is_classifier(est) and init != "zero" and classes(init) != n_classes:
         raise fail(est, "init_ disagrees with the number of classes")
     # predict_stages writes one raw-prediction column per tree of an iteration, into columns
     # sized by the loss and init_: they must be at least as many.
     if per_iteration > 1 and init != "zero":
-        if not getattr(getattr(est, "_loss", None), "is_multiclass", False):
+        if getattr(type(state(est, "_loss")), "is_multiclass", False) is not True:
             raise fail(est, "several trees per iteration need a multiclass loss")
         array(init, "class_prior_", shape=(per_iteration,), kinds="f")
     in_range(est, "estimators_ shape", np.asarray(stages.shape), 1, MAX_ESTIMATORS + 1)

@@ -1,0 +1,94 @@
+"""Models served in the sandbox by the loader image under compose's hardening (a non-root user,
+no network, no capabilities, read-only root): identical predictions, and predict-time payloads
+contained there too."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver_sklearn import SKLearnModel
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+from runtime import SigstoreModel
+from runtime.errors import PredictFailed
+from tests import hostile_predict
+from tests.container.conftest import LoaderContainer
+from tests.integration.test_sandboxed import request_for
+from tests.support import SIGNER, Authority
+
+RNG = np.random.default_rng(3)
+X = np.abs(RNG.normal(size=(50, 4)))
+Y = (X[:, 0] > X[:, 1]).astype(int)
+FRAME = pd.DataFrame({"a": RNG.normal(size=50), "op": RNG.choice(["+", "-"], 50)})
+LABELS = np.where(FRAME["a"] > 0, "high", "low")
+PASSTHROUGH = ColumnTransformer([("cat", OneHotEncoder(), ["op"])], remainder="passthrough")
+CASES = {
+    "log1p": (make_pipeline(FunctionTransformer(np.log1p), LogisticRegression()).fit(X, Y), X[:6]),
+    "passthrough-frame": (make_pipeline(PASSTHROUGH, LogisticRegression()).fit(FRAME, LABELS), FRAME[:6]),
+    "knn": (KNeighborsClassifier(3).fit(X, Y), X[:6]),
+    "forest-n-jobs": (RandomForestClassifier(n_estimators=4, n_jobs=-1, random_state=0).fit(X, Y), X[:6]),
+}
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.fixture(autouse=True)
+def _relative_paths(monkeypatch: pytest.MonkeyPatch, loader_container: LoaderContainer) -> None:
+    monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(loader_container.models))
+
+
+def served(lc: LoaderContainer, name: str, data: bytes, authority: Authority) -> SigstoreModel:
+    path = lc.models / lc.put(name, data, authority)
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": lc.endpoint, "execution": "sandbox"}
+    model = SigstoreModel(ModelSettings(name=name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(path), extra={"sigstore": policy})))
+    assert run(model.load())
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_served_in_the_container_predicts_like_plain_joblib(loader_container: LoaderContainer, authority: Authority, case: str) -> None:
+    estimator, x = CASES[case]
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    model = served(loader_container, f"served-{case}", buffer.getvalue(), authority)
+    plain = SKLearnModel(ModelSettings(name=case, implementation=SKLearnModel, parameters=ModelParameters(uri=str(loader_container.models / f"served-{case}" / "model.joblib"))))
+    assert run(plain.load())
+    for outputs in (["predict"], ["predict_proba"]):
+        ours = run(model.predict(request_for(x, outputs)))
+        theirs = run(plain.predict(request_for(x, outputs)))
+        assert [o.model_dump() for o in ours.outputs] == [o.model_dump() for o in theirs.outputs]
+    assert run(model.unload())
+
+
+@pytest.mark.parametrize("case", ["fork", "network", "sigsegv", "signal-parent"])
+def test_a_predict_time_payload_is_contained_in_the_container(loader_container: LoaderContainer, authority: Authority, case: str) -> None:
+    """The payloads' unconfined controls are in tests/integration/test_sandboxed.py (host tier)."""
+    technique = hostile_predict.TECHNIQUES[case]
+    target = hostile_predict.Target(canary="/tmp/pwnd", secret="/etc/hostname", port=1, bystander_pid=1)
+    model = served(loader_container, f"hostile-{case}", hostile_predict.acting_at_predict(technique.body(target)), authority)
+    with pytest.raises(PredictFailed) as failed:
+        run(model.predict(request_for(np.ones((hostile_predict.ROWS, 3)), ["predict"])))
+    assert failed.value.status_code in technique.status and any(r in str(failed.value) for r in technique.refusal), failed.value
+    good = served(loader_container, "good-beside", _good(), authority)
+    assert run(good.predict(request_for(X[:3], ["predict"]))).outputs[0].shape == [3, 1]
+    run(good.unload())
+    run(model.unload())
+
+
+def _good() -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(LogisticRegression().fit(X, Y), buffer)
+    return buffer.getvalue()

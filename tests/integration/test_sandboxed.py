@@ -1,0 +1,385 @@
+"""Models served in the sandbox (policy `execution`), through SigstoreModel, a real loader and real
+gRPC: predictions identical to plain joblib, and hostile models that act at predict time contained
+(each with its unconfined positive control) while another model keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest
+from mlserver_sklearn import SKLearnModel
+from sklearn import datasets
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from runtime import SigstoreModel
+from runtime.errors import ModelRefused, PredictFailed
+from tests import hostile_predict
+from tests.controls import listeners, wait_for_connections
+from tests.support import ROOT, SIGNER, Authority, LoaderProcess, start_loader, stop_process
+
+USER_CODE = ROOT / "examples" / "user_code"
+sys.path.insert(0, str(USER_CODE))  # to build the user's models here; the loader gets --user-code
+from acme_models import NearestCentroidScorer, log_ratio  # noqa: E402
+
+DEADLINE_SECONDS = 8
+WORKER_MEMORY_MB = 384
+MAX_PREDICT_MB = 8
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def served_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
+    proc = start_loader(
+        tmp_path_factory.mktemp("served-loader"), models_root, {"local": authority.trust_config},
+        f"--user-code={USER_CODE}", f"--predict-deadline-seconds={DEADLINE_SECONDS}",
+        f"--worker-memory-mb={WORKER_MEMORY_MB}", f"--max-predict-mb={MAX_PREDICT_MB}",
+    )
+    yield proc
+    stop_process(proc.process)
+
+
+def signed(models_root: Path, authority: Authority, name: str, estimator: Any = None, data: bytes | None = None) -> Path:
+    folder = models_root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.joblib"
+    if data is None:
+        buffer = io.BytesIO()
+        joblib.dump(estimator, buffer)
+        data = buffer.getvalue()
+    path.write_bytes(data)
+    authority.sign_file(path)
+    return folder
+
+
+def sigstore_model(folder: Path, loader: LoaderProcess, authority: Authority, execution: str, **extra: Any) -> SigstoreModel:
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": loader.endpoint, "execution": execution}
+    settings = ModelSettings(
+        name=folder.name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(folder), extra={"sigstore": policy, **extra})
+    )
+    return SigstoreModel(settings)
+
+
+def plain_model(folder: Path, **extra: Any) -> SKLearnModel:
+    settings = ModelSettings(name=folder.name, implementation=SKLearnModel, parameters=ModelParameters(uri=str(folder), extra=extra))
+    model = SKLearnModel(settings)
+    assert run(model.load())
+    return model
+
+
+def request_for(x: np.ndarray | pd.DataFrame, outputs: list[str]) -> InferenceRequest:
+    """What a client sends: a NumPy tensor, or a DataFrame column by column (content_type pd)."""
+    wanted = [{"name": o} for o in outputs]
+    if isinstance(x, pd.DataFrame):
+        inputs = []
+        for column in x.columns:
+            values = x[column].to_numpy()
+            datatype = {"f": "FP64", "i": "INT64", "b": "BOOL"}.get(values.dtype.kind, "BYTES")
+            spec = {"name": column, "datatype": datatype, "shape": [len(values)], "data": values.tolist()}
+            if datatype == "BYTES":
+                spec["parameters"] = {"content_type": "str"}
+            inputs.append(spec)
+        return InferenceRequest.model_validate({"parameters": {"content_type": "pd"}, "inputs": inputs, "outputs": wanted})
+    tensor = {"name": "x", "datatype": "FP64", "shape": list(x.shape), "data": x.flatten().tolist()}
+    return InferenceRequest.model_validate({"inputs": [tensor], "outputs": wanted})
+
+
+# --- models the server cannot validate, served identically ---------------------------------------
+
+RNG = np.random.default_rng(7)
+X = RNG.normal(size=(60, 4))
+Y = (X[:, 0] + X[:, 1] > 0).astype(int)
+FRAME = pd.DataFrame({"a": RNG.normal(size=60), "n": RNG.integers(0, 9, 60), "op": RNG.choice(["+", "-", "*"], 60)})
+LABELS = np.where(FRAME["a"] > 0, "high", "low")
+DIGITS = datasets.load_digits()
+DIGITS_X = DIGITS.data
+
+
+def _cases() -> dict[str, tuple[Any, Any, list[str], str]]:
+    """name: (fitted model, input, outputs, path under "auto")."""
+    both = ["predict", "predict_proba"]
+    passthrough = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["op"])], remainder="passthrough")
+    return {
+        # A user-defined class, importable only from the loader's --user-code folder.
+        "user-class": (NearestCentroidScorer(0.5).fit(X, Y), X[:9], both, "sandbox"),
+        # A FunctionTransformer with a user function, and with a NumPy ufunc.
+        "user-function": (make_pipeline(FunctionTransformer(log_ratio), LogisticRegression()).fit(X, Y), X[:9], both, "sandbox"),
+        "log1p": (make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression()).fit(np.abs(X), Y), np.abs(X[:9]), both, "sandbox"),
+        # "passthrough" columns on a DataFrame of mixed dtypes with string labels.
+        "passthrough-frame": (make_pipeline(passthrough, LogisticRegression()).fit(FRAME, LABELS), FRAME[:9], both, "sandbox"),
+        # Predicting asks joblib how many CPUs there are (it reads cgroup files), or starts threads.
+        "knn": (KNeighborsClassifier(n_neighbors=3, algorithm="brute").fit(X, Y), X[:9], both, "server"),
+        "forest-n-jobs": (RandomForestClassifier(n_estimators=8, n_jobs=-1, random_state=0).fit(X, Y), X[:9], both, "server"),
+        # An allowlisted model: "auto" hands it back; "sandbox" serves it all the same.
+        "digits-svc": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(DIGITS_X, DIGITS.target), DIGITS_X[-8:], both, "server"),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("execution", ["auto", "sandbox"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_served_in_the_sandbox_predicts_like_plain_joblib(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, case: str, execution: str
+) -> None:
+    estimator, x, outputs, auto_path = CASES[case]
+    folder = signed(models_root, authority, f"{case}-{execution}", estimator)
+    model = sigstore_model(folder, served_loader, authority, execution)
+    assert run(model.load())
+    expected_path = auto_path if execution == "auto" else "sandbox"
+    print(f"{case} ({execution}): {model.execution}: {model.execution_reason}")
+    assert model.execution == expected_path, model.execution_reason
+    plain = plain_model(folder)
+    for wanted in ([o] for o in outputs):
+        ours = run(model.predict(request_for(x, wanted)))
+        theirs = run(plain.predict(request_for(x, wanted)))
+        assert [o.model_dump() for o in ours.outputs] == [o.model_dump() for o in theirs.outputs]
+    both = run(model.predict(request_for(x, outputs)))
+    assert [o.name for o in both.outputs] == outputs
+    metadata = run(model.metadata())
+    assert metadata.parameters is not None and metadata.parameters.sigstore_execution == expected_path  # type: ignore[attr-defined]
+    assert run(model.unload())
+
+
+def test_execution_server_refuses_what_it_cannot_validate(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    estimator, *_ = CASES["log1p"]
+    folder = signed(models_root, authority, "log1p-server", estimator)
+    with pytest.raises(ModelRefused, match="numpy.log1p") as refused:
+        run(sigstore_model(folder, served_loader, authority, "server").load())
+    assert refused.value.status_code == 422
+
+
+def test_user_code_is_not_importable_without_the_flag(tmp_path: Path, models_root: Path, authority: Authority) -> None:
+    """Control for --user-code: without it, the worker cannot import the user's class."""
+    folder = signed(models_root, authority, "user-class-no-flag", NearestCentroidScorer().fit(X, Y))
+    proc = start_loader(tmp_path, models_root, {"local": authority.trust_config})
+    try:
+        with pytest.raises(ModelRefused, match="No module named 'acme_models'") as refused:
+            run(sigstore_model(folder, proc, authority, "sandbox").load())
+        assert refused.value.status_code == 422
+        assert "loader serve --user-code DIR" in str(refused.value), "the refusal must say how to make user code importable"
+    finally:
+        stop_process(proc.process)
+
+
+def test_user_code_inside_the_models_root_is_refused(tmp_path: Path, models_root: Path) -> None:
+    import subprocess
+
+    from tests.support import PYTHON
+
+    inside = models_root / "code"
+    inside.mkdir(exist_ok=True)
+    argv = [PYTHON, "-m", "loader", "serve", f"--socket={tmp_path / 's.sock'}", f"--models-root={models_root}", f"--user-code={inside}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "overlaps the models root" in done.stderr, done.stderr
+
+
+def test_docker_mode_refuses_execution_sandbox(models_root: Path, authority: Authority) -> None:
+    """An ephemeral loader lives for one load: it cannot serve a model afterwards."""
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "sandbox": "docker", "execution": "sandbox"}
+    folder = signed(models_root, authority, "docker-sandbox", NearestCentroidScorer().fit(X, Y))
+    settings = ModelSettings(name=folder.name, implementation=SigstoreModel, parameters=ModelParameters(uri=str(folder), extra={"sigstore": policy}))
+    with pytest.raises(ModelRefused, match="execution 'sandbox' needs a loader that lives as long as the model") as refused:
+        run(SigstoreModel(settings).load())
+    assert refused.value.status_code == 400
+
+
+# --- hostile models acting at predict time --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bystander(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> Iterator[SigstoreModel]:
+    """A good model served in the sandbox beside every hostile one: it must keep serving."""
+    estimator, *_ = CASES["digits-svc"]
+    model = sigstore_model(signed(models_root, authority, "bystander", estimator), served_loader, authority, "sandbox")
+    assert run(model.load())
+    yield model
+    run(model.unload())
+
+
+def assert_still_serving(bystander: SigstoreModel, loader: LoaderProcess) -> None:
+    assert loader.process.poll() is None, "the loader died"
+    response = run(bystander.predict(request_for(DIGITS_X[-8:], ["predict"])))
+    estimator, *_ = CASES["digits-svc"]
+    assert response.outputs[0].data.root == estimator.predict(DIGITS_X[-8:]).tolist()
+
+
+@pytest.mark.parametrize("case", sorted(hostile_predict.TECHNIQUES))
+def test_a_model_acting_at_predict_time_is_contained(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel, tmp_path: Path, case: str
+) -> None:
+    technique = hostile_predict.TECHNIQUES[case]
+    secret = tmp_path / "secret"
+    secret.write_text("secret")
+    import subprocess
+
+    def bystander_process() -> subprocess.Popen:
+        return subprocess.Popen(["sleep", "600"], env={"SECRET": "x" * 64})
+
+    other = bystander_process()
+    with listeners(tmp_path) as (port, _, accepted):
+        target = hostile_predict.Target(canary=str(tmp_path / "pwnd"), secret=str(secret), port=port, bystander_pid=other.pid)
+        folder = signed(models_root, authority, f"hostile-predict-{case}", data=hostile_predict.acting_at_predict(technique.body(target)))
+
+        seen = hostile_predict.run_control(folder / "model.joblib", technique, target, cwd=tmp_path)
+        seen.connections = wait_for_connections(accepted)
+        assert technique.fired(target, seen), f"the payload did not fire unconfined: {seen}"
+        Path(target.canary).unlink(missing_ok=True)
+        accepted.clear()
+        if case == "signal-another-process":
+            assert other.wait(10) == -9, "the control did not kill the other process"
+        if other.poll() is not None:  # the control killed it: the sandboxed run gets a live one
+            other = bystander_process()
+            folder = signed(models_root, authority, f"hostile-predict-{case}-2", data=hostile_predict.acting_at_predict(
+                technique.body(hostile_predict.Target(target.canary, target.secret, port, other.pid))))
+
+        model = sigstore_model(folder, served_loader, authority, "sandbox")
+        assert run(model.load())  # unpickling runs nothing: the payload waits for predict
+        with pytest.raises(PredictFailed) as failed:
+            run(model.predict(request_for(np.ones((hostile_predict.ROWS, 3)), ["predict"])))
+        message = str(failed.value)
+        print(f"{case}: control {seen}; sandboxed: {failed.value.status_code} {message}")
+        assert failed.value.status_code in technique.status, message
+        assert any(reason in message for reason in technique.refusal), message
+        assert not Path(target.canary).exists()
+        assert wait_for_connections(accepted, 0.5) == 0
+        assert other.poll() is None, "the sandboxed payload killed another process"
+        run(model.unload())
+    other.kill()
+    other.wait()
+    assert_still_serving(bystander, served_loader)
+
+
+def test_a_model_past_its_deadline_fails_that_request_and_loads_again(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    slow_on_request = hostile_predict.acting_at_predict("import time\nif X[0, 0] > 100:\n    time.sleep(3600)\nreturn np.zeros(len(X))")
+    folder = signed(models_root, authority, "slow-on-request", data=slow_on_request)
+    model = sigstore_model(folder, served_loader, authority, "sandbox")
+    assert run(model.load())
+    assert run(model.predict(request_for(np.ones((2, 3)), ["predict"]))).outputs[0].shape == [2, 1]
+    with pytest.raises(PredictFailed, match="did not answer within") as late:
+        run(model.predict(request_for(np.full((2, 3), 1000.0), ["predict"])))
+    assert late.value.status_code == 504
+    with pytest.raises(PredictFailed, match="load the model again") as ended:
+        run(model.predict(request_for(np.ones((2, 3)), ["predict"])))
+    assert ended.value.status_code == 502
+    assert_still_serving(bystander, served_loader)
+    again = sigstore_model(folder, served_loader, authority, "sandbox")
+    assert run(again.load())
+    assert run(again.predict(request_for(np.ones((2, 3)), ["predict"]))).outputs[0].shape == [2, 1]
+    run(again.unload())
+
+
+@pytest.mark.parametrize(
+    ("method", "array", "words"),
+    [
+        ("predict", {"dtype": "<f8", "shape": [2, 64], "data": b"\0" * 3}, "do not hold a <f8 array"),
+        ("predict", {"dtype": "|O", "shape": [1], "data": b"\0" * 8}, "is not accepted"),
+        ("__reduce__", {"dtype": "<f8", "shape": [1, 64], "data": b"\0" * 512}, "expected one of"),
+    ],
+)
+def test_a_malformed_predict_request_is_refused_and_the_worker_keeps_serving(
+    served_loader: LoaderProcess, bystander: SigstoreModel, method: str, array: dict, words: str
+) -> None:
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+    handle = bystander._model.handle
+    request = loader_pb2.PredictRequest(handle=handle, method=method, inputs=[loader_pb2.Array(name="x", **array)])
+    with grpc.insecure_channel(served_loader.endpoint) as channel, pytest.raises(grpc.RpcError) as refused:
+        loader_pb2_grpc.LoaderStub(channel).Predict(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in refused.value.details()
+    assert_still_serving(bystander, served_loader)
+
+
+def test_the_cli_serves_in_the_sandbox_unloads_and_health_says_so(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    import subprocess
+
+    from tests.support import PYTHON
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "loader", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    folder = signed(models_root, authority, "cli-sandbox", NearestCentroidScorer().fit(X, Y))
+    policy = ["--cert-identity", SIGNER, "--cert-oidc-issuer", authority.issuer]
+    loaded = cli("load", "--endpoint", served_loader.endpoint, *policy, "--execution", "sandbox", f"{folder.name}/model.joblib")
+    assert loaded.returncode == 0 and "served in the sandbox with methods ['predict', 'predict_proba']" in loaded.stdout, loaded.stderr
+    handle = loaded.stdout.split("handle ")[1].split()[0]
+    details = cli("health", "--details", "--endpoint", served_loader.endpoint)
+    assert f"user code from {USER_CODE}" in details.stdout and "served in the sandbox: " in details.stdout, details.stdout
+    assert cli("unload", "--endpoint", served_loader.endpoint, handle).stdout.strip() == "OK: ended"
+    assert cli("unload", "--endpoint", served_loader.endpoint, handle).stdout.strip() == "OK: no model was served under that handle"
+
+
+def test_mlserver_serves_a_user_class_from_the_sandbox_over_rest(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, tmp_path: Path
+) -> None:
+    """`mlserver start` with a parallel worker: the user's class is never importable by MLServer
+    (acme_models is not on its path), yet the model serves; unloading ends its worker."""
+    import json
+
+    import grpc
+    import requests
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+    from tests.support import free_port, start_mlserver
+
+    estimator = NearestCentroidScorer(0.5).fit(X, Y)
+    folder = signed(models_root, authority, "rest-user-class", estimator)
+    repo = tmp_path / "repo"
+    (repo / "user-class").mkdir(parents=True)
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}]}
+    settings = {"name": "user-class", "implementation": "runtime.SigstoreModel",
+                "parameters": {"uri": str(folder / "model.joblib"), "extra": {"sigstore": policy}}}
+    (repo / "user-class" / "model-settings.json").write_text(json.dumps(settings))
+    http = free_port()
+    env = {"MLSERVER_SIGSTORE_ENDPOINT": served_loader.endpoint, "MLSERVER_HTTP_PORT": str(http),
+           "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port()),
+           "MLSERVER_PARALLEL_WORKERS": "1", "MLSERVER_LOAD_MODELS_AT_STARTUP": "false", "PYTHONPATH": ""}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = start_mlserver(repo, cwd, tmp_path / "mlserver.log", env)
+
+    def served() -> int:
+        with grpc.insecure_channel(served_loader.endpoint) as channel:
+            return loader_pb2_grpc.LoaderStub(channel).Describe(loader_pb2.DescribeRequest(), timeout=10).served_models
+
+    try:
+        before = served()
+        url = f"http://127.0.0.1:{http}"
+        assert requests.post(f"{url}/v2/repository/models/user-class/load", timeout=120).status_code == 200
+        assert served() == before + 1
+        x = X[:7]
+        payload = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP64", "data": x.flatten().tolist()}],
+                   "outputs": [{"name": "predict"}, {"name": "predict_proba"}]}
+        response = requests.post(f"{url}/v2/models/user-class/infer", json=payload, timeout=60)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+        assert outputs["predict"] == estimator.predict(x).tolist()
+        assert np.array_equal(np.array(outputs["predict_proba"]), estimator.predict_proba(x).ravel())
+        assert requests.post(f"{url}/v2/repository/models/user-class/unload", timeout=60).status_code == 200
+        assert served() == before
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "mlserver.log").read_text()
+    assert '"execution": "sandbox"' in log

@@ -1,0 +1,69 @@
+"""The runtime's side of the data path to a model served in the sandbox: what it sends, and the
+checks on what comes back (crafted answers, as a model that owns its worker could send)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loader.proto.v1 import loader_pb2
+from runtime._internal.sandboxed import encode_inputs, parse_output
+from runtime.errors import PredictFailed
+
+MAX = 1 << 20
+
+
+def answer(values: np.ndarray, **override: object) -> loader_pb2.Array:
+    fields: dict[str, object] = {"dtype": values.dtype.str, "shape": values.shape, "data": values.tobytes()}
+    fields.update(override)
+    return loader_pb2.Array(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("values", [np.arange(6, dtype="<i8"), np.ones((3, 2), "<f4"), np.array([True, False]), np.array(["a", "bc"])])
+def test_plain_answers_are_parsed_as_sent(values: np.ndarray) -> None:
+    parsed = parse_output(answer(values), len(values), MAX)
+    assert parsed.dtype == values.dtype and (parsed == values).all()
+
+
+def test_strings_that_were_objects_come_back_as_objects() -> None:
+    parsed = parse_output(answer(np.array(["x", "yy"]), object=True), 2, MAX)
+    assert parsed.dtype == object and parsed.tolist() == ["x", "yy"]
+
+
+@pytest.mark.parametrize(
+    ("crafted", "rows", "words"),
+    [
+        (answer(np.zeros(2), dtype="|O"), 2, "dtype '|O'"),
+        (answer(np.zeros(2), dtype=">f8"), 2, "dtype '>f8'"),
+        (answer(np.zeros(2), dtype="<c16"), 2, "dtype '<c16'"),
+        (answer(np.zeros(2), dtype="<M8[ns]"), 2, "dtype '<M8[ns]'"),
+        (answer(np.zeros(3)), 2, "3 rows for a request of 2"),
+        (answer(np.zeros(2), data=b"\0" * 3), 2, "as many bytes as its shape"),
+        (answer(np.zeros(2), shape=[]), 2, "malformed shape"),
+        (answer(np.zeros(2), shape=[2, 1, 1, 1, 1]), 2, "malformed shape"),
+        (answer(np.zeros(2), shape=[2, 1 << 40]), 2, "malformed shape"),
+        (answer(np.zeros((2, 1 << 17))), 2, "over the limit"),
+    ],
+)
+def test_crafted_answers_are_refused(crafted: loader_pb2.Array, rows: int, words: str) -> None:
+    with pytest.raises(PredictFailed, match=words.replace("[", r"\[").replace("(", r"\(")) as refused:
+        parse_output(crafted, rows, MAX)
+    assert refused.value.status_code == 502
+
+
+def test_a_dataframe_goes_as_named_columns_with_strings_marked() -> None:
+    frame = pd.DataFrame({"a": [1.5, 2.5], "n": [1, 2], "op": ["+", "-"]})
+    arrays, is_frame, rows = encode_inputs(frame)
+    assert is_frame and rows == 2
+    assert [(a.name, a.dtype, a.object) for a in arrays] == [("a", "<f8", False), ("n", "<i8", False), ("op", "<U1", True)]
+
+
+def test_inputs_that_cannot_cross_as_plain_arrays_are_refused_naming_them() -> None:
+    with pytest.raises(PredictFailed, match="input op: an object column must hold only strings") as refused:
+        encode_inputs(pd.DataFrame({"op": ["+", None]}, dtype=object))
+    assert refused.value.status_code == 400
+    with pytest.raises(PredictFailed, match="dtype complex128"):
+        encode_inputs(np.zeros(2, dtype=complex))
+    with pytest.raises(PredictFailed, match="decoded to a list"):
+        encode_inputs(["a"])
