@@ -89,8 +89,11 @@ class FaultStack:
         return self.stack.topology
 
     # --- models -------------------------------------------------------------------------
-    def add_models(self, models: dict[str, tuple[bytes, bytes]], endpoint: str = "") -> None:
-        """Put models into the stack at once: name -> (the bytes signed, the bytes served)."""
+    def add_models(self, models: dict[str, tuple[bytes, bytes]], endpoint: str = "", execution: str = "") -> None:
+        """Put models into the stack at once: name -> (the bytes signed, the bytes served).
+        `execution` "server" keeps a hostile model to the conversion path: under the default
+        "auto", a model the conversion refuses is served in the loader's sandbox instead, where
+        its payload runs a second time."""
         work = Path(tempfile.mkdtemp(prefix="fault-models-"))
         try:
             for name, (signed, served) in models.items():
@@ -104,6 +107,8 @@ class FaultStack:
                 policy: dict[str, Any] = {"signers": [{"identity": SIGNER, "issuer": self.hs.authority.issuer}], "trust_root": "local"}
                 if endpoint:
                     policy["endpoint"] = endpoint
+                if execution:
+                    policy["execution"] = execution
                 settings = {"name": name, "implementation": "runtime.SigstoreModel",
                             "parameters": {"uri": f"/data/artefacts/{name}/model.joblib", "extra": {"sigstore": policy}}}
                 (repo / "model-settings.json").write_text(json.dumps(settings))
@@ -259,8 +264,8 @@ def faults(request: pytest.FixtureRequest, docker_required: None, authority: Aut
         fs.add_models({
             "serving": (fs.digits, fs.digits),
             "tampered": (fs.digits, PWND),
-            "sleeper": (SLEEPER, SLEEPER),
         })
+        fs.add_models({"sleeper": (SLEEPER, SLEEPER)}, execution="server")
         # The same model reached over a connection of its own (a new client of the socket).
         fs.add_models({"new-connection": (fs.digits, fs.digits)}, endpoint="unix:///run/loader//loader.sock")
         assert fs.load("serving").status_code == 200 and fs.predicts("serving")
@@ -556,7 +561,7 @@ def test_64_concurrent_loads_with_8_bombs(faults: FaultStack) -> None:
     honest = fs.fresh("honest", 56)
     tag = fs.tag()
     bombs = {f"bomb-memory-{tag}-{i}": MEMORY_BOMB for i in range(6)} | {f"bomb-cpu-{tag}-{i}": CPU_BOMB for i in range(2)}
-    fs.add_models({name: (data, data) for name, data in bombs.items()})
+    fs.add_models({name: (data, data) for name, data in bombs.items()}, execution="server")
     order = [*honest, *bombs]
     random.Random(64).shuffle(order)
     loader_before = fs.identity("loader")
@@ -601,6 +606,21 @@ def _kinds(usage: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in usage.items() if k.startswith("fd:")}
 
 
+def _memfds(fs: FaultStack, service: str) -> dict[str, int]:
+    """The memfds a service's processes hold, by name (artefact, skops-result, ...)."""
+    names: dict[str, int] = {}
+    for pid, _, _, _ in fs.processes(service):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for link in links:
+            if link.startswith("/memfd:"):
+                name = link[len("/memfd:"):].split(" ", 1)[0]
+                names[name] = names.get(name, 0) + 1
+    return names
+
+
 @pytest.mark.concurrency
 def test_soak_load_unload_and_tampered_refusals(faults: FaultStack) -> None:
     """Long with SOAK_CYCLES=1000. Cycles of load, unload, tampered refusal; then descriptors,
@@ -627,6 +647,7 @@ def test_soak_load_unload_and_tampered_refusals(faults: FaultStack) -> None:
         load_unload()
     services = ("loader", "mlserver")
     before = {s: _container_usage(fs.stack, s) for s in services}
+    memfds = {"before": _memfds(fs, "loader")}
     started = time.monotonic()
     for _ in range(cycles):
         cycle()
@@ -637,7 +658,9 @@ def test_soak_load_unload_and_tampered_refusals(faults: FaultStack) -> None:
     # The side channel sweeps expired waiters only when a model is offered: one more load.
     load_unload()
     after_offer = {s: _container_usage(fs.stack, s) for s in services}
+    memfds["after_one_offer"] = _memfds(fs, "loader")
     report = {
+        "loader_memfds": memfds,
         "cycles": cycles, "seconds": round(elapsed, 1), "cycles_per_s": round(cycles / elapsed, 1),
         **{f"{s}_{when}": {"fds": u[s]["fds"], "rss_mib": u[s]["rss_kib"] >> 10, "processes": u[s]["processes"], **_kinds(u[s])}
            for when, u in (("before", before), ("at_end", at_end), ("after_settle", after_settle), ("after_one_offer", after_offer))
