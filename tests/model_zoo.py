@@ -6,7 +6,7 @@ User-defined classes and functions come from examples/user_code/acme_models, whi
 imports only through `loader serve --user-code examples/user_code` (never from the models root).
 XGBoost and LightGBM are not installed here, so their scikit-learn wrappers are not in the zoo.
 
-    python -m tests.model_zoo DIR    # writes DIR/<name>/model.joblib (unsigned; see --help)
+    python -m tests.model_zoo DIR    # DIR/models/zoo-<name>/model.joblib, signed by a local authority
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tests.model_corpus import COMMON, FAMILIES, _data, _regression, _three_classes
+from tests.support import Authority, start_authority
 
 USER_CODE = Path(__file__).resolve().parent.parent / "examples" / "user_code"
 
@@ -184,6 +185,11 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
         "customers-frame-pipeline": lambda: ZooModel("dataframe-pipeline", customers_pipeline(linear_model.LogisticRegression(max_iter=500)), _customers(ROWS, 1)[0]),
         "customers-ordinal-hist-boosting": ordinal_boosting,
         "count-vectorizer-logistic": count_vectorizer,
+        # ... and the same through the sandbox (types outside the allowlist): strings, gaps, free text
+        "tfidf-one-vs-rest": lambda: ZooModel("text", make(feature_extraction.text.TfidfVectorizer(), multiclass.OneVsRestClassifier(
+            linear_model.LogisticRegression())).fit(TEXTS * 4, TEXT_LABELS * 4), QUERIES),
+        "customers-frame-one-vs-rest": lambda: ZooModel("dataframe-pipeline", customers_pipeline(
+            multiclass.OneVsRestClassifier(linear_model.LogisticRegression())), _customers(ROWS, 1)[0]),
         # meta-estimators and a whole GridSearchCV over a DataFrame pipeline
         "one-vs-rest": array("meta-estimator", multiclass.OneVsRestClassifier(linear_model.LogisticRegression()), x3, y3),
         "one-vs-one": array("meta-estimator", multiclass.OneVsOneClassifier(svm.LinearSVC()), x3, y3),
@@ -216,16 +222,35 @@ def zoo() -> dict[str, ZooModel]:
     return models
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write every zoo model as DIR/<name>/model.joblib (sign them with "
-                                     "`python -m model_signing sign` or tests.support.Authority.sign_file).")
-    parser.add_argument("directory", type=Path)
-    args = parser.parse_args(argv)
-    for name, model in zoo().items():
-        folder = args.directory / name
+def write(models: dict[str, ZooModel], directory: Path, authority: Authority | None = None) -> dict[str, Path]:
+    """Each model as DIR/zoo-<name>/model.joblib, with its Sigstore bundle beside it when an
+    `authority` signs; the paths by name."""
+    paths = {}
+    for name, model in models.items():
+        folder = directory / f"zoo-{name}"
         folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump(model.estimator, folder / "model.joblib")
-        print(f"{name}\t{model.kind}\t{folder / 'model.joblib'}")
+        paths[name] = folder / "model.joblib"
+        joblib.dump(model.estimator, paths[name])
+        if authority is not None:
+            authority.sign_file(paths[name])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write every zoo model as DIR/models/zoo-<name>/model.joblib, signed by a "
+                                     "local authority whose trust config is DIR/authority/trust_config.json.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--unsigned", action="store_true", help="write the models only")
+    args = parser.parse_args(argv)
+    models = zoo()
+    authority = None if args.unsigned else start_authority(args.directory / "authority")
+    try:
+        for name, path in write(models, args.directory / "models", authority).items():
+            print(f"{name}\t{models[name].kind}\t{path}")
+    finally:
+        if authority is not None:
+            authority.server.shutdown()
+            print(f"trust config: {authority.trust_config}")
     return 0
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,7 +20,7 @@ from mlserver.types import InferenceRequest
 from mlserver_sklearn import SKLearnModel
 
 from runtime import SigstoreModel
-from tests.model_zoo import KINDS, USER_CODE, ZooModel, zoo
+from tests.model_zoo import KINDS, USER_CODE, ZooModel, write, zoo
 from tests.support import SIGNER, Authority, LoaderProcess, start_loader, stop_process
 
 CONCURRENT_LOADS = 3
@@ -36,11 +35,13 @@ class Outcome:
     metadata_execution: str = ""
     methods: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    str_mismatches: list[str] = field(default_factory=list)  # text sent with content_type "str"
     error: str = ""
 
 
-def request_for(x: np.ndarray | pd.DataFrame, output: str) -> InferenceRequest:
-    """What a client sends: a tensor, a column of strings, or a DataFrame column by column."""
+def request_for(x: np.ndarray | pd.DataFrame, output: str, as_str: bool = False) -> InferenceRequest:
+    """What a client sends: a tensor, a column of strings (BYTES, decoded by NumPy's codec, or
+    with `as_str` by the str codec, to a list), or a DataFrame column by column."""
     wanted = [{"name": output}]
     if isinstance(x, pd.DataFrame):
         inputs = []
@@ -53,7 +54,9 @@ def request_for(x: np.ndarray | pd.DataFrame, output: str) -> InferenceRequest:
             inputs.append(spec)
         return InferenceRequest.model_validate({"parameters": {"content_type": "pd"}, "inputs": inputs, "outputs": wanted})
     if x.dtype.kind == "U":
-        text = {"name": "text", "datatype": "BYTES", "shape": [len(x)], "data": x.tolist(), "parameters": {"content_type": "str"}}
+        text: dict[str, Any] = {"name": "text", "datatype": "BYTES", "shape": [len(x)], "data": x.tolist()}
+        if as_str:
+            text["parameters"] = {"content_type": "str"}
         return InferenceRequest.model_validate({"inputs": [text], "outputs": wanted})
     tensor = {"name": "x", "datatype": "FP64", "shape": list(x.shape), "data": x.ravel().tolist()}
     return InferenceRequest.model_validate({"inputs": [tensor], "outputs": wanted})
@@ -79,16 +82,19 @@ async def _serve_and_compare(name: str, model: ZooModel, path: Path, endpoint: s
         plain = SKLearnModel(_settings(SKLearnModel, path, {}))
         await plain.load()
         outcome.methods = ["predict"] + [m for m in ("predict_proba",) if hasattr(model.estimator, m)]
+        text = isinstance(model.inputs, np.ndarray) and model.inputs.dtype.kind == "U"
         for method in outcome.methods:
-            request = request_for(model.inputs, method)
-            try:
-                got = [o.model_dump() for o in (await ours.predict(request.model_copy(deep=True))).outputs]
-            except Exception as exc:
-                outcome.mismatches.append(f"{method}: {type(exc).__name__}: {exc}")
-                continue
-            expected = [o.model_dump() for o in (await plain.predict(request.model_copy(deep=True))).outputs]
-            if got != expected:
-                outcome.mismatches.append(f"{method}: {got} != {expected}")
+            for as_str in (False, True) if text else (False,):
+                found = outcome.str_mismatches if as_str else outcome.mismatches
+                request = request_for(model.inputs, method, as_str)
+                try:
+                    got = [o.model_dump() for o in (await ours.predict(request.model_copy(deep=True))).outputs]
+                except Exception as exc:
+                    found.append(f"{method}: {type(exc).__name__}: {exc}")
+                    continue
+                expected = [o.model_dump() for o in (await plain.predict(request.model_copy(deep=True))).outputs]
+                if got != expected:
+                    found.append(f"{method}: {got} != {expected}")
     finally:
         await ours.unload()
     return outcome
@@ -107,13 +113,7 @@ def zoo_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, auth
 @pytest.fixture(scope="module")
 def outcomes(zoo_loader: LoaderProcess, models_root: Path, authority: Authority) -> dict[str, Outcome]:
     """Every zoo model written, signed, served and compared, a few at a time."""
-    paths = {}
-    for name, model in ZOO.items():
-        folder = models_root / f"zoo-{name}"
-        folder.mkdir()
-        paths[name] = folder / "model.joblib"
-        joblib.dump(model.estimator, paths[name])
-        authority.sign_file(paths[name])
+    paths = write(ZOO, models_root, authority)
 
     async def all_of_them() -> dict[str, Outcome]:
         gate = asyncio.Semaphore(CONCURRENT_LOADS)
@@ -147,3 +147,14 @@ def test_zoo_model_serves_under_the_default_policy_like_plain_joblib(outcomes: d
     assert not outcome.error, outcome.error
     assert outcome.execution in ("server", "sandbox") and outcome.metadata_execution == outcome.execution, outcome
     assert not outcome.mismatches, outcome.mismatches
+
+
+TEXT = sorted(name for name, model in ZOO.items() if isinstance(model.inputs, np.ndarray) and model.inputs.dtype.kind == "U")
+# A str-codec request decodes to a list, which SKLearnModel hands to the model as is; the sandbox's
+# data path (runtime/_internal/sandboxed.py, encode_inputs) takes only an ndarray or a DataFrame.
+STR_LIST_REFUSED = pytest.mark.xfail(strict=True, reason="runtime: a request decoded to a list is refused for a model served in the sandbox")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=STR_LIST_REFUSED) if n == "tfidf-one-vs-rest" else n for n in TEXT])
+def test_text_sent_with_the_str_codec_serves_like_plain_joblib(outcomes: dict[str, Outcome], name: str) -> None:
+    assert not outcomes[name].str_mismatches, outcomes[name].str_mismatches
