@@ -103,8 +103,24 @@ def _from_corpus() -> dict[str, ZooModel]:
 def _added() -> dict[str, Callable[[], ZooModel]]:
     """Kinds and variants tests/model_corpus.py does not build."""
     from sklearn import (
-        cluster, compose, covariance, discriminant_analysis, ensemble, feature_extraction, impute, linear_model,
-        mixture, multiclass, multioutput, naive_bayes, neighbors, neural_network, pipeline, preprocessing, svm, tree,
+        cluster,
+        compose,
+        covariance,
+        discriminant_analysis,
+        ensemble,
+        feature_extraction,
+        impute,
+        linear_model,
+        mixture,
+        multiclass,
+        multioutput,
+        naive_bayes,
+        neighbors,
+        neural_network,
+        pipeline,
+        preprocessing,
+        svm,
+        tree,
     )
     from sklearn.feature_selection import SelectKBest
     from sklearn.model_selection import GridSearchCV
