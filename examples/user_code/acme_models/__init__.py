@@ -1,4 +1,4 @@
-"""A user's own estimator class and function, as a team would ship them next to its models.
+"""A user's own estimator classes and functions, as a team would ship them next to its models.
 
 The loader imports them only in its confined workers, from the read-only folder given with
 `python -m loader serve --user-code examples/user_code` (never from the models root); MLServer's
@@ -8,7 +8,7 @@ process never imports them. See README, "Models the server cannot validate".
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 
 
 def log_ratio(x: np.ndarray) -> np.ndarray:
@@ -34,3 +34,47 @@ class NearestCentroidScorer(BaseEstimator, ClassifierMixin):  # type: ignore[mis
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(x).argmax(axis=1)]
+
+
+def signed_log(y: np.ndarray) -> np.ndarray:
+    """A target transform for TransformedTargetRegressor (inverse: `signed_exp`)."""
+    return np.sign(y) * np.log1p(np.abs(y))
+
+
+def signed_exp(y: np.ndarray) -> np.ndarray:
+    """The inverse of `signed_log`."""
+    return np.sign(y) * np.expm1(np.abs(y))
+
+
+class Winsorizer(BaseEstimator, TransformerMixin):  # type: ignore[misc]
+    """A transformer: clips each feature to the quantiles seen in training."""
+
+    def __init__(self, quantile: float = 0.05) -> None:
+        self.quantile = quantile
+
+    def fit(self, x: np.ndarray, y: object = None) -> Winsorizer:
+        values = np.asarray(x, dtype=float)
+        self.low_ = np.quantile(values, self.quantile, axis=0)
+        self.high_ = np.quantile(values, 1 - self.quantile, axis=0)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(x, dtype=float), self.low_, self.high_)
+
+
+class ShrunkMeanRegressor(BaseEstimator, RegressorMixin):  # type: ignore[misc]
+    """A regressor: ridge-like least squares with a fixed shrinkage, written by hand."""
+
+    def __init__(self, shrinkage: float = 1.0) -> None:
+        self.shrinkage = shrinkage
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> ShrunkMeanRegressor:
+        values = np.asarray(x, dtype=float)
+        self.mean_x_, self.mean_y_ = values.mean(axis=0), float(np.mean(y))
+        centred = values - self.mean_x_
+        gram = centred.T @ centred + self.shrinkage * np.eye(values.shape[1])
+        self.coef_ = np.linalg.solve(gram, centred.T @ (np.asarray(y, dtype=float) - self.mean_y_))
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=float) - self.mean_x_) @ self.coef_ + self.mean_y_
