@@ -2,7 +2,9 @@
 
 Each builder returns skops bytes that a hostile loader child could hand to the server, using only
 types skops trusts by default (or named to look like them). `CASES` maps a category to its builder,
-the refusal the server must give, and the call that would hurt the process if the archive loaded.
+the refusal the server must give, and its positive control: the harm the archive does to a process
+that loads it with skops alone (an outcome, or a `show` function's evidence), or, for an archive
+skops or scikit-learn already stop, `harmless` with why.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import copy
 import functools
 import io
 import json
+import subprocess
+import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -693,10 +698,6 @@ else:
 def skops_alone_under_a_memory_limit(data: bytes, headroom: int = 512 << 20) -> str:
     """What a fresh process makes of `data` loaded with skops alone (trusting every type it names)
     under RLIMIT_AS of its size at start plus `headroom`: "MemoryError", "loaded" or the error."""
-    import subprocess
-    import sys
-    import tempfile
-
     with tempfile.NamedTemporaryFile(suffix=".skops") as sample:
         sample.write(data)
         sample.flush()
@@ -795,9 +796,7 @@ def _show_calibrator_missing(model: Any, data: bytes, x: Any) -> str:
     return "class 2 never calibrated: the first fold gives it probability 0 for every row"
 
 
-def _show_file_read(open_as: Callable[[Any, str], Any], content: bytes, expect: Callable[[Any], bool], what: str) -> str:
-    import tempfile
-
+def _show_file_read(open_as: Callable[[str], Any], content: bytes, expect: Callable[[Any], bool], what: str) -> str:
     with tempfile.NamedTemporaryFile() as secret:
         secret.write(content)
         secret.flush()
