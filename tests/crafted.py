@@ -838,6 +838,14 @@ def _show_dropped_members(model: Any, data: bytes, x: Any) -> str:
     return "predict_proba is the same with members 1..4 removed: 4 of 5 members never vote"
 
 
+def _show_svc_reads_past(model: Any, data: bytes, x: Any) -> str:
+    # libsvm's model takes its vector count l from support_ (sklearn/svm/src/libsvm/libsvm_helper.c
+    # set_model) and its rows from support_vectors_ and _dual_coef_: predict walks l of each.
+    count, rows, coefs = model.support_.shape[0], model.support_vectors_.shape[0], model._dual_coef_.shape[1]
+    assert count > rows and count > coefs, (count, rows, coefs)
+    return f"libsvm is told of {count} support vectors (support_) and given {rows} rows and {coefs} dual coefficients: predict reads {count - rows} past each"
+
+
 def _show_boosting_writes_past(model: Any, data: bytes, x: Any) -> str:
     raw = model._raw_predict_init(np.asarray(x, dtype=np.float32))
     columns = model.estimators_.shape[1]
@@ -868,7 +876,7 @@ CASES: dict[str, Case] = {
     "tree_without_n_features": Case(tree_without_n_features, "n_features_in_ is missing", "SIGSEGV at predict", "signal"),
     "tree_below_walk_depth": Case(tree_below_walk_depth, "out-of-range left child", "a tree with an out-of-range child, hidden from a depth-limited walk", "shown", show=_show_tree_below_walk_depth),
     "hist_gb_bitset_index": Case(hist_gb_bitset_index, "names categorical bitset", "SIGSEGV at predict", "signal"),
-    "svc_support_longer": Case(svc_support_longer, "support_ has shape", "SIGSEGV at predict", "signal"),
+    "svc_support_longer": Case(svc_support_longer, "support_ has shape", "out-of-bounds reads at predict (a SIGSEGV where they leave the heap)", "shown", show=_show_svc_reads_past),
     "svc_many_classes": Case(svc_many_classes, "_n_support .* disagrees", "libsvm class counts that disagree with the model", "predict-error", evidence="internal representation of SVC was altered", harmless="scikit-learn compares libsvm's state with the model at predict and raises"),
     "svc_empty_dual": Case(svc_empty_dual, "_dual_coef_ has", "SIGSEGV at predict", "signal"),
     "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "SIGSEGV at predict", "signal"),
