@@ -2,7 +2,9 @@
 
 Each builder returns skops bytes that a hostile loader child could hand to the server, using only
 types skops trusts by default (or named to look like them). `CASES` maps a category to its builder,
-the refusal the server must give, and the call that would hurt the process if the archive loaded.
+the refusal the server must give, and its positive control: the harm the archive does to a process
+that loads it with skops alone (an outcome, or a `show` function's evidence), or, for an archive
+skops or scikit-learn already stop, `harmless` with why.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import copy
 import functools
 import io
 import json
+import subprocess
+import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,9 +250,12 @@ def nested_npz_bomb(megabytes: int = 64) -> bytes:
     """A sparse member whose inner npz deflates a small payload into a large declared array."""
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w", compression=zipfile.ZIP_DEFLATED) as npz:
-        npz.writestr("data.npy", _npy(np.zeros(megabytes << 17)))
-        npz.writestr("indices.npy", _npy(np.zeros(1, dtype=np.int32)))
-        npz.writestr("indptr.npy", _npy(np.array([0, 1], dtype=np.int32)))
+        # A well-formed matrix (every entry in column 0), so skops alone builds it: the harm shown
+        # is the inflated size, not a format error after inflating.
+        entries = megabytes << 17
+        npz.writestr("data.npy", _npy(np.zeros(entries)))
+        npz.writestr("indices.npy", _npy(np.zeros(entries, dtype=np.int32)))
+        npz.writestr("indptr.npy", _npy(np.array([0, entries], dtype=np.int32)))
         npz.writestr("format.npy", _npy(np.array(b"csr")))
         npz.writestr("shape.npy", _npy(np.array([1, 4])))
     model = LogisticRegression().fit(X, Y)
@@ -639,6 +647,213 @@ def member_of_unknown_compression() -> bytes:
     return _patched_member(data, lambda n: n.endswith(".npy"), 8, 10, b"\x63\x00")
 
 
+# -- zip bomb: a real skops archive whose array member inflates to 1 GiB ---------------------------
+
+ZIP_BOMB_BYTES = 1 << 30
+
+
+@functools.cache
+def zip_bomb() -> bytes:
+    """A fitted StandardScaler's dump with its `scale_` member replaced by a deflated .npy of
+    1 GiB of zeros (its header declares them): about 1 MiB on the wire, 1 GiB once skops reads it."""
+    data = skops.io.dumps(StandardScaler().fit(X))
+    name = _member_of(data, lambda s: attrs(s)["scale_"])
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            if info.filename != name:
+                target.writestr(info, source.read(info))
+        bomb = zipfile.ZipInfo(name)
+        bomb.compress_type = zipfile.ZIP_DEFLATED
+        with target.open(bomb, "w", force_zip64=True) as member:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (ZIP_BOMB_BYTES // 8,)})
+            member.write(header.getvalue())
+            chunk = bytes(16 << 20)
+            for _ in range(ZIP_BOMB_BYTES // len(chunk)):
+                member.write(chunk)
+    return out.getvalue()
+
+
+_LIMITED_LOAD = """
+import os, resource, sys, warnings
+warnings.simplefilter("ignore")
+import skops.io
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/statm") as statm:
+    limit = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
+except MemoryError:
+    print("MemoryError")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("loaded")
+"""
+
+
+def skops_alone_under_a_memory_limit(data: bytes, headroom: int = 512 << 20) -> str:
+    """What a fresh process makes of `data` loaded with skops alone (trusting every type it names)
+    under RLIMIT_AS of its size at start plus `headroom`: "MemoryError", "loaded" or the error."""
+    with tempfile.NamedTemporaryFile(suffix=".skops") as sample:
+        sample.write(data)
+        sample.flush()
+        done = subprocess.run([sys.executable, "-c", _LIMITED_LOAD, sample.name, str(headroom)], capture_output=True, text=True, timeout=600)
+    return done.stdout.strip() or f"exit {done.returncode}: {done.stderr[-400:]}"
+
+
+# -- positive controls: the harm shown on the model skops alone built ------------------------------
+# Each runs in the fuzz worker's limited child (tests/fuzz_worker.py, --unchecked) with the model
+# skops alone loaded, the archive and the request batch; it returns what it saw (the worker's
+# outcome "shown") or fails an assertion ("unshown"). None depends on heap layout or timing: an
+# out-of-range index is proven out of range from the arrays, a read file by its bytes.
+
+
+def _show_tree_below_walk_depth(model: Any, data: bytes, x: Any) -> str:
+    tree: Any = model.hidden_
+    for _ in range(80):
+        (tree,) = tree
+    left, count = int(tree.tree_.children_left[0]), tree.tree_.node_count
+    assert left >= count, (left, count)
+    return f"80 lists down: a fitted tree whose node 0 has left child {left} of {count} nodes"
+
+
+def _show_narrow_rows(name: str) -> Callable[[Any, bytes, Any], str]:
+    def show(model: Any, data: bytes, x: Any) -> str:
+        width = getattr(model, name).shape[1]
+        assert width < model.n_features_in_ == x.shape[1], (width, model.n_features_in_)
+        answer = model.predict(x)
+        return f"{name} rows of {width} columns, predict answered {len(answer)} rows of {x.shape[1]} features (read past each row)"
+    return show
+
+
+def _show_uninitialised_coef(model: Any, data: bytes, x: Any) -> str:
+    node = attrs(json.loads(zipfile.ZipFile(io.BytesIO(data)).read("schema.json")))["coef_"]
+    assert node["__loader__"] == "ListNode" and "file" not in node, node  # the archive holds no values
+    assert isinstance(model.coef_, np.ndarray) and model.coef_.shape == (4,), model.coef_
+    answer = model.predict(x)
+    assert np.allclose(answer, x @ model.coef_ + model.intercept_, equal_nan=True)
+    return f"coef_ {model.coef_!r} built from no data in the archive, and predict answers with it"
+
+
+def _show_fitted_hook(model: Any, data: bytes, x: Any) -> str:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    assert model.__sklearn_is_fitted__ is bool and model.n_neighbors == 10**6 and model._fit_X.shape[0] == len(X)
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        return f"check_is_fitted calls it unfitted although it holds {len(X)} samples and n_neighbors {model.n_neighbors}"
+    raise AssertionError("the hook did not hide the fitted model")
+
+
+def _show_unlisted_bit_generator(model: Any, data: bytes, x: Any) -> str:
+    built = type(model.rng_.bit_generator)
+    name = f"{built.__module__}.{built.__name__}"
+    listed = skops.io.get_untrusted_types(data=data)
+    assert name == "numpy.random._mt19937.MT19937" and name not in listed, (name, listed)
+    return f"built {name}; skops' type list named only {listed}"
+
+
+def _hidden_coef(estimator: Any) -> str:
+    assert isinstance(estimator, LinearRegression), estimator
+    assert estimator.coef_.shape == (7,) and estimator.n_features_in_ == 4, estimator.coef_.shape
+    return f"a fitted LinearRegression with coef_ of shape {estimator.coef_.shape} for n_features_in_ {estimator.n_features_in_}"
+
+
+def _show_estimator_in_partial(model: Any, data: bytes, x: Any) -> str:
+    return _hidden_coef(model.check_.keywords["dtype"]) + ", built as a partial's keyword"
+
+
+def _show_estimator_in_masked_array(model: Any, data: bytes, x: Any) -> str:
+    column = model.cv_results_["param_fit_intercept"]
+    assert isinstance(column, np.ma.MaskedArray)
+    return _hidden_coef(column.data[0]) + ", built inside cv_results_"
+
+
+def _show_copies(model: Any, data: bytes, x: Any) -> str:
+    buffers = {id(a.base if a.base is not None else a): a.nbytes for a in model.copies_}
+    total = sum(buffers.values())
+    assert len(buffers) == 300 and total >= 300 << 20, (len(buffers), total)
+    return f"{len(buffers)} separate arrays, {total >> 20} MiB, from one member in an archive of {len(data) >> 20} MiB"
+
+
+def _show_nested_npz(model: Any, data: bytes, x: Any) -> str:
+    inflated = model.coef_.data.nbytes
+    assert inflated >= 64 << 20 and inflated > 100 * len(data), (inflated, len(data))
+    return f"coef_ holds {inflated >> 20} MiB inflated from an archive of {len(data) >> 10} KiB"
+
+
+def _show_calibrator_missing(model: Any, data: bytes, x: Any) -> str:
+    first = model.calibrated_classifiers_[0]
+    assert len(first.calibrators) == 2 and len(model.classes_) == 3
+    column = first.predict_proba(x)[:, 2]
+    assert not column.any(), column
+    return "class 2 never calibrated: the first fold gives it probability 0 for every row"
+
+
+def _show_file_read(open_as: Callable[[str], Any], content: bytes, expect: Callable[[Any], bool], what: str) -> str:
+    with tempfile.NamedTemporaryFile() as secret:
+        secret.write(content)
+        secret.flush()
+        answer = open_as(secret.name)
+    assert expect(answer), answer
+    return f"{what}: {answer!r}"
+
+
+def _show_fromfile(model: Any, data: bytes, x: Any) -> str:
+    content = np.array([3.25, -7.5, 1e6]).tobytes()
+    return _show_file_read(
+        lambda path: model.transform(path), content, lambda answer: answer.tobytes() == content,
+        f"a request naming a file with {len(content)} known bytes is answered with those bytes",
+    )
+
+
+def _show_vectorizer_reads(model: Any, data: bytes, x: Any) -> str:
+    vectorizer = model.steps[0][1]
+    counts = _show_file_read(
+        lambda path: vectorizer.transform([path]).toarray()[0].tolist(), b"alpha alpha alpha beta gamma gamma",
+        lambda answer: answer == [3, 1, 2], "a request naming a file holding 'alpha alpha alpha beta gamma gamma'",
+    )
+    assert sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get) == ["alpha", "beta", "gamma"]
+    return counts + " is counted from the file's bytes (alpha, beta, gamma)"
+
+
+def _show_shared_output(model: Any, data: bytes, x: Any) -> str:
+    first, second = np.abs(X), np.abs(X) + 1
+    one, two = model.transform(first), model.transform(second)
+    assert one is two is model.kw_args["out"] and np.allclose(one, np.log1p(second))
+    return "two requests got one array, the model's own kw_args['out'], holding the second request's answer"
+
+
+def _show_dropped_members(model: Any, data: bytes, x: Any) -> str:
+    assert len(model.estimators_) == 5 and len(model.estimator_weights_) == 1
+    answer = model.predict_proba(x)
+    model.estimators_ = model.estimators_[:1]
+    assert np.array_equal(answer, model.predict_proba(x))
+    return "predict_proba is the same with members 1..4 removed: 4 of 5 members never vote"
+
+
+def _show_svc_reads_past(model: Any, data: bytes, x: Any) -> str:
+    # libsvm's model takes its vector count l from support_ (sklearn/svm/src/libsvm/libsvm_helper.c
+    # set_model) and its rows from support_vectors_ and _dual_coef_: predict walks l of each.
+    count, rows, coefs = model.support_.shape[0], model.support_vectors_.shape[0], model._dual_coef_.shape[1]
+    assert count > rows and count > coefs, (count, rows, coefs)
+    return f"libsvm is told of {count} support vectors (support_) and given {rows} rows and {coefs} dual coefficients: predict reads {count - rows} past each"
+
+
+def _show_boosting_writes_past(model: Any, data: bytes, x: Any) -> str:
+    raw = model._raw_predict_init(np.asarray(x, dtype=np.float32))
+    columns = model.estimators_.shape[1]
+    assert raw.shape[1] < columns, (raw.shape, columns)
+    return (f"predict_stages would write columns 0..{columns - 1} of each row into the init's raw predictions, "
+            f"{raw.shape[1]} column wide (shape {raw.shape})")
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[[], bytes]
@@ -647,58 +862,65 @@ class Case:
     unchecked: str = ""  # the fuzz worker's outcome without these checks (a regex), where a test shows it
     input: str = "X"  # the request batch (tests/fuzz_cases.py INPUTS) sent to predict
     touch: str = ""  # an attribute read after an unchecked load (what a landed validator read)
+    # The positive control, where the outcome alone does not show the harm: run on the model skops
+    # alone built (tests/fuzz_worker.py); its evidence is the worker's detail (unchecked "shown").
+    show: Callable[[Any, bytes, Any], str] | None = None
+    evidence: str = ""  # a regex the unchecked outcome's detail must match
+    # Why there is no harm to show: skops or scikit-learn already stops the archive (the control
+    # shows it stop); the refusal names the defect at load instead of a 500 at predict.
+    harmless: str = ""
 
 
 CASES: dict[str, Case] = {
     "tree_nodes_beyond_node_count": Case(tree_nodes_beyond_node_count, "node_count 1, capacity", "SIGSEGV at predict", "signal"),
     "tree_without_n_features": Case(tree_without_n_features, "n_features_in_ is missing", "SIGSEGV at predict", "signal"),
-    "tree_below_walk_depth": Case(tree_below_walk_depth, "out-of-range left child", "hidden from a depth-limited walk"),
+    "tree_below_walk_depth": Case(tree_below_walk_depth, "out-of-range left child", "a tree with an out-of-range child, hidden from a depth-limited walk", "shown", show=_show_tree_below_walk_depth),
     "hist_gb_bitset_index": Case(hist_gb_bitset_index, "names categorical bitset", "SIGSEGV at predict", "signal"),
-    "svc_support_longer": Case(svc_support_longer, "support_ has shape", "SIGSEGV at predict", "signal"),
-    "svc_many_classes": Case(svc_many_classes, "_n_support .* disagrees", "libsvm class counts that disagree with the model"),
+    "svc_support_longer": Case(svc_support_longer, "support_ has shape", "out-of-bounds reads at predict (a SIGSEGV where they leave the heap)", "shown", show=_show_svc_reads_past),
+    "svc_many_classes": Case(svc_many_classes, "_n_support .* disagrees", "libsvm class counts that disagree with the model", "predict-error", evidence="internal representation of SVC was altered", harmless="scikit-learn compares libsvm's state with the model at predict and raises"),
     "svc_empty_dual": Case(svc_empty_dual, "_dual_coef_ has", "SIGSEGV at predict", "signal"),
     "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "SIGSEGV at predict", "signal"),
     "sparse_bad_indices": Case(sparse_bad_indices, "malformed sparse matrix", "SIGSEGV at predict", "signal"),
-    "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads"),
+    "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads", "shown", show=_show_narrow_rows("_fit_X")),
     "encoder_categories_of_zero_size_items": Case(encoder_categories_of_zero_size_items, "zero-size dtype '<U0'", "predict spins over 10**12 empty strings", "timeout", "WORDS"),
     "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "SIGSEGV at transform", "signal", "XC"),
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
     "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV (or a TypeError, by the heap beside it) while skops builds the tree", "signal|load-error"),
-    "key_types_share_an_array_id": Case(key_types_share_an_array_id, "declares 32 bytes of data but its member holds 0", "an array read from the bytes after its member"),
+    "key_types_share_an_array_id": Case(key_types_share_an_array_id, "declares 32 bytes of data but its member holds 0", "an array read from the bytes after its member", "load-error", evidence="expected 32 bytes got 0", harmless="skops alone reads members through zipfile, which stops at the member's end; the harm is the runtime's own in-place reader reading on into the next member, which this check closes"),
     "tree_state_behind_a_shared_id": Case(tree_state_behind_a_shared_id, "KDTree is a shared reference", "SIGSEGV while skops builds the tree", "signal"),
-    "list_node_naming_ndarray": Case(list_node_naming_ndarray, "ListNode in its schema names the type numpy.ndarray", "leftover heap bytes returned by predict"),
+    "list_node_naming_ndarray": Case(list_node_naming_ndarray, "ListNode in its schema names the type numpy.ndarray", "leftover heap bytes returned by predict", "shown", show=_show_uninitialised_coef),
     "seed_sequence_pool_of_a_million": Case(seed_sequence_pool_of_a_million, "pool size 1000000", "half an hour of CPU at load", "timeout"),
-    "fitted_hook_hides_a_model": Case(fitted_hook_hides_a_model, r"special attributes \['__sklearn_is_fitted__'\]", "an unchecked KNN with n_neighbors 10**6"),
+    "fitted_hook_hides_a_model": Case(fitted_hook_hides_a_model, r"special attributes \['__sklearn_is_fitted__'\]", "a fitted KNN with n_neighbors 10**6 that check_is_fitted calls unfitted", "shown", show=_show_fitted_hook),
     "method_replaced_by_state": Case(method_replaced_by_state, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
-    "bit_generator_outside_the_allowlist": Case(bit_generator_outside_the_allowlist, r"outside the allowlist: \['numpy.random._mt19937.MT19937'\]", "a type the allowlist never saw, built at load"),
-    "estimator_inside_a_partial": Case(estimator_inside_a_partial, r"coef_ has shape \(7,\)", "an estimator no validator looked at"),
+    "bit_generator_outside_the_allowlist": Case(bit_generator_outside_the_allowlist, r"outside the allowlist: \['numpy.random._mt19937.MT19937'\]", "a type the allowlist never saw, built at load", "shown", show=_show_unlisted_bit_generator),
+    "estimator_inside_a_partial": Case(estimator_inside_a_partial, r"coef_ has shape \(7,\)", "an estimator no validator looked at", "shown", show=_show_estimator_in_partial),
     "state_defined_before_its_object": Case(state_defined_before_its_object, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
     "estimator_declared_as_a_loss": Case(estimator_declared_as_a_loss, "a LossNode in its schema names the type sklearn.tree", "SIGSEGV at predict", "signal"),
     "bit_generator_built_without_init": Case(bit_generator_built_without_init, "ObjectNode in its schema builds numpy.random._pcg64.PCG64", "SIGSEGV while skops builds it", "signal"),
     "seed_sequence_in_surplus_key_types": Case(seed_sequence_in_surplus_key_types, "key types that do not match its keys one for one", "minutes of CPU at load", "timeout"),
-    "boosting_started_from_one_column": Case(boosting_started_from_one_column, "n_classes_ 1 is not the 400 classes", "SIGSEGV at predict", "signal"),
+    "boosting_started_from_one_column": Case(boosting_started_from_one_column, "n_classes_ 1 is not the 400 classes", "an out-of-bounds write at predict", "shown", show=_show_boosting_writes_past),
     "dummy_of_ten_million_classes": Case(dummy_of_ten_million_classes, "n_classes_ 10000000 is not the 2 classes", "gigabytes per request", "memory"),
     "backtracking_token_pattern": Case(backtracking_token_pattern, "token_pattern .* is not one of", "transform never returns", "timeout", "TEXTS"),
-    "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal"),
-    "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal"),
-    "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference"),
-    "nested_npz_bomb": Case(nested_npz_bomb, "zip bomb", "gigabytes inflated before any check"),
+    "member_flagged_encrypted": Case(member_flagged_encrypted, "damaged: RuntimeError: .* is encrypted", "an exception that is not a refusal", "load-error", evidence="RuntimeError: .* is encrypted", harmless="a format refusal: zipfile raises before any byte is used; the check makes a 500 a 422 that names the damage"),
+    "member_of_unknown_compression": Case(member_of_unknown_compression, "damaged: NotImplementedError: That compression method", "an exception that is not a refusal", "load-error", evidence="NotImplementedError: That compression method", harmless="a format refusal: zipfile raises before any byte is used; the check makes a 500 a 422 that names the damage"),
+    "member_referenced_many_times": Case(member_referenced_many_times, "referenced by more than one array", "memory grows per reference", "shown", show=_show_copies),
+    "nested_npz_bomb": Case(nested_npz_bomb, "zip bomb", "gigabytes inflated before any check", "shown", show=_show_nested_npz),
     "nested_pipelines": Case(nested_pipelines, "composites nest deeper than", "minutes of CPU", "timeout"),
     "hashing_negative_ngrams": Case(hashing_negative_ngrams, r"ngram_range \(-2147483648, -2147483648\) is outside", "billions of n-gram loops per document", "timeout", "TEXTS"),
-    "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples"),
+    "knn_huge_neighbors": Case(knn_huge_neighbors, r"n_neighbors = 1000000000 is outside", "neighbour searches far beyond the fitted samples", "predict-error", evidence="Expected n_neighbors <= n_samples_fit", harmless="scikit-learn compares n_neighbors with the fitted samples at predict and raises"),
     "polynomial_max_degree": Case(polynomial_max_degree, r"_max_degree 1000000 disagree with degree 1", "memory without bound while powers_ is read (in the landed load_model)", "memory", "WIDE", "powers_"),
     "polynomial_expansion_width": Case(polynomial_expansion_width, r"_n_out_full = 10000000000 is outside", "a 10**10-column array per request", "memory", "WIDE"),
     "tree_of_four_billion_outputs": Case(tree_of_four_billion_outputs, r"a tree's n_outputs 4294967296 is outside", "32 GiB asked for while skops builds the tree", "memory"),
     "voting_member_label_of_a_billion": Case(voting_member_label_of_a_billion, r"classes_ are not the 3 encoded classes", "10**9 vote counters per row", "memory"),
-    "isolation_forest_member_wider": Case(isolation_forest_member_wider, "a member takes 10000000 features; it is given 4", "a member that cannot take the request (scikit-learn's own width check stops it)"),
-    "kmeans_narrow_centres": Case(kmeans_narrow_centres, r"cluster_centers_ has shape \(3, 2\)", "reads past each centre at predict"),
-    "calibrators_fewer_than_classes": Case(calibrators_fewer_than_classes, "2 calibrators for 3 predicted columns", "a class never calibrated"),
-    "function_outside_the_list": Case(function_outside_the_list, r"calls the functions \['numpy.fromfile'\].*trusted_types cannot add functions", "a request value opened as a file"),
-    "function_writing_into_the_model": Case(function_writing_into_the_model, r"kw_args|keyword arguments \{'out'", "results written into the model, shared between requests"),
-    "masked_array_holding_an_estimator": Case(masked_array_holding_an_estimator, r"coef_ has shape \(7,\)", "an estimator no validator looked at"),
-    "stacking_method_outside_the_list": Case(stacking_method_outside_the_list, "stack method 'fit' is not one of", "a member refitted at predict"),
-    "bagging_features_out_of_range": Case(bagging_features_out_of_range, r"estimators_features_\[0\] has shape|estimators_features_\[0\] holds an index outside", "a column outside the request"),
-    "adaboost_fewer_weights": Case(adaboost_fewer_weights, "estimator_weights_ has 1 finite weights for 5 members", "members silently dropped from the vote"),
-    "passthrough_column_out_of_range": Case(passthrough_column_out_of_range, "transformer columns holds an index outside", "a column outside the request"),
-    "vectorizer_reads_files": Case(vectorizer_reads_files, "input = 'filename' is not one of", "reads server files at predict", "ok", "PATHS"),
+    "isolation_forest_member_wider": Case(isolation_forest_member_wider, "a member takes 10000000 features; it is given 4", "a member that cannot take the request (scikit-learn's own width check stops it)", "predict-error", evidence="expecting 10000000 features", harmless="scikit-learn's own width check stops the member at predict"),
+    "kmeans_narrow_centres": Case(kmeans_narrow_centres, r"cluster_centers_ has shape \(3, 2\)", "reads past each centre at predict", "shown", show=_show_narrow_rows("cluster_centers_")),
+    "calibrators_fewer_than_classes": Case(calibrators_fewer_than_classes, "2 calibrators for 3 predicted columns", "a class never calibrated", "shown", show=_show_calibrator_missing),
+    "function_outside_the_list": Case(function_outside_the_list, r"calls the functions \['numpy.fromfile'\].*trusted_types cannot add functions", "a request value opened as a file", "shown", show=_show_fromfile),
+    "function_writing_into_the_model": Case(function_writing_into_the_model, r"kw_args|keyword arguments \{'out'", "results written into the model, shared between requests", "shown", show=_show_shared_output),
+    "masked_array_holding_an_estimator": Case(masked_array_holding_an_estimator, r"coef_ has shape \(7,\)", "an estimator no validator looked at", "shown", show=_show_estimator_in_masked_array),
+    "stacking_method_outside_the_list": Case(stacking_method_outside_the_list, "stack method 'fit' is not one of", "a member refitted at predict", "predict-error", evidence=r"TypeError: LogisticRegression\.fit\(\) missing"),
+    "bagging_features_out_of_range": Case(bagging_features_out_of_range, r"estimators_features_\[0\] has shape|estimators_features_\[0\] holds an index outside", "a column outside the request", "predict-error", evidence="index 1000000 is out of bounds for axis 1 with size 4", harmless="numpy's fancy indexing is bounds-checked: predict raises IndexError"),
+    "adaboost_fewer_weights": Case(adaboost_fewer_weights, "estimator_weights_ has 1 finite weights for 5 members", "members silently dropped from the vote", "shown", show=_show_dropped_members),
+    "passthrough_column_out_of_range": Case(passthrough_column_out_of_range, "transformer columns holds an index outside", "a column outside the request", "predict-error", evidence="index 1000000 is out of bounds for axis 1 with size 4", harmless="numpy's fancy indexing is bounds-checked: predict raises IndexError"),
+    "vectorizer_reads_files": Case(vectorizer_reads_files, "input = 'filename' is not one of", "reads server files at predict", "shown", "PATHS", show=_show_vectorizer_reads),
 }

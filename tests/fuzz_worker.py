@@ -1,10 +1,11 @@
 """Runs fuzz samples: one forked, resource-limited child per sample that loads it and predicts.
 
-`python -m tests.fuzz_worker [--unchecked] [--wall S]` reads `SAMPLE_PATH INPUT_KEY [ATTRIBUTE]` lines on
-stdin (ATTRIBUTE: read right after an unchecked load, as a landed validator did) and
-answers one JSON line per sample: outcome (ok, refused, predict-error, load-error, memory,
-signal, timeout) and detail. --unchecked loads with skops alone (what the server did before
-issue 17), to show that crafted archives really hurt.
+`python -m tests.fuzz_worker [--unchecked] [--wall S]` reads `SAMPLE_PATH INPUT_KEY [ATTRIBUTE]
+[show=CASE]` lines on stdin (ATTRIBUTE: read right after an unchecked load, as a landed validator
+did; CASE: a tests/crafted.py case whose `show` control runs on the loaded model instead of the
+predict calls) and answers one JSON line per sample: outcome (ok, refused, predict-error,
+load-error, memory, signal, timeout, shown, unshown) and detail. --unchecked loads with skops alone
+(what the server did before issue 17), to show that crafted archives really hurt.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
@@ -28,13 +30,14 @@ import skops.io  # noqa: E402
 
 from runtime.errors import ModelRefused  # noqa: E402
 from runtime.safe_load import load_model  # noqa: E402
+from tests.crafted import CASES  # noqa: E402
 from tests.fuzz_cases import INPUTS  # noqa: E402
 
 MEMORY_HEADROOM = 1 << 30
 CPU_SECONDS = 10
 WALL_SECONDS = 20.0
 METHODS = ("predict", "predict_proba", "decision_function", "transform")
-CODES = {0: "ok", 10: "refused", 11: "predict-error", 12: "memory", 13: "load-error"}
+CODES = {0: "ok", 10: "refused", 11: "predict-error", 12: "memory", 13: "load-error", 14: "shown", 15: "unshown"}
 
 
 def _virtual_size() -> int:
@@ -42,7 +45,7 @@ def _virtual_size() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "") -> int:
+def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "", show: str = "") -> int:
     # stdout is the worker's answer channel: a model that prints (a `verbose` flag the mutation
     # set, say) must not corrupt it.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -53,6 +56,7 @@ def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "") -
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     warnings.simplefilter("ignore")
+    data = b""
     try:
         if unchecked:
             with open(path, "rb") as sample:
@@ -79,6 +83,8 @@ def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "") -
         os.write(report, f"{type(exc).__name__}: {exc}"[:400].encode())
         return 13
     x = INPUTS[key]
+    if show:
+        return _show(show, model, data, x, report)
     failed = ""
     for method in METHODS:
         try:
@@ -92,14 +98,30 @@ def _child(path: str, key: str, unchecked: bool, report: int, touch: str = "") -
     return 11 if failed else 0
 
 
-def run_one(path: str, key: str, unchecked: bool, wall: float = WALL_SECONDS, touch: str = "") -> dict[str, str]:
+def _show(case: str, model: object, data: bytes, x: object, report: int) -> int:
+    """The case's positive control on the model skops alone built: "shown" with its evidence, or
+    "unshown" with why not."""
+    control = CASES[case].show
+    assert control is not None, f"{case} has no show control"
+    try:
+        evidence = control(model, data, x)
+    except MemoryError:
+        return 12
+    except Exception as exc:  # noqa: BLE001 - a control that cannot show its harm says why
+        os.write(report, f"{type(exc).__name__}: {exc}"[:400].encode())
+        return 15
+    os.write(report, evidence[:400].encode())
+    return 14
+
+
+def run_one(path: str, key: str, unchecked: bool, wall: float = WALL_SECONDS, touch: str = "", show: str = "") -> dict[str, str]:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
         code = 13
         try:
-            code = _child(path, key, unchecked, write, touch)
+            code = _child(path, key, unchecked, write, touch, show)
         finally:
             os._exit(code)
     os.close(write)
@@ -129,25 +151,27 @@ def main() -> None:
     unchecked = "--unchecked" in sys.argv
     wall = float(sys.argv[sys.argv.index("--wall") + 1]) if "--wall" in sys.argv else WALL_SECONDS
     for line in sys.stdin:
-        path, key, *touch = line.split()
-        print(json.dumps(run_one(path, key, unchecked, wall, *touch)), flush=True)
+        path, key, *rest = line.split()
+        show = next((word.removeprefix("show=") for word in rest if word.startswith("show=")), "")
+        touch = next((word for word in rest if not word.startswith("show=")), "")
+        print(json.dumps(run_one(path, key, unchecked, wall, touch, show)), flush=True)
 
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_samples(samples: Iterable[tuple[bytes, str] | tuple[bytes, str, str]], unchecked: bool = False, wall: float = WALL_SECONDS) -> Iterator[dict[str, str]]:
-    """Feed (skops bytes, input key[, attribute to read]) samples to one worker process; yield its
-    verdict per sample."""
+def run_samples(samples: Iterable[tuple[Any, ...]], unchecked: bool = False, wall: float = WALL_SECONDS) -> Iterator[dict[str, str]]:
+    """Feed (skops bytes, input key[, attribute to read][, "show=CASE"]) samples to one worker
+    process; yield its verdict per sample."""
     args = [sys.executable, "-m", "tests.fuzz_worker", "--wall", str(wall)] + (["--unchecked"] if unchecked else [])
     with tempfile.TemporaryDirectory() as scratch, subprocess.Popen(
         args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as worker:
         assert worker.stdin is not None and worker.stdout is not None
         path = Path(scratch) / "sample.skops"
-        for data, key, *touch in samples:
+        for data, key, *extra in samples:
             path.write_bytes(data)
-            worker.stdin.write(" ".join([str(path), key, *touch]) + "\n")
+            worker.stdin.write(" ".join([str(path), key, *(word for word in extra if word)]) + "\n")
             worker.stdin.flush()
             line = worker.stdout.readline()
             if not line:

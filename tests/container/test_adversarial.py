@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import subprocess
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from runtime.errors import ModelRefused
 from tests import hostile
 from tests.container.conftest import CANARY, ControlContainer, LoaderContainer
 from tests.controls import FIRED, TECHNIQUES, Target, listeners, wait_for_connections
+from tests.crafted import skops_alone_under_a_memory_limit, zip_bomb
 from tests.support import PYTHON, Authority, wait_for_health
 
 
@@ -39,14 +38,6 @@ def _crafted_tree() -> bytes:
     state["nodes"] = nodes
     model.tree_.__setstate__(state)
     return skops.io.dumps(model)
-
-
-def _skops_zip_bomb() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("schema.json", "{}")
-        archive.writestr("bomb.npy", b"\0" * (256 << 20))
-    return buffer.getvalue()
 
 
 # Container-tier cases: a technique, and where its canary goes (the paths are the container's).
@@ -69,13 +60,50 @@ del CASES["bpf"]
 EITHER_LIMIT = {"cpu-loop": ("CPU-time limit", "wall-time limit"), "billion-laughs": ("CPU-time limit", "memory limit", "wall-time limit", "RecursionError", "SystemError")}
 # A marker the serving process (this one: SigstoreModel runs in the test process) would create.
 SERVING_TMP = Path(tempfile.gettempdir())
-FORGED: dict[str, tuple[Callable[[str], bytes], tuple[str, ...]]] = {
+
+
+def _naive_load(forged: bytes, tmp_path: Path, then: str = "") -> str:
+    """What a throwaway process prints after loading `forged` with skops trusting every type it
+    names, then running `then` (with the result as `model`)."""
+    (tmp_path / "forged").write_bytes(forged)
+    script = f"import sys, skops.io; data = open(sys.argv[1], 'rb').read(); model = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data)); {then}"
+    return subprocess.run([PYTHON, "-c", script, str(tmp_path / "forged")], check=True, timeout=120, capture_output=True, text=True).stdout
+
+
+def _fires(naive: Callable[[bytes, Path], object]) -> Callable[[bytes, Path, Path], None]:
+    def control(forged: bytes, marker: Path, tmp_path: Path) -> None:
+        naive(forged, tmp_path)
+        assert marker.exists(), "the forged result did not fire when loaded naively"
+        marker.unlink()
+    return control
+
+
+def _unpickled(forged: bytes, tmp_path: Path) -> None:
+    (tmp_path / "forged").write_bytes(forged)
+    subprocess.run([PYTHON, "-c", "import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read())", str(tmp_path / "forged")], check=True, timeout=120)
+
+
+def _child_out_of_range(forged: bytes, marker: Path, tmp_path: Path) -> None:
+    # Proven from the arrays skops built, not by hoping predict's read past them crashes.
+    left, count = map(int, _naive_load(forged, tmp_path, "print(model.tree_.children_left[0], model.tree_.node_count)").split())
+    assert left >= count, f"node 0's left child {left} is inside the tree's {count} nodes"
+
+
+def _out_of_memory(forged: bytes, marker: Path, tmp_path: Path) -> None:
+    assert skops_alone_under_a_memory_limit(forged) == "MemoryError"
+
+
+# Each forged result, the serving side's refusal, and its positive control: what the forged bytes
+# do to a throwaway process that loads them naively (pickle.loads, or skops trusting every type).
+FORGED: dict[str, tuple[Callable[[str], bytes], tuple[str, ...], Callable[[bytes, Path, Path], None]]] = {
     # The child forges a pickle as its "skops" result: the runtime must never unpickle it.
-    "forged-pickle-instead-of-skops": (lambda marker: hostile.os_system(f"touch {marker}"), ("not a skops archive",)),
+    "forged-pickle-instead-of-skops": (lambda marker: hostile.os_system(f"touch {marker}"), ("not a skops archive",), _fires(_unpickled)),
     # A skops archive whose top object is posix.system(...): refused by type before construction.
-    "forged-hostile-skops": (lambda marker: hostile.hostile_skops(f"touch {marker}"), ("types outside the allowlist: ['posix.system']", "skops node kind 'ConstructorFromReduceNode'")),
-    "forged-crafted-tree": (lambda marker: _crafted_tree(), ("node 0 has an out-of-range left child",)),
-    "forged-zip-bomb": (lambda marker: _skops_zip_bomb(), ("refused as a zip bomb",)),
+    "forged-hostile-skops": (lambda marker: hostile.hostile_skops(f"touch {marker}"), ("types outside the allowlist: ['posix.system']", "skops node kind 'ConstructorFromReduceNode'"), _fires(_naive_load)),
+    # A tree whose node 0 names child 10**6: predict would read past the node array.
+    "forged-crafted-tree": (lambda marker: _crafted_tree(), ("node 0 has an out-of-range left child",), _child_out_of_range),
+    # A fitted scaler whose scale_ member deflates to 1 GiB (tests/crafted.py).
+    "forged-zip-bomb": (lambda marker: zip_bomb(), ("refused as a zip bomb",), _out_of_memory),
 }
 
 
@@ -169,19 +197,15 @@ def test_hostile_artefact(loader_container: LoaderContainer, control_container: 
 def test_a_forged_result_never_runs_in_the_serving_process(loader_container: LoaderContainer, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path, case: str) -> None:
     """The child forges its result; the serving process refuses it before anything could run.
 
-    Positive control: the forged bytes, naively loaded (pickle.loads, or skops trusting every
-    type) in a throwaway process, do create the marker in that process's temp folder.
+    Positive control (FORGED): the forged bytes, naively loaded (pickle.loads, or skops trusting
+    every type) in a throwaway process, do their harm there: the marker created, a child index
+    past the tree's nodes, a MemoryError under a memory limit.
     """
-    make, reasons = FORGED[case]
+    make, reasons, control = FORGED[case]
     marker = SERVING_TMP / f"serving-canary-{case}-{os.getpid()}"
     marker.unlink(missing_ok=True)
     forged = make(str(marker))
-    if case in ("forged-pickle-instead-of-skops", "forged-hostile-skops"):
-        (tmp_path / "forged").write_bytes(forged)
-        naive = "pickle.loads(data)" if case != "forged-hostile-skops" else "skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))"
-        subprocess.run([PYTHON, "-c", f"import pickle, sys, skops.io; data = open(sys.argv[1], 'rb').read(); {naive}", str(tmp_path / "forged")], check=True, timeout=120)
-        assert marker.exists(), "the forged result did not fire when loaded naively"
-        marker.unlink()
+    control(forged, marker, tmp_path)
 
     model = loader_container.model(f"adv-{case}", hostile.forged_result(forged), authority, execution="server")
     with pytest.raises(ModelRefused) as exc:

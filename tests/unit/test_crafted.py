@@ -27,3 +27,14 @@ def test_each_crafted_category_is_refused_with_its_reason(category: str, source:
     assert refused.value.status_code == 422
     # Refusal is cheap: the archive is never expanded (generous bound, not a benchmark).
     assert time.monotonic() - started < 20
+
+
+def test_each_crafted_category_has_a_positive_control() -> None:
+    """The controls run in tests/integration/test_fuzz.py; here only that none is missing: an
+    outcome (with a `show` control where the outcome alone proves nothing), or `harmless` with why."""
+    missing = sorted(name for name, case in CASES.items() if not case.unchecked)
+    assert not missing, f"crafted archives without a positive control: {missing}"
+    shows = sorted(name for name, case in CASES.items() if (case.unchecked == "shown") != (case.show is not None))
+    assert not shows, f"a 'shown' outcome needs a show control, and a show control that outcome: {shows}"
+    unexplained = sorted(name for name, case in CASES.items() if case.unchecked in ("predict-error", "load-error") and not case.harmless and not case.evidence)
+    assert not unexplained, f"controls that show only an error, without the evidence or why no harm is possible: {unexplained}"

@@ -11,12 +11,13 @@ import pytest
 import skops.io
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
 from runtime.errors import ModelRefused
 from runtime.safe_load import load_model
+from tests.crafted import skops_alone_under_a_memory_limit, zip_bomb
 
 X = np.random.default_rng(0).normal(size=(60, 4))
 Y = (X[:, 0] > 0).astype(int)
@@ -47,12 +48,14 @@ def test_not_a_zip_is_refused() -> None:
 
 
 def test_a_zip_bomb_is_refused_before_skops_reads_it() -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("schema.json", "{}")
-        archive.writestr("payload.npy", b"\0" * (64 << 20))
-    with pytest.raises(ModelRefused, match="zip bomb"):
-        load_model(buffer.getvalue(), [])
+    """A real skops archive (a fitted StandardScaler) whose scale_ member deflates to 1 GiB."""
+    bomb = zip_bomb()
+    # Positive control: skops alone, in a process with 512 MiB above its start, runs out of
+    # memory on it, and loads the honest dump of the same scaler under the same limit.
+    assert skops_alone_under_a_memory_limit(skops.io.dumps(StandardScaler().fit(X))) == "loaded"
+    assert skops_alone_under_a_memory_limit(bomb) == "MemoryError"
+    with pytest.raises(ModelRefused, match=r"expands \d+x: refused as a zip bomb"):
+        load_model(bomb, [])
 
 
 def _tampered_tree(field: str, value: int) -> bytes:

@@ -93,7 +93,9 @@ def _vocabulary() -> Any:
 
 
 def _tokenizer() -> Any:
-    return _set(TfidfVectorizer().fit(TEXTS), tokenizer=str.split)
+    # numpy.log1p is an accepted function (FunctionTransformer's list), so the allowlist passes it:
+    # what refuses it here is the text family's own check that tokenizers are not callables.
+    return _set(TfidfVectorizer().fit(TEXTS), tokenizer=np.log1p)
 
 
 def _memory() -> Any:
@@ -198,7 +200,7 @@ CASES: dict[str, tuple[Callable[[], Any], str]] = {
     "preprocessing": (_scaler, "scale_ has shape"),
     "pca": (_pca, "components_ has shape"),
     "text-vocabulary": (_vocabulary, "columns 0..n-1 exactly once"),
-    "text-callable": (_tokenizer, "tokenizer is a callable|builtins.method_descriptor|function"),
+    "text-callable": (_tokenizer, "TfidfVectorizer: tokenizer is a callable; only the built-in text processing is accepted"),
     "composite-memory": (_memory, "memory names a cache location"),
     "composite-columns": (_columns, "outside"),
     "n_jobs": (_n_jobs, "n_jobs"),
