@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from runtime.settings import RuntimeSettings, SigstorePolicy
 
 logger = logging.getLogger("mlserver.sigstore")
 _CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pth")
+# Ticket releases under way (a task nobody holds may be collected before it runs).
+_RELEASES: set[asyncio.Task[None]] = set()
 
 
 def refuse_code_beside(folder: Path, what: str) -> None:
@@ -146,7 +149,23 @@ class SigstoreModel(SKLearnModel):
             return await self._serve(policy, env, artefact, ticket, reason), fetched.header.cached
         self._model = fetched.consumed
         self.execution, self.execution_reason = "server", "every type is allowlisted and validates"
+        if fetched.header.sandbox_ticket:
+            # The loader kept the verified artefact in case this process could not take it.
+            self._release(policy.endpoint or env.endpoint, fetched.header.sandbox_ticket)
         return fetched.header.facts, fetched.header.cached
+
+    def _release(self, endpoint: str, ticket: str) -> None:
+        """Tell the loader, off the load's path, that the artefact it kept is not needed."""
+
+        async def release() -> None:
+            try:
+                await unload(endpoint, ticket, 10.0)
+            except LoaderCallError as exc:  # it expires on its own anyway
+                logger.debug("model %r: could not release its sandbox ticket: %s", self.name, exc)
+
+        task = asyncio.get_running_loop().create_task(release())
+        _RELEASES.add(task)
+        task.add_done_callback(_RELEASES.discard)
 
     def _request_path(self, env: RuntimeSettings, artefact: Path) -> str:
         if not env.artefacts_root:

@@ -140,8 +140,10 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
     def Unload(  # noqa: N802 - gRPC method name
         self, request: loader_pb2.UnloadRequest, context: grpc.ServicerContext
     ) -> loader_pb2.UnloadResponse:
+        # A served model's handle ends its worker; a sandbox ticket releases the kept artefact.
         workers = self._service.workers
-        return loader_pb2.UnloadResponse(ended=workers.unload(request.handle) if workers is not None else False)
+        ended = workers.unload(request.handle) if workers is not None else False
+        return loader_pb2.UnloadResponse(ended=ended or self._service.release_ticket(request.handle))
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:

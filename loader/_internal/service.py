@@ -20,6 +20,7 @@ from typing import cast
 
 from prometheus_client import Counter, Histogram
 
+from loader._internal.background import run_in_background
 from loader._internal.inference import Served, Workers
 from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
@@ -114,16 +115,37 @@ class _Tickets:
         now = time.monotonic()
         with self._lock:
             self._items[ticket] = (now + TICKET_SECONDS, artefact, verified)
-            while len(self._items) > _MAX_TICKETS or next(iter(self._items.values()))[0] < now:
-                self._items.popitem(last=False)
+            while len(self._items) > _MAX_TICKETS:
+                self._items.popitem(last=False)[1][1].close()
+        # Kept memory is the size of a model: it goes when its time is up, load or no load.
+        run_in_background(self.sweep, after=TICKET_SECONDS + 1)
         return ticket
 
     def take(self, ticket: str) -> tuple[SealedFile, Verified] | None:
         with self._lock:
             found = self._items.pop(ticket, None)
-        if found is None or found[0] < time.monotonic():
+        if found is None:
+            return None
+        if found[0] < time.monotonic():
+            found[1].close()
             return None
         return found[1], found[2]
+
+    def release(self, ticket: str) -> bool:
+        """The caller loaded the model itself: the kept artefact goes now."""
+        with self._lock:
+            found = self._items.pop(ticket, None)
+        if found is not None:
+            found[1].close()
+        return found is not None
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [ticket for ticket, (until, _, _) in self._items.items() if until < now]
+            gone = [self._items.pop(ticket)[1] for ticket in expired]
+        for artefact in gone:
+            artefact.close()
 
 
 def _timed_read(path: Path, max_bytes: int) -> tuple[SealedFile, str, float]:
@@ -263,6 +285,10 @@ class LoaderService:
             raise signed
         record["sha256"] = digest
         return model_path, bundle, artefact, digest, signed
+
+    def release_ticket(self, ticket: str) -> bool:
+        """The caller loaded the model in its own process: drop what was kept for `serve`."""
+        return self._tickets.release(ticket)
 
     def serve(self, request: LoadRequest, ticket: str = "", reason: str = "") -> tuple[Verified, Served]:
         """Serve a verified model in a confined worker: the artefact verified anew, or the bytes an

@@ -75,3 +75,32 @@ def test_a_request_refused_for_its_bundle_or_signature_leaves_no_read_behind(
     with pytest.raises(VerificationFailed):
         svc.load(LoadRequest(artefact=artefact, signers=stranger))
     assert len(reads) == 1 and reads[0].is_set(), "the refusal came back while the artefact was still being read"
+
+
+def test_a_kept_artefact_goes_when_released_or_when_its_time_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load with execution "auto" keeps the verified artefact for `serve`; the runtime that
+    loaded the model itself releases it, and an unclaimed one is closed when it expires, with no
+    further load needed (the soak saw them stay until the next load)."""
+    import os
+
+    import loader._internal.service as service_module
+    from loader._internal.memfd import new_memfd, seal
+
+    def kept() -> tuple[object, int]:
+        fd = new_memfd("artefact")
+        os.write(fd, b"verified bytes")
+        sealed = seal(fd)
+        return sealed, sealed.fd
+
+    tickets = service_module._Tickets()
+    artefact, fd = kept()
+    ticket = tickets.put(artefact, object())  # type: ignore[arg-type]
+    del artefact
+    assert tickets.release(ticket) and not tickets.release(ticket)
+    assert tickets.take(ticket) is None
+    monkeypatch.setattr(service_module, "TICKET_SECONDS", -1.0)  # born expired
+    artefact, fd = kept()
+    expired = tickets.put(artefact, object())  # type: ignore[arg-type]
+    del artefact
+    tickets.sweep()
+    assert tickets.take(expired) is None and not tickets._items
