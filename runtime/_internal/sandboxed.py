@@ -27,6 +27,9 @@ def encode_inputs(decoded: Any) -> tuple[list[loader_pb2.Array], bool, int]:
     if isinstance(decoded, pd.DataFrame):
         columns = [(str(name), decoded[name].to_numpy()) for name in decoded.columns]
         return [_array(name, values) for name, values in columns], True, len(decoded)
+    if isinstance(decoded, list) and decoded and all(isinstance(v, str) for v in decoded):
+        # MLServer's str codec gives a list of texts; the worker's model gets them as an array.
+        return [_array("", np.asarray(decoded, dtype=object))], False, len(decoded)
     if isinstance(decoded, np.ndarray):
         if decoded.ndim == 0:
             raise PredictFailed("the request decoded to a scalar; send at least one row", 400)

@@ -150,11 +150,8 @@ def test_zoo_model_serves_under_the_default_policy_like_plain_joblib(outcomes: d
 
 
 TEXT = sorted(name for name, model in ZOO.items() if isinstance(model.inputs, np.ndarray) and model.inputs.dtype.kind == "U")
-# A str-codec request decodes to a list, which SKLearnModel hands to the model as is; the sandbox's
-# data path (runtime/_internal/sandboxed.py, encode_inputs) takes only an ndarray or a DataFrame.
-STR_LIST_REFUSED = pytest.mark.xfail(strict=True, reason="runtime: a request decoded to a list is refused for a model served in the sandbox")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=STR_LIST_REFUSED) if n == "tfidf-one-vs-rest" else n for n in TEXT])
+# A str-codec request decodes to a list, which SKLearnModel hands to the model as is; the
+# sandbox's data path sends it as an array of texts.
+@pytest.mark.parametrize("name", TEXT)
 def test_text_sent_with_the_str_codec_serves_like_plain_joblib(outcomes: dict[str, Outcome], name: str) -> None:
     assert not outcomes[name].str_mismatches, outcomes[name].str_mismatches

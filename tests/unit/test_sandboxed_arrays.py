@@ -66,4 +66,9 @@ def test_inputs_that_cannot_cross_as_plain_arrays_are_refused_naming_them() -> N
     with pytest.raises(PredictFailed, match="dtype complex128"):
         encode_inputs(np.zeros(2, dtype=complex))
     with pytest.raises(PredictFailed, match="decoded to a list"):
-        encode_inputs(["a"])
+        encode_inputs([1.0, "a"])  # only a list of texts (MLServer's str codec) crosses
+
+
+def test_a_list_of_texts_crosses_as_an_array_of_texts() -> None:
+    arrays, frame, rows = encode_inputs(["alpha beta", "gamma"])
+    assert (frame, rows, len(arrays)) == (False, 2, 1)
