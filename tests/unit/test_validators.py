@@ -258,8 +258,13 @@ def test_validators_never_read_a_computed_property(monkeypatch: pytest.MonkeyPat
             if isinstance(attr, property):
                 monkeypatch.setattr(cls, name, tripwire(cls, name))
     for model in models:
-        validate_model(model)
-    assert not read
+        try:
+            validate_model(model)
+        except ModelRefused:
+            if not read:
+                raise  # an honest model refused for another reason
+            # else the tripwire raised inside a validator, which refused: `read` names it
+    assert not read, f"validators read computed properties: {sorted(set(read))}"
 
 
 def test_every_family_has_an_honest_model_and_a_violation() -> None:
