@@ -558,9 +558,13 @@ def test_64_concurrent_loads_with_8_bombs(faults: FaultStack) -> None:
     fs = faults
     controls = _controls(fs)
     assert controls == {"memory": 137, "cpu": 124}, f"a bomb did not show its harm unconfined: {controls}"
-    honest = fs.fresh("honest", 56)
+    # CI sends 16 loads, 2 of them bombs (MLServer runs loads one after another, so each CPU bomb
+    # adds its whole CPU limit); FAULT_LOADS=64 gives the figures in docs/reliability.md.
+    loads = int(os.environ.get("FAULT_LOADS", "16"))
+    memory_bombs, cpu_bombs = (6, 2) if loads >= 64 else (1, 1)
+    honest = fs.fresh("honest", loads - memory_bombs - cpu_bombs)
     tag = fs.tag()
-    bombs = {f"bomb-memory-{tag}-{i}": MEMORY_BOMB for i in range(6)} | {f"bomb-cpu-{tag}-{i}": CPU_BOMB for i in range(2)}
+    bombs = {f"bomb-memory-{tag}-{i}": MEMORY_BOMB for i in range(memory_bombs)} | {f"bomb-cpu-{tag}-{i}": CPU_BOMB for i in range(cpu_bombs)}
     fs.add_models({name: (data, data) for name, data in bombs.items()}, execution="server")
     order = [*honest, *bombs]
     random.Random(64).shuffle(order)
