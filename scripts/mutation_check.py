@@ -343,7 +343,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sandbox-answer-rows",
         "the runtime's check that a sandboxed answer has the request's rows",
         (Edit("runtime/_internal/sandboxed.py", "    if shape[0] != rows:\n", "    if False:  # mutation-check\n"),),
-        hostile=(Selection("tests/unit/test_sandboxed_arrays.py", "crafted_answers_are_refused"),),
+        hostile=(Selection("tests/unit/test_sandboxed_arrays.py", "crafted_answers_are_refused and rows"),),
         honest=(Selection("tests/unit/test_sandboxed_arrays.py", "plain_answers_are_parsed_as_sent"),),
     ),
     Mutation(
