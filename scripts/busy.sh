@@ -12,7 +12,8 @@ start)
   [ ! -s "$PIDS" ] || "$0" stop
   : >"$PIDS"
   for _ in 1 2; do
-    (exec python3 -c 'while True: pass') & echo $! >>"$PIDS"
+    # Their output goes nowhere: they must not hold the caller's stdout (a $(...) waits for it).
+    (exec python3 -c 'while True: pass' </dev/null >/dev/null 2>&1) & echo $! >>"$PIDS"
   done
   (exec python3 -c '
 import time
@@ -21,7 +22,7 @@ while True:
     for i in range(0, len(block), 4096):
         block[i] = (block[i] + 1) & 0xFF
     time.sleep(0.5)
-') & echo $! >>"$PIDS"
+' </dev/null >/dev/null 2>&1) & echo $! >>"$PIDS"
   echo "2 CPU hogs and a 1 GiB memory writer (pids $(tr '\n' ' ' <"$PIDS"))" ;;
 stop)
   [ -f "$PIDS" ] && xargs -r kill 2>/dev/null <"$PIDS" || true
