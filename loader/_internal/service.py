@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -148,6 +149,32 @@ class _Tickets:
             artefact.close()
 
 
+@contextmanager
+def _recorded(event: str, record: dict[str, object], seconds: Histogram | None = None) -> Iterator[None]:
+    """One request's log line and outcome count: a refusal (a LoaderError) or an error is counted
+    and recorded here, success by the body; the line is written however the request ends."""
+    started = time.perf_counter()
+    try:
+        yield
+    except LoaderError as exc:
+        VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
+        record.update(verdict="refused", code=exc.code.name, reason=str(exc))
+        raise
+    except Exception as exc:
+        VERIFICATIONS.labels(result="internal").inc()
+        record.update(verdict="error", code="INTERNAL", reason=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        if seconds is not None:
+            seconds.observe(elapsed)
+        record["seconds"] = round(elapsed, 4)
+        stage_timings = record.get("timings")
+        if isinstance(stage_timings, dict):
+            record["timings"] = {k: round(v, 4) for k, v in stage_timings.items()}
+        print(json.dumps({"event": event, **record}), file=sys.stderr, flush=True)
+
+
 def _timed_read(path: Path, max_bytes: int) -> tuple[SealedFile, str, float]:
     started = time.perf_counter()
     artefact, digest = read_sealed(path, "artefact", max_bytes)
@@ -182,19 +209,9 @@ class LoaderService:
     def load(self, request: LoadRequest, on_sealed: Callable[[SealedFile], None] | None = None) -> LoadResult:
         """Verify and convert one artefact; raise a LoaderError subclass on any refusal.
         `on_sealed` gets a freshly converted model the moment it is sealed (not a cached one)."""
-        started = time.perf_counter()
         record: dict[str, object] = {"model": request.model_name, "artefact": request.artefact}
-        try:
+        with _recorded("verify_and_load", record, LOAD_SECONDS):
             result = self._load(request, record, on_sealed)
-        except LoaderError as exc:
-            VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
-            record.update(verdict="refused", code=exc.code.name, reason=str(exc))
-            raise
-        except Exception as exc:
-            VERIFICATIONS.labels(result="internal").inc()
-            record.update(verdict="error", code="INTERNAL", reason=f"{type(exc).__name__}: {exc}")
-            raise
-        else:
             VERIFICATIONS.labels(result="loaded").inc()
             record.update(
                 verdict="loaded",
@@ -202,15 +219,7 @@ class LoaderService:
                 issuer=result.verified.issuer,
                 cached=result.cached,
             )
-            return result
-        finally:
-            elapsed = time.perf_counter() - started
-            LOAD_SECONDS.observe(elapsed)
-            record["seconds"] = round(elapsed, 4)
-            stage_timings = record.get("timings")
-            if isinstance(stage_timings, dict):
-                record["timings"] = {k: round(v, 4) for k, v in stage_timings.items()}
-            print(json.dumps({"event": "verify_and_load", **record}), file=sys.stderr, flush=True)
+        return result
 
     def _load(
         self, request: LoadRequest, record: dict[str, object], on_sealed: Callable[[SealedFile], None] | None
@@ -293,11 +302,10 @@ class LoaderService:
     def serve(self, request: LoadRequest, ticket: str = "", reason: str = "") -> tuple[Verified, Served]:
         """Serve a verified model in a confined worker: the artefact verified anew, or the bytes an
         EXECUTION_AUTO load kept under `ticket`. Raises a LoaderError subclass on any refusal."""
-        started = time.perf_counter()
         record: dict[str, object] = {"model": request.model_name, "artefact": request.artefact, "execution": "sandbox"}
         timings: dict[str, float] = {}
         record["timings"] = timings
-        try:
+        with _recorded("serve", record):
             if self.workers is None:
                 raise BadRequest("this loader does not serve models (started with --max-served-models=0)")
             if ticket:
@@ -312,24 +320,10 @@ class LoaderService:
             record["stage"] = "serve"
             served = self.workers.start(artefact.fd, request.model_name or request.artefact)
             timings.update(served.timings)
-        except LoaderError as exc:
-            VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
-            record.update(verdict="refused", code=exc.code.name, reason=str(exc))
-            raise
-        except Exception as exc:
-            VERIFICATIONS.labels(result="internal").inc()
-            record.update(verdict="error", code="INTERNAL", reason=f"{type(exc).__name__}: {exc}")
-            raise
-        else:
             VERIFICATIONS.labels(result="served").inc()
             SERVED.inc()
             record.update(verdict="served", identity=verified.identity, issuer=verified.issuer, why=reason, sha256=verified.artefact_sha256)
-            return verified, served
-        finally:
-            elapsed = time.perf_counter() - started
-            record["seconds"] = round(elapsed, 4)
-            record["timings"] = {k: round(v, 4) for k, v in timings.items()}
-            print(json.dumps({"event": "serve", **record}), file=sys.stderr, flush=True)
+        return verified, served
 
     def _bind(
         self,
