@@ -237,6 +237,17 @@ def log_records(loader: LoaderProcess, artefact: str) -> list[dict]:
 # volume is the only place both can write).
 COMPOSE_FILES = {"default": ("compose.yaml",), "pod": ("compose.yaml", "compose.pod.yaml")}
 
+# Images and compose projects carry a tag, so two checkouts (a CI clone, a branch) can build and
+# run their stacks side by side on one daemon: MLSERVER_SIGSTORE_TAG=mybranch scripts/setup.sh.
+IMAGE_TAG = os.environ.get("MLSERVER_SIGSTORE_TAG", "dev")
+LOADER_IMAGE = os.environ.get("MLSERVER_SIGSTORE_TEST_LOADER_IMAGE", f"mlserver-sigstore/loader:{IMAGE_TAG}")
+MLSERVER_IMAGE = f"mlserver-sigstore/mlserver:{IMAGE_TAG}"
+
+
+def project_name(name: str) -> str:
+    """A compose project name of this checkout's tag (the `dev` tag keeps the plain name)."""
+    return name if IMAGE_TAG == "dev" else f"{name}-{IMAGE_TAG}"
+
 
 class ComposeError(RuntimeError):
     """The stack did not come up healthy; the message carries the end of its logs."""
@@ -289,7 +300,7 @@ def compose_stack(topology: str = "default", project: str | None = None) -> Iter
         raise ValueError(f"unknown topology {topology!r}: choose one of {sorted(COMPOSE_FILES)}")
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(metrics)}
-    stack = ComposeStack(topology, project or f"mlserver-sigstore-{topology}", env, http, grpc_port)
+    stack = ComposeStack(topology, project_name(project or f"mlserver-sigstore-{topology}"), env, http, grpc_port)
     stack.run("down", "-v", "--remove-orphans", check=False)
     try:
         up = stack.run("up", "-d", "--wait", "--wait-timeout", "180", check=False)

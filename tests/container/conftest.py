@@ -18,10 +18,8 @@ import docker
 from runtime import SigstoreModel
 from runtime.docker_sandbox import hardened_loader_options
 from tests.controls import Outcome, Target, Technique, control_argv, control_outcome
-from tests.support import SIGNER, Authority, wait_for_health
+from tests.support import LOADER_IMAGE, SIGNER, Authority, wait_for_health
 
-# A helper tree may build and test its own tag (docker build --target loader -t ...).
-LOADER_IMAGE = os.environ.get("MLSERVER_SIGSTORE_TEST_LOADER_IMAGE", "mlserver-sigstore/loader:dev")
 CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it
 
 
@@ -32,6 +30,8 @@ def docker_client(docker_required: None) -> docker.DockerClient:
         client.images.get(LOADER_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"{LOADER_IMAGE} is missing: run scripts/setup.sh (it builds the images)")
+    # The runtime's docker mode (and MLServer processes started here) use this checkout's image.
+    os.environ.setdefault("MLSERVER_SIGSTORE_DOCKER_IMAGE", LOADER_IMAGE)
     return client
 
 

@@ -33,9 +33,8 @@ import requests
 
 from tests import hostile, support
 from tests.controls import EPERM, FIRED, SIGSYS, TECHNIQUES, Outcome, Target, Technique, control_argv, control_outcome
-from tests.support import ROOT, SIGNER, Authority
+from tests.support import LOADER_IMAGE, MLSERVER_IMAGE, ROOT, SIGNER, Authority
 
-LOADER_IMAGE = "mlserver-sigstore/loader:dev"
 # The parametrization point for topologies: "pod" joins as soon as compose.pod.yaml exists.
 TOPOLOGIES = ["default", *(["pod"] if (ROOT / "compose.pod.yaml").exists() else [])]
 
@@ -213,7 +212,7 @@ def test_a_forged_pickle_result_never_runs_in_mlserver(hostile_stack: HostileSta
     markers = ["/tmp/serving-canary", "serving-canary"]  # MLServer's temp folder and its cwd
     forged = hostile.os_system("touch " + " ".join(markers))
     naive = subprocess.run(
-        ["docker", "run", "--rm", "-i", "--network", "none", "--entrypoint", "sh", "mlserver-sigstore/mlserver:dev", "-c",
+        ["docker", "run", "--rm", "-i", "--network", "none", "--entrypoint", "sh", MLSERVER_IMAGE, "-c",
          "python -c 'import pickle, sys; pickle.loads(sys.stdin.buffer.read())' && ls " + " ".join(markers)],
         input=forged, capture_output=True, timeout=120,
     )
