@@ -854,6 +854,94 @@ def _show_boosting_writes_past(model: Any, data: bytes, x: Any) -> str:
             f"{raw.shape[1]} column wide (shape {raw.shape})")
 
 
+def _show_walk_past_node_count(model: Any, data: bytes, x: Any) -> str:
+    tree = model.tree_
+    nodes = np.load(io.BytesIO(zipfile.ZipFile(io.BytesIO(data)).read(
+        _member_of(data, lambda s: attrs(s)["tree_"]["content"]["content"]["nodes"]))))
+    first = int(tree.children_left[0])
+    assert tree.node_count == 1 and first >= tree.node_count, (tree.node_count, first)
+    wild = int(nodes["left_child"][first])
+    assert wild >= len(nodes), (wild, len(nodes))
+    return (f"node 0 of a {tree.node_count}-node tree is a split to node {first}, whose child is node {wild} "
+            f"of an array of {len(nodes)}: predict walks past both")
+
+
+def _tree_width_unchecked(tree: Any, x: Any) -> str:
+    feature = int(tree.tree_.feature.max())
+    checked = tree._validate_X_predict(np.asarray(x, dtype=np.float32), True)
+    assert checked.shape[1] == x.shape[1] <= feature, (checked.shape, feature)
+    return f"predict accepts a request of {x.shape[1]} columns and splits on column {feature} of each row"
+
+
+def _show_tree_without_width(model: Any, data: bytes, x: Any) -> str:
+    assert not hasattr(model, "n_features_in_")
+    return "no n_features_in_: " + _tree_width_unchecked(model, x)
+
+
+def _show_check_replaced(model: Any, data: bytes, x: Any) -> str:
+    tree = model.steps[0][1] if isinstance(model, Pipeline) else model
+    assert isinstance(tree.__dict__.get("_validate_X_predict"), functools.partial), tree.__dict__.get("_validate_X_predict")
+    return "_validate_X_predict replaced by the state's partial: " + _tree_width_unchecked(tree, x)
+
+
+def _show_bitset_index_past(model: Any, data: bytes, x: Any) -> str:
+    predictor = model._predictors[0][0]
+    split = predictor.nodes[(predictor.nodes["is_leaf"] == 0) & (predictor.nodes["is_categorical"] == 1)]
+    index, rows = int(split["bitset_idx"].max()), predictor.raw_left_cat_bitsets.shape[0]
+    assert len(split) and index >= rows, (index, rows)
+    return f"a categorical split reads bitset row {index} of {rows}"
+
+
+def _show_svc_without_coefficients(model: Any, data: bytes, x: Any) -> str:
+    count, coefs = model.support_.shape[0], model._dual_coef_.size
+    assert count > coefs == 0, (count, coefs)
+    return f"libsvm is told of {count} support vectors and given {coefs} dual coefficients: predict reads {count} past an empty buffer"
+
+
+def _show_sparse_index_past(model: Any, data: bytes, x: Any) -> str:
+    coef = model.coef_
+    index, width = int(coef.indices.max()), coef.shape[1]
+    assert index >= width == x.shape[1], (index, width)
+    return f"coef_ is a sparse {coef.shape} matrix holding column index {index}: predict's product reads request column {index} of {width}"
+
+
+def _show_infrequent_mapping_past(model: Any, data: bytes, x: Any) -> str:
+    mapping, columns = model._default_to_infrequent_mappings[0], model._n_features_outs[0]
+    assert int(mapping.max()) >= columns, (mapping, columns)
+    return f"feature 0's categories map to output column {int(mapping.max())} of its {columns}: transform writes there"
+
+
+class _StopBeforeSetstate(Exception):
+    pass
+
+
+def _show_short_tree_state(model: Any, data: bytes, x: Any) -> str:
+    """Run instead of the load (`at_load`): skops alone loads the archive with KDTree's
+    `__setstate__` watched, and the state it would be handed is shown shorter than the one it reads."""
+    from sklearn.neighbors import KDTree, _kd_tree
+
+    read = len(KDTree(np.zeros((2, 2))).__getstate__())  # __setstate__ takes state[0]..state[read-1], unchecked
+    handed: list[int] = []
+
+    class Watched(_kd_tree.KDTree):  # type: ignore[misc,valid-type]
+        def __setstate__(self, state: Any) -> None:
+            handed.append(len(state))
+            if len(state) < read:
+                raise _StopBeforeSetstate
+            super().__setstate__(state)
+
+    _kd_tree.KDTree = Watched  # skops finds the class by its module's attribute
+    try:
+        skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
+    except _StopBeforeSetstate:
+        pass
+    finally:
+        _kd_tree.KDTree = KDTree
+    short = [n for n in handed if n < read]
+    assert short, handed
+    return f"skops alone hands KDTree.__setstate__ (it reads {read} items with no bounds check) a state of {short[0]}"
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[[], bytes]
@@ -866,36 +954,37 @@ class Case:
     # alone built (tests/fuzz_worker.py); its evidence is the worker's detail (unchecked "shown").
     show: Callable[[Any, bytes, Any], str] | None = None
     evidence: str = ""  # a regex the unchecked outcome's detail must match
+    at_load: bool = False  # the show control runs instead of the load (the harm is in skops' build)
     # Why there is no harm to show: skops or scikit-learn already stops the archive (the control
     # shows it stop); the refusal names the defect at load instead of a 500 at predict.
     harmless: str = ""
 
 
 CASES: dict[str, Case] = {
-    "tree_nodes_beyond_node_count": Case(tree_nodes_beyond_node_count, "node_count 1, capacity", "SIGSEGV at predict", "signal"),
-    "tree_without_n_features": Case(tree_without_n_features, "n_features_in_ is missing", "SIGSEGV at predict", "signal"),
+    "tree_nodes_beyond_node_count": Case(tree_nodes_beyond_node_count, "node_count 1, capacity", "reads past the node array at predict", "shown", show=_show_walk_past_node_count),
+    "tree_without_n_features": Case(tree_without_n_features, "n_features_in_ is missing", "reads past each request row at predict", "shown", show=_show_tree_without_width),
     "tree_below_walk_depth": Case(tree_below_walk_depth, "out-of-range left child", "a tree with an out-of-range child, hidden from a depth-limited walk", "shown", show=_show_tree_below_walk_depth),
-    "hist_gb_bitset_index": Case(hist_gb_bitset_index, "names categorical bitset", "SIGSEGV at predict", "signal"),
+    "hist_gb_bitset_index": Case(hist_gb_bitset_index, "names categorical bitset", "reads past the bitset array at predict", "shown", show=_show_bitset_index_past),
     "svc_support_longer": Case(svc_support_longer, "support_ has shape", "out-of-bounds reads at predict (a SIGSEGV where they leave the heap)", "shown", show=_show_svc_reads_past),
     "svc_many_classes": Case(svc_many_classes, "_n_support .* disagrees", "libsvm class counts that disagree with the model", "predict-error", evidence="internal representation of SVC was altered", harmless="scikit-learn compares libsvm's state with the model at predict and raises"),
-    "svc_empty_dual": Case(svc_empty_dual, "_dual_coef_ has", "SIGSEGV at predict", "signal"),
-    "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "SIGSEGV at predict", "signal"),
-    "sparse_bad_indices": Case(sparse_bad_indices, "malformed sparse matrix", "SIGSEGV at predict", "signal"),
+    "svc_empty_dual": Case(svc_empty_dual, "_dual_coef_ has", "reads past an empty coefficient buffer at predict", "shown", show=_show_svc_without_coefficients),
+    "sparse_generic_spmatrix": Case(sparse_generic_spmatrix, r"outside the allowlist: \['scipy.sparse._matrix.spmatrix'\]", "reads past each request row at predict", "shown", show=_show_sparse_index_past),
+    "sparse_bad_indices": Case(sparse_bad_indices, "malformed sparse matrix", "reads past each request row at predict", "shown", show=_show_sparse_index_past),
     "knn_narrow_fit_x": Case(knn_narrow_fit_x, "_fit_X has shape", "samples narrower than the features predict reads", "shown", show=_show_narrow_rows("_fit_X")),
     "encoder_categories_of_zero_size_items": Case(encoder_categories_of_zero_size_items, "zero-size dtype '<U0'", "predict spins over 10**12 empty strings", "timeout", "WORDS"),
-    "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "SIGSEGV at transform", "signal", "XC"),
+    "onehot_infrequent_mapping": Case(onehot_infrequent_mapping, "maps categories outside its 3 output columns", "writes past the output at transform", "shown", "XC", show=_show_infrequent_mapping_past),
     "audit_bomb": Case(audit_bomb, "shared-reference|expands to more than", "type audit never returns", "timeout"),
-    "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "SIGSEGV (or a TypeError, by the heap beside it) while skops builds the tree", "signal|load-error"),
+    "shared_id_zero_hides_a_short_tree_state": Case(shared_id_zero_hides_a_short_tree_state, "node id 0 that is not a positive integer", "reads past a 1-item state while skops builds the tree", "shown", show=_show_short_tree_state, at_load=True),
     "key_types_share_an_array_id": Case(key_types_share_an_array_id, "declares 32 bytes of data but its member holds 0", "an array read from the bytes after its member", "load-error", evidence="expected 32 bytes got 0", harmless="skops alone reads members through zipfile, which stops at the member's end; the harm is the runtime's own in-place reader reading on into the next member, which this check closes"),
-    "tree_state_behind_a_shared_id": Case(tree_state_behind_a_shared_id, "KDTree is a shared reference", "SIGSEGV while skops builds the tree", "signal"),
+    "tree_state_behind_a_shared_id": Case(tree_state_behind_a_shared_id, "KDTree is a shared reference", "reads past an empty state while skops builds the tree", "shown", show=_show_short_tree_state, at_load=True),
     "list_node_naming_ndarray": Case(list_node_naming_ndarray, "ListNode in its schema names the type numpy.ndarray", "leftover heap bytes returned by predict", "shown", show=_show_uninitialised_coef),
     "seed_sequence_pool_of_a_million": Case(seed_sequence_pool_of_a_million, "pool size 1000000", "half an hour of CPU at load", "timeout"),
     "fitted_hook_hides_a_model": Case(fitted_hook_hides_a_model, r"special attributes \['__sklearn_is_fitted__'\]", "a fitted KNN with n_neighbors 10**6 that check_is_fitted calls unfitted", "shown", show=_show_fitted_hook),
-    "method_replaced_by_state": Case(method_replaced_by_state, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
+    "method_replaced_by_state": Case(method_replaced_by_state, r"replace its class's methods or properties \['_validate_X_predict'\]", "reads past each request row at predict", "shown", show=_show_check_replaced),
     "bit_generator_outside_the_allowlist": Case(bit_generator_outside_the_allowlist, r"outside the allowlist: \['numpy.random._mt19937.MT19937'\]", "a type the allowlist never saw, built at load", "shown", show=_show_unlisted_bit_generator),
     "estimator_inside_a_partial": Case(estimator_inside_a_partial, r"coef_ has shape \(7,\)", "an estimator no validator looked at", "shown", show=_show_estimator_in_partial),
-    "state_defined_before_its_object": Case(state_defined_before_its_object, r"replace its class's methods or properties \['_validate_X_predict'\]", "SIGSEGV at predict", "signal"),
-    "estimator_declared_as_a_loss": Case(estimator_declared_as_a_loss, "a LossNode in its schema names the type sklearn.tree", "SIGSEGV at predict", "signal"),
+    "state_defined_before_its_object": Case(state_defined_before_its_object, r"replace its class's methods or properties \['_validate_X_predict'\]", "reads past each request row at predict", "shown", show=_show_check_replaced),
+    "estimator_declared_as_a_loss": Case(estimator_declared_as_a_loss, "a LossNode in its schema names the type sklearn.tree", "reads past each request row at predict", "shown", show=_show_check_replaced),
     "bit_generator_built_without_init": Case(bit_generator_built_without_init, "ObjectNode in its schema builds numpy.random._pcg64.PCG64", "SIGSEGV while skops builds it", "signal"),
     "seed_sequence_in_surplus_key_types": Case(seed_sequence_in_surplus_key_types, "key types that do not match its keys one for one", "minutes of CPU at load", "timeout"),
     "boosting_started_from_one_column": Case(boosting_started_from_one_column, "n_classes_ 1 is not the 400 classes", "an out-of-bounds write at predict", "shown", show=_show_boosting_writes_past),
