@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from mlserver.settings import ModelParameters, ModelSettings
 from sigstore.errors import VerificationError
 
-from loader._internal.policy import Signer, certificate_facts, describe_certificate
+from loader._internal.policy import Signer, certificate_facts, describe_certificate, keyless_policy
 from loader._internal.verify import TrustRoots, Verified, production_root_file, verify_artefact
 from loader.errors import BadRequest, VerificationFailed
 from loader.proto.v1 import loader_pb2
@@ -159,7 +159,7 @@ def release_cert() -> x509.Certificate:
 def test_identity_regexp_is_a_sigstore_policy_with_a_full_match_and_an_exact_issuer(
     release_cert: x509.Certificate, pattern: str, issuer: str, repository: str, holds: bool
 ) -> None:
-    policy = Signer(identity_regexp=pattern, issuer=issuer, workflow_repository=repository).policy()
+    policy = keyless_policy(Signer(identity_regexp=pattern, issuer=issuer, workflow_repository=repository))
     if holds:
         policy.verify(release_cert)
     else:
