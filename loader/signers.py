@@ -148,7 +148,8 @@ def kind_of(signer: Mapping[str, str]) -> SignerKind:
         stray = next(name for name in other.fields if signer.get(name))
         mine = next(name for name in kind.fields if signer.get(name))
         raise SignerError(
-            stray, f"applies to {other.title} only, and this signer sets {mine} ({kind.title}); a signer is of one kind"
+            stray, f"applies to {other.title} only, but this signer sets {mine} ({kind.title}): "
+            "give the fields of one kind of signer",
         )
     kind.check(signer)
     return kind
