@@ -136,10 +136,14 @@ KINDS: tuple[SignerKind, ...] = (
 )
 
 
+def _kinds_set(signer: Mapping[str, str]) -> list[SignerKind]:
+    return [kind for kind in KINDS if any(signer.get(name) for name in kind.fields)]
+
+
 def kind_of(signer: Mapping[str, str]) -> SignerKind:
     """The one kind of signer whose fields `signer` (field: value, empty for unset) sets, once its
     fields are complete; raise SignerError naming the field otherwise."""
-    chosen = [kind for kind in KINDS if any(signer.get(name) for name in kind.fields)]
+    chosen = _kinds_set(signer)
     if not chosen:
         kinds = "; ".join(f"{kind.title}: {', '.join(kind.fields)}" for kind in KINDS)
         raise SignerError("", f"an empty signer; give the fields of one kind ({kinds})")
@@ -188,12 +192,18 @@ class Signer:
             raise exc.at(where) from None
 
     @property
+    def kind(self) -> SignerKind:
+        """This signer's kind (without `check`'s completeness rules, which its caller has
+        applied; SignerError if it is of no kind or of several)."""
+        chosen = _kinds_set(self.fields())
+        return chosen[0] if len(chosen) == 1 else kind_of(self.fields())
+
+    @property
     def method(self) -> str:
-        """The signing method of this signer's kind (as checked by `check`)."""
-        return kind_of(self.fields()).method
+        return self.kind.method
 
     def describe(self) -> str:
-        return kind_of(self.fields()).describe(self.fields())
+        return self.kind.describe(self.fields())
 
 
 FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Signer))
