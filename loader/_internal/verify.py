@@ -202,6 +202,7 @@ def verify_bundle(
     shape = bundle_shape(bundle_json)
     bundle_sha256 = hashlib.sha256(bundle_json).hexdigest()
     if not shape.model_signing:
+        # `sigstore sign` and `sigstore attest` bundles: Sigstore keyless, whatever their material.
         return _verify_sigstore_bundle(bundle_json, bundle_sha256, signers, roots, trust_root, shape.media_type)
     oms.check_bundle(bundle_json)
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
