@@ -203,6 +203,7 @@ def _signer(args: argparse.Namespace, **named: str) -> Signer:
 
 def _verify(args: argparse.Namespace) -> int:
     from loader._internal.keys import KeyConfigError, SigningKeys
+    from loader._internal.methods import METHODS
     from loader._internal.paths import read_once
     from loader._internal.verify import TrustConfigError, TrustRoots, verify_artefact, verify_directory
     from loader.bundles import describe_candidates, find_bundle, model_file_in
@@ -249,7 +250,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL: {target}: {exc}", file=sys.stderr)
         return 1
     covered = f"; {len(verified.verified_files)} files verified" if len(verified.verified_files) > 1 else ""
-    where = f", log index {verified.log_index}" if verified.signing_method == "sigstore" else ""
+    logged = any(method.logged for method in METHODS if method.name == verified.signing_method)
+    where = f", log index {verified.log_index}" if logged else ""
     digest = f" sha256:{verified.artefact_sha256}" if verified.artefact_sha256 else ""
     print(
         f"OK: {target}{digest} signed by {verified.identity}"

@@ -39,11 +39,12 @@ class SigningMethod(ABC):
     `name` is the method of its signer kind in `loader.signers.KINDS`; `bundle_title` names its
     bundles in messages. `marks_model_signing`: a bundle with this method's material is a
     model-signing bundle even without the model-signing predicate (there is no `sigstore sign`
-    bundle of the kind)."""
+    bundle of the kind); `logged`: its signatures are in a transparency log."""
 
     name: str
     bundle_title: str
     marks_model_signing: bool = True
+    logged: bool = False
 
     @abstractmethod
     def carries(self, material: Mapping[str, Any]) -> bool:

@@ -40,6 +40,7 @@ class Keyless(SigningMethod):
     bundle_title = "a Sigstore keyless bundle"
     # `sigstore sign` and `sigstore attest` bundles are keyless too (verify.py reads those).
     marks_model_signing = False
+    logged = True
 
     def carries(self, material: Mapping[str, Any]) -> bool:
         # The method of any material the other methods do not claim (a certificate with log
