@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from loader.proto.v1 import loader_pb2
+from loader.signers import FIELDS, Signer
 
 if TYPE_CHECKING:
     from loader._internal.inference import Workers
@@ -167,11 +168,14 @@ _CLAIM_FLAGS = ("repository", "ref", "sha", "name", "trigger")
 
 
 def _policy_args(parser: argparse.ArgumentParser, keys_by_name: bool) -> None:
-    """Every signer field of the policy, with the `sigstore verify identity` flag names."""
+    """Every signer field of the policy, with the `sigstore verify identity` flag names; each
+    flag's destination is its loader.signers.Signer field."""
     who = parser.add_mutually_exclusive_group()
-    who.add_argument("--cert-identity", default="", help="expected certificate identity (SAN), exact")
-    who.add_argument("--cert-identity-regexp", default="", help="expected certificate identity, full regexp match")
-    parser.add_argument("--cert-oidc-issuer", default="", help="expected OIDC issuer, exact")
+    who.add_argument("--cert-identity", dest="identity", default="", help="expected certificate identity (SAN), exact")
+    who.add_argument(
+        "--cert-identity-regexp", dest="identity_regexp", default="", help="expected certificate identity, full regexp match"
+    )
+    parser.add_argument("--cert-oidc-issuer", dest="issuer", default="", help="expected OIDC issuer, exact")
     for claim in _CLAIM_FLAGS:
         parser.add_argument(f"--workflow-{claim}", default="", help=f"GitHub Actions claim workflow_{claim}, exact")
     if keys_by_name:
@@ -181,7 +185,7 @@ def _policy_args(parser: argparse.ArgumentParser, keys_by_name: bool) -> None:
             metavar="NAME", help="a CA configured on the loader (model-signing `sign certificate`)",
         )
     else:
-        parser.add_argument("--key", type=Path, help="PEM public key (model-signing `sign key`)")
+        parser.add_argument("--key", dest="key_file", type=Path, help="PEM public key (model-signing `sign key`)")
         parser.add_argument(
             "--certificate-chain", type=Path, help="PEM CA bundle the signing certificate must chain to"
         )
@@ -191,33 +195,27 @@ def _policy_args(parser: argparse.ArgumentParser, keys_by_name: bool) -> None:
     )
 
 
-def _signer_fields(args: argparse.Namespace, key: str = "", authority: str = "") -> dict[str, str]:
-    """The policy flags as Signer fields (the same names in loader.v1.Signer)."""
-    if key or authority:
-        return {"key": key, "certificate_authority": authority}
-    fields = {
-        "identity": args.cert_identity,
-        "identity_regexp": args.cert_identity_regexp,
-        "issuer": args.cert_oidc_issuer,
-    }
-    fields.update({f"workflow_{claim}": getattr(args, f"workflow_{claim}") for claim in _CLAIM_FLAGS})
-    return fields
+def _signer(args: argparse.Namespace, **named: str) -> Signer:
+    """The policy flags as a signer (`named`: fields given otherwise, such as a key file's name)."""
+    fields = {name: getattr(args, name, "") or "" for name in FIELDS}
+    return Signer(**{**fields, **named})
 
 
 def _verify(args: argparse.Namespace) -> int:
     from loader._internal.keys import KeyConfigError, SigningKeys
+    from loader._internal.methods import METHODS
     from loader._internal.paths import read_once
-    from loader._internal.verify import Signer, TrustConfigError, TrustRoots, verify_artefact, verify_directory
+    from loader._internal.verify import TrustConfigError, TrustRoots, verify_artefact, verify_directory
     from loader.bundles import describe_candidates, find_bundle, model_file_in
     from loader.errors import LoaderError
 
     files = _trust_files([args.trust_config] if args.trust_config else [])
-    key_name = args.key.name if args.key else ""
+    key_name = args.key_file.name if args.key_file else ""
     ca_name = args.certificate_chain.name if args.certificate_chain else ""
     try:
-        keys = SigningKeys({key_name: args.key} if args.key else {}, {ca_name: args.certificate_chain} if ca_name else {})
+        keys = SigningKeys({key_name: args.key_file} if args.key_file else {}, {ca_name: args.certificate_chain} if ca_name else {})
         roots = TrustRoots(files, "custom" if args.trust_config else "production", keys)
-        signer = Signer(**_signer_fields(args, key_name, ca_name))
+        signer = _signer(args, key=key_name, certificate_authority=ca_name)
         signer.check("policy")
     except (TrustConfigError, KeyConfigError, LoaderError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
@@ -252,7 +250,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL: {target}: {exc}", file=sys.stderr)
         return 1
     covered = f"; {len(verified.verified_files)} files verified" if len(verified.verified_files) > 1 else ""
-    where = f", log index {verified.log_index}" if verified.signing_method == "sigstore" else ""
+    logged = any(method.logged for method in METHODS if method.name == verified.signing_method)
+    where = f", log index {verified.log_index}" if logged else ""
     digest = f" sha256:{verified.artefact_sha256}" if verified.artefact_sha256 else ""
     print(
         f"OK: {target}{digest} signed by {verified.identity}"
@@ -270,7 +269,7 @@ def _load(args: argparse.Namespace) -> int:
     request = loader_pb2.VerifyAndLoadRequest(
         artefact=args.file,
         bundle=args.bundle or "",
-        signers=[loader_pb2.Signer(**_signer_fields(args, args.key, args.certificate_authority))],
+        signers=[loader_pb2.Signer(**_signer(args).fields())],
         trust_root=args.trust_root or "",
         model_name=args.file,
         trusted_types=args.trusted_type,

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import re2
 from mlserver.settings import ModelSettings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loader.signers import KINDS, SignerError, kind_of
 from runtime.errors import ModelRefused
 
 POLICY_KEY = "sigstore"
-
-
-_CLAIMS = ("workflow_repository", "workflow_ref", "workflow_sha", "workflow_name", "workflow_trigger")
-# The loader's bound on identity_regexp (loader/_internal/policy.py), checked here too so that a
-# model is refused when its settings are read, not at its first load.
-_MAX_PATTERN = 1024
 
 
 def _field_error(field: str, reason: str) -> PydanticCustomError:
@@ -27,64 +21,35 @@ def _field_error(field: str, reason: str) -> PydanticCustomError:
     return PydanticCustomError("signer", "{reason}", {"field": field, "reason": reason})
 
 
-class SignerPolicy(BaseModel):
-    """One accepted signer (the fields of loader.v1.Signer), of one of three kinds:
-
-    Sigstore keyless (`identity` exact or `identity_regexp` full match, `issuer` exact, optional
-    GitHub claims), `key` or `certificate_authority` (names configured on the loader).
-    """
+class _OneKindOfSigner(BaseModel):
+    """The contract's rule (loader.signers), checked when the model settings are read."""
 
     model_config = ConfigDict(extra="forbid")
 
-    identity: str = Field(default="", description="certificate identity (email or URI SAN), exact")
-    identity_regexp: str = Field(default="", description="certificate identity, full regular-expression match")
-    issuer: str = Field(default="", description="OIDC issuer URL, exact")
-    workflow_repository: str = ""
-    workflow_ref: str = ""
-    workflow_sha: str = ""
-    workflow_name: str = ""
-    workflow_trigger: str = ""
-    key: str = Field(default="", description="name of a public key configured on the loader")
-    certificate_authority: str = Field(default="", description="name of a CA configured on the loader")
-
     @model_validator(mode="after")
-    def _one_kind(self) -> SignerPolicy:
-        keyless = [name for name in ("identity", "identity_regexp", "issuer", *_CLAIMS) if getattr(self, name)]
-        if self.key and self.certificate_authority:
-            raise _field_error("certificate_authority", "set either key or certificate_authority, not both")
-        if self.key or self.certificate_authority:
-            if keyless:
-                chosen = "key" if self.key else "certificate_authority"
-                raise _field_error(keyless[0], f"applies to Sigstore keyless signers only, not with {chosen}")
-            return self
-        if bool(self.identity) == bool(self.identity_regexp):
-            raise _field_error(
-                "identity", "give exactly one of identity (exact) or identity_regexp (full match), "
-                "or else key or certificate_authority",
-            )
-        if not self.issuer:
-            raise _field_error("issuer", "a keyless signer needs the OIDC issuer (matched exactly)")
-        if self.identity_regexp:
-            _check_pattern(self.identity_regexp)
+    def _one_kind(self) -> _OneKindOfSigner:
+        try:
+            kind_of(self.model_dump())
+        except SignerError as exc:
+            raise _field_error(exc.field, exc.reason) from None
         return self
 
 
-def _check_pattern(pattern: str) -> None:
-    """The loader matches identity_regexp with RE2 (linear time): refuse what RE2 cannot compile."""
-    if len(pattern) > _MAX_PATTERN:
-        raise _field_error("identity_regexp", f"{len(pattern)} characters long; at most {_MAX_PATTERN} are accepted")
-    options = re2.Options()
-    options.log_errors = False
-    try:
-        re2.compile(pattern, options)
-    except re2.error as exc:
-        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise _field_error("identity_regexp", f"not a regular expression RE2 accepts ({reason}); use RE2 syntax") from None
+if TYPE_CHECKING:
+    SignerPolicy = _OneKindOfSigner
+else:
+    # One accepted signer: the fields of loader.v1.Signer, as the contract's signer kinds declare them.
+    SignerPolicy = create_model(
+        "SignerPolicy",
+        __base__=_OneKindOfSigner,
+        __module__=__name__,
+        **{name: (str, Field(default="", description=what)) for kind in KINDS for name, what in kind.fields.items()},
+    )
 
 
 def _located(error: ErrorDetails) -> tuple[str, ...]:
     ctx = error.get("ctx") or {}
-    return (str(ctx["field"]),) if "field" in ctx else ()
+    return (str(ctx["field"]),) if ctx.get("field") else ()
 
 
 class RuntimeSettings(BaseSettings):

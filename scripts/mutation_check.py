@@ -147,7 +147,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "identity-regexp-engine",
         "linear-time matching of identity_regexp (Python's backtracking re instead of RE2)",
-        (Edit("loader/_internal/policy.py", "        return re2.compile(pattern, options)\n", "        return __import__('re').compile(pattern)  # mutation-check: backtracking re\n"),),
+        (Edit("loader/signers.py", "        return re2.compile(pattern, options)\n", "        return __import__('re').compile(pattern)  # mutation-check: backtracking re\n"),),
         hostile=(
             Selection("tests/unit/test_policy.py::test_an_inconsistent_signer_is_refused_naming_the_field[signer2-signers.0.identity_regexp]"),
             Selection("tests/unit/test_policy.py::test_an_inconsistent_signer_is_refused_naming_the_field[signer3-signers.0.identity_regexp]"),
@@ -157,28 +157,28 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "identity-regexp-length",
         "the bound on identity_regexp's length",
-        (Edit("loader/_internal/policy.py", "    if len(pattern) > MAX_PATTERN:\n", "    if False:  # mutation-check: any length\n"),),
+        (Edit("loader/signers.py", "    if len(pattern) > MAX_PATTERN:\n", "    if False:  # mutation-check: any length\n"),),
         hostile=(Selection("tests/unit/test_policy.py::test_an_inconsistent_signer_is_refused_naming_the_field[signer4-signers.0.identity_regexp]"),),
         honest=(Selection("tests/unit/test_policy.py", "identity_regexp_is_a_sigstore_policy"),),
     ),
     Mutation(
         "certificate-eku",
         "the certificate signer's codeSigning requirement (a TLS server leaf signs models again)",
-        (Edit("loader/_internal/verify.py", "            _require_code_signing(_leaf(signature))\n", "            pass  # mutation-check: any extended key usage\n"),),
+        (Edit("loader/_internal/methods/certificate.py", "        _require_code_signing(leaf)\n", "        pass  # mutation-check: any extended key usage\n"),),
         hostile=(Selection("tests/integration/test_signing_methods.py", "code_signing_leaf_only"),),
         honest=(Selection("tests/integration/test_signing_methods.py", "loader_verify_says_ok"),),
     ),
     Mutation(
         "certificate-current",
         "the requirement that the certificate signer's leaf be valid now",
-        (Edit("loader/_internal/verify.py", "            _require_current(_leaf(signature))\n", "            pass  # mutation-check: expired leaves accepted\n"),),
+        (Edit("loader/_internal/methods/certificate.py", "        _require_current(leaf)\n", "        pass  # mutation-check: expired leaves accepted\n"),),
         hostile=(Selection("tests/integration/test_signing_methods.py", "past_its_validity"),),
         honest=(Selection("tests/integration/test_signing_methods.py", "loader_verify_says_ok"),),
     ),
     Mutation(
         "oms-statement",
         "the OMS v1.0 checks on the signed statement (subject, predicate, resources)",
-        (Edit("loader/_internal/verify.py", "        oms.check_statement(payload)\n", "        pass  # mutation-check: statement unchecked\n"),),
+        (Edit("loader/_internal/methods/base.py", "        oms.check_statement(payload)\n", "        pass  # mutation-check: statement unchecked\n"),),
         hostile=(Selection("tests/integration/test_oms_conformance.py", "statement_breaking_a_must"),),
         honest=(Selection("tests/integration/test_oms_conformance.py", "crafted_control_verifies or test_the_valid_test_vectors"),),
     ),
@@ -456,8 +456,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
             Edit(
                 "loader/_internal/policy.py",
-                "            Identity(identity=self.identity, issuer=self.issuer)\n            if self.identity\n",
-                "            IdentityPattern('.*', self.issuer)  # mutation-check: any identity\n            if self.identity\n",
+                "        Identity(identity=signer.identity, issuer=signer.issuer)\n        if signer.identity\n",
+                "        IdentityPattern('.*', signer.issuer)  # mutation-check: any identity\n        if signer.identity\n",
             ),
         ),
         hostile=(Selection("tests/integration/test_loader.py", "wrong_identity"),),

@@ -1,22 +1,12 @@
-"""Who may have signed a model: the accepted signers of a request, as sigstore-python policies.
+"""Sigstore keyless signers as sigstore-python policies, and what a signing certificate says.
 
-One `Signer` shape for the loader: the gRPC message maps onto it field by field. A signer is one
-of three kinds, chosen by the fields it sets:
-
-- Sigstore keyless: `identity` (exact) or `identity_regexp` (full match), `issuer` (exact), and
-  optional GitHub Actions claims;
-- `key`: the name of a public key configured on the loader (`serve --public-key NAME=FILE`);
-- `certificate_authority`: the name of a CA bundle configured on the loader
-  (`serve --certificate-authority NAME=FILE`).
+The signer kinds and the rule that a signer is of one kind live in the contract
+(`loader/signers.py`); this is how the loader checks a keyless signer against a certificate
+(and names the signer of a certificate, keyless or from a CA).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
-
-import re2
 from cryptography import x509
 from cryptography.hazmat import asn1
 from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
@@ -33,11 +23,15 @@ from sigstore.verify.policy import (
     VerificationPolicy,
 )
 
-from loader.errors import BadRequest
+from loader.signers import Signer, identity_pattern
 
-Method = Literal["sigstore", "key", "certificate"]
+__all__ = [
+    "CLAIMS", "IdentityPattern", "Signer", "certificate_facts", "describe_certificate", "holds", "identity_pattern",
+    "identities", "keyless_policy",
+]
 
-# The GitHub Actions claims a keyless signer may pin, with the sigstore-python check for each.
+# The GitHub Actions claims a keyless signer may pin (loader.signers.KEYLESS_CLAIMS), with the
+# sigstore-python check for each.
 CLAIMS: dict[str, type[VerificationPolicy]] = {
     "workflow_repository": GitHubWorkflowRepository,
     "workflow_ref": GitHubWorkflowRef,
@@ -49,96 +43,16 @@ _OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 _OID_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 _OID_OTHERNAME = ObjectIdentifier("1.3.6.1.4.1.57264.1.7")
 
-# Longest `identity_regexp` accepted: identities are URIs and emails, and RE2's memory for a
-# compiled pattern grows with its length.
-MAX_PATTERN = 1024
 
-
-def identity_pattern(pattern: str, where: str = "identity_regexp") -> Any:
-    """`pattern` compiled with RE2 (linear-time matching, the syntax cosign and Go's regexp use);
-    raise BadRequest naming `where` if it is too long or RE2 cannot compile it (backreferences,
-    lookaround: the constructs that need backtracking)."""
-    if len(pattern) > MAX_PATTERN:
-        raise BadRequest(f"{where}: the pattern is {len(pattern)} characters long; at most {MAX_PATTERN} are accepted")
-    options = re2.Options()
-    options.log_errors = False
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise BadRequest(
-            f"{where}: not a regular expression RE2 accepts ({reason}); patterns use RE2 syntax "
-            "(as cosign's --certificate-identity-regexp), matched in full"
-        ) from None
-
-
-@dataclass(frozen=True)
-class Signer:
-    """One accepted signer; `check()` says whether its fields make sense together."""
-
-    identity: str = ""
-    issuer: str = ""
-    workflow_repository: str = ""
-    workflow_ref: str = ""
-    workflow_sha: str = ""
-    workflow_name: str = ""
-    workflow_trigger: str = ""
-    identity_regexp: str = ""
-    key: str = ""
-    certificate_authority: str = ""
-
-    @property
-    def method(self) -> Method:
-        if self.key:
-            return "key"
-        if self.certificate_authority:
-            return "certificate"
-        return "sigstore"
-
-    def check(self, where: str = "signer") -> None:
-        """Refuse (BadRequest naming the field) a signer that is ambiguous or incomplete."""
-        keyless = {
-            name: value
-            for name, value in dataclasses.asdict(self).items()
-            if value and name not in ("key", "certificate_authority")
-        }
-        if self.key and self.certificate_authority:
-            raise BadRequest(f"{where}: set either key or certificate_authority, not both")
-        if self.method != "sigstore":
-            if keyless:
-                chosen = "key" if self.key else "certificate_authority"
-                raise BadRequest(
-                    f"{where}: {sorted(keyless)} apply to Sigstore keyless signers only, not with {chosen}"
-                )
-            return
-        if bool(self.identity) == bool(self.identity_regexp):
-            raise BadRequest(
-                f"{where}: a keyless signer needs exactly one of identity (exact) or identity_regexp "
-                "(full match), or else key or certificate_authority"
-            )
-        if not self.issuer:
-            raise BadRequest(f"{where}.issuer: a keyless signer needs the OIDC issuer (matched exactly)")
-        if self.identity_regexp:
-            identity_pattern(self.identity_regexp, f"{where}.identity_regexp")
-
-    def describe(self) -> str:
-        if self.key:
-            return f"the key {self.key!r}"
-        if self.certificate_authority:
-            return f"a certificate from the CA {self.certificate_authority!r}"
-        who = f"identity {self.identity!r}" if self.identity else f"identity matching {self.identity_regexp!r}"
-        claims = [f"{name}={getattr(self, name)!r}" for name in CLAIMS if getattr(self, name)]
-        return f"{who} (issuer {self.issuer!r}{', ' if claims else ''}{', '.join(claims)})"
-
-    def policy(self) -> VerificationPolicy:
-        """The sigstore-python policy for a keyless signer."""
-        checks: list[VerificationPolicy] = [
-            Identity(identity=self.identity, issuer=self.issuer)
-            if self.identity
-            else IdentityPattern(self.identity_regexp, self.issuer)
-        ]
-        checks += [check(getattr(self, name)) for name, check in CLAIMS.items() if getattr(self, name)]  # type: ignore[call-arg]
-        return AllOf(checks)
+def keyless_policy(signer: Signer) -> VerificationPolicy:
+    """The sigstore-python policy for a keyless signer (one that `Signer.check` accepted)."""
+    checks: list[VerificationPolicy] = [
+        Identity(identity=signer.identity, issuer=signer.issuer)
+        if signer.identity
+        else IdentityPattern(signer.identity_regexp, signer.issuer)
+    ]
+    checks += [check(getattr(signer, name)) for name, check in CLAIMS.items() if getattr(signer, name)]  # type: ignore[call-arg]
+    return AllOf(checks)
 
 
 class IdentityPattern:

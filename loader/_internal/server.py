@@ -20,9 +20,9 @@ from loader._internal.handoff import Handoff
 from loader._internal.inference import answer_array, predict_request
 from loader._internal.memfd import SealedFile
 from loader._internal.service import TICKET_SECONDS, LoaderService, LoadRequest, LoadResult
-from loader._internal.verify import Signer
 from loader.errors import BadRequest, LoaderError
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+from loader.signers import Signer
 
 CHUNK_BYTES = 1 << 20  # under gRPC's default 4 MB receive limit, so any client can stream
 # A smaller model is hashed at once (well under a millisecond): sending its digest last would
@@ -147,8 +147,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
 
 
 def _to_load_request(request: loader_pb2.VerifyAndLoadRequest) -> LoadRequest:
-    # Signer's fields are the proto message's, one for one.
-    signers = [Signer(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Signer)}) for s in request.signers]
+    signers = [Signer.from_message(s) for s in request.signers]
     for index, signer in enumerate(signers):
         signer.check(f"signers[{index}]")
     return LoadRequest(

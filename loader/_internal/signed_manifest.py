@@ -9,97 +9,23 @@ one, and each difference is named.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import Any
 
 from model_signing import manifest as ms_manifest
 from model_signing._hashing import hashing as ms_hashing
 from model_signing._hashing import memory
-from model_signing._signing import sign_sigstore, sign_sigstore_pb, signing
-from sigstore.models import Bundle
-from sigstore.verify import Verifier
-from sigstore.verify.policy import VerificationPolicy
 
 from loader._internal import oms
 from loader._internal.paths import kind_of, open_regular
-from loader._internal.policy import Method
 from loader.errors import BadRequest, LimitExceeded, NotFound, VerificationFailed
 
-PREDICATES = (oms.PREDICATE_TYPE, oms.LEGACY_PREDICATE_TYPE)
 SINGLE_FILE = oms.SINGLE_FILE
 _ENGINES: dict[str, Callable[[], ms_hashing.StreamingHashEngine]] = {"sha256": memory.SHA256, "blake2b": memory.BLAKE2, "blake3": memory.BLAKE3}
 _CHUNK = 1 << 20
 MAX_FILES = 100_000
-
-
-@dataclass(frozen=True)
-class BundleShape:
-    """What a bundle is, read before verification only to pick how to verify it."""
-
-    method: Method
-    model_signing: bool
-    media_type: str
-
-
-def bundle_shape(bundle_json: bytes) -> BundleShape:
-    """Classify a bundle by its verification material and payload; raise if it is not JSON."""
-    try:
-        document = json.loads(bundle_json)
-        material = document.get("verificationMaterial") or {}
-        envelope = document.get("dsseEnvelope")
-        media_type = str(document.get("mediaType", ""))
-    except (ValueError, AttributeError) as exc:
-        raise VerificationFailed(
-            f"bundle is malformed: {str(exc).splitlines()[0]} (not JSON: the Sigstore bundle format, OMS v1.0 §8.1)"
-        ) from None
-    if "publicKey" in material:
-        method: Method = "key"
-    elif "x509CertificateChain" in material and not material.get("tlogEntries"):
-        method = "certificate"
-    else:
-        method = "sigstore"
-    predicate = oms.predicate_type(bundle_json) if isinstance(envelope, dict) else ""
-    # A key or a chain without a message signature (`sigstore sign` with a managed key) is only
-    # ever a model-signing bundle: a wrong predicate or a missing envelope is refused as such (OMS).
-    signs_a_message = "messageSignature" in document
-    model_signing = predicate in PREDICATES or predicate.startswith("https://model_signing/") or (
-        method != "sigstore" and not signs_a_message
-    )
-    return BundleShape(method, model_signing, media_type)
-
-
-class _InMemory:
-    """What `Signature.read` needs of a path, over bytes already read (read once)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._text = data.decode("utf-8")
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        return self._text
-
-
-def read_signature(bundle_json: bytes, method: Method) -> signing.Signature:
-    """The bundle as the model_signing signature type its verifiers expect."""
-    if method == "sigstore":
-        return sign_sigstore.Signature(Bundle.from_json(bundle_json))
-    return sign_sigstore_pb.Signature.read(cast(Path, _InMemory(bundle_json)))
-
-
-class KeylessVerifier(signing.Verifier):
-    """model_signing's verifier interface over the loader's own sigstore-python verifier and
-    policy (pinned trusted root, identity patterns, GitHub claims)."""
-
-    def __init__(self, verifier: Verifier, policy: VerificationPolicy) -> None:
-        self._verifier = verifier
-        self._policy = policy
-
-    def _verify_signed_content(self, signature: signing.Signature) -> tuple[str, bytes]:
-        bundle = cast(sign_sigstore.Signature, signature).bundle
-        return self._verifier.verify_dsse(bundle=bundle, policy=self._policy)
 
 
 def _engine(hash_type: str) -> ms_hashing.StreamingHashEngine:

@@ -1,13 +1,14 @@
 """Offline verification of an in-memory artefact (or a model directory) against a signer policy.
 
-Sigstore bundles (`sigstore sign`) and OpenSSF model-signing bundles (`model_signing sign`, with
-Sigstore keyless, a public key or a certificate chain) are verified here; the signer kinds and
-their sigstore-python policies live in policy.py, the model-signing formats in signed_manifest.py.
+Sigstore bundles (`sigstore sign`, keyless) and OpenSSF model-signing bundles (`model_signing
+sign`) are verified here. A model-signing bundle's signature is verified by its signing method
+(`methods/`, one module per method, picked from the bundle by `methods.bundle_shape`); the
+signer kinds are the contract's (`loader/signers.py`); the manifest is compared with the files
+in signed_manifest.py, and OMS rules are in oms.py.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,10 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 import sigstore
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from OpenSSL.crypto import X509StoreContextError
+from model_signing import manifest as ms_manifest
 from sigstore.errors import Error as SigstoreError
 from sigstore.errors import VerificationError as SigstoreVerificationError
 from sigstore.hashes import Hashed
@@ -30,8 +28,11 @@ from sigstore_models.common.v1 import HashAlgorithm
 
 from loader._internal import oms, signed_manifest
 from loader._internal.keys import SigningKeys
-from loader._internal.policy import Method, Signer, certificate_facts, describe_certificate, holds
-from loader.errors import BadRequest, LoaderError, VerificationFailed
+from loader._internal.methods import SignedBy, SigningMethod, accepted, bundle_shape, keyless
+from loader._internal.methods.base import first_line as _first_line
+from loader._internal.policy import certificate_facts, keyless_policy
+from loader.errors import BadRequest, VerificationFailed
+from loader.signers import Signer
 
 __all__ = [
     "PRODUCTION", "SignedBundle", "Signer", "TrustConfigError", "TrustRoots", "Verified", "verify_artefact", "verify_bundle",
@@ -113,16 +114,6 @@ class TrustRoots:
             ) from None
 
 
-
-
-@dataclass(frozen=True)
-class _SignedBy:
-    method: Method
-    identity: str
-    issuer: str
-    trust: str
-    log_index: int = 0
-    integrated_time: int = 0
 
 
 def verify_artefact(
@@ -208,9 +199,10 @@ def verify_bundle(
     for index, signer in enumerate(signers):
         signer.check(f"signers[{index}]")
     bundle_json = bytes(bundle_json)
-    shape = signed_manifest.bundle_shape(bundle_json)
+    shape = bundle_shape(bundle_json)
     bundle_sha256 = hashlib.sha256(bundle_json).hexdigest()
     if not shape.model_signing:
+        # `sigstore sign` and `sigstore attest` bundles: Sigstore keyless, whatever their material.
         return _verify_sigstore_bundle(bundle_json, bundle_sha256, signers, roots, trust_root, shape.media_type)
     oms.check_bundle(bundle_json)
     signed, by = _verify_manifest_signature(bundle_json, shape.method, signers, roots, trust_root)
@@ -256,6 +248,18 @@ def verify_bundle(
     return SignedBundle(bind)
 
 
+def _verify_manifest_signature(
+    bundle_json: bytes, method: SigningMethod, signers: list[Signer], roots: TrustRoots, trust_root: str
+) -> tuple[ms_manifest.Manifest, SignedBy]:
+    """The signed manifest of a model-signing bundle, once a signer of the policy vouches for it."""
+    candidates = accepted(signers, method)
+    try:
+        signature = method.read_signature(bundle_json)
+    except (ValueError, KeyError, TypeError, AttributeError, SigstoreError) as exc:
+        raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
+    return method.verify(signature, candidates, roots, trust_root)
+
+
 def _verify_sigstore_bundle(
     bundle_json: bytes,
     bundle_sha256: str,
@@ -265,19 +269,19 @@ def _verify_sigstore_bundle(
     media_type: str,
 ) -> SignedBundle:
     """`sigstore sign` (hashedrekord) or `sigstore attest` (in-toto statement) over one file."""
-    keyless = _only(signers, "sigstore", "a Sigstore keyless bundle")
+    keyless_signers = accepted(signers, keyless.METHOD)
     root_name, verifier = roots.verifier(trust_root)
     try:
         bundle = Bundle.from_json(bundle_json)
     except (ValueError, SigstoreError, AttributeError) as exc:
         raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
-    policy = AnyOf([signer.policy() for signer in keyless])
+    policy = AnyOf([keyless_policy(signer) for signer in keyless_signers])
 
     def checked(check: Callable[[], _T]) -> _T:
         try:
             return check()
         except SigstoreError as exc:
-            raise _keyless_failure(exc, bundle.signing_certificate, keyless, root_name) from None
+            raise keyless.failure(exc, bundle.signing_certificate, keyless_signers, root_name) from None
 
     def artefact_hashed(digest: str) -> Hashed:
         return Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest))
@@ -310,7 +314,7 @@ def _verify_sigstore_bundle(
         elif digest != claimed:
             # What sigstore-python reports when the artefact's digest is not the bundle's.
             mismatch = SigstoreVerificationError("Bundle message digest mismatch")
-            raise _keyless_failure(mismatch, bundle.signing_certificate, keyless, root_name)
+            raise keyless.failure(mismatch, bundle.signing_certificate, keyless_signers, root_name)
         return Verified(
             artefact_sha256=digest,
             bundle_sha256=bundle_sha256,
@@ -334,167 +338,6 @@ def _signed_sha256(bundle: Bundle) -> str | None:
     return bytes(named.digest).hex()
 
 
-_SIGNED_WITH = {
-    "sigstore": "a Sigstore keyless bundle",
-    "key": "a model-signing bundle signed with a public key",
-    "certificate": "a model-signing bundle signed with a certificate chain",
-}
-
-
-def _only(signers: list[Signer], method: Method, what: str) -> list[Signer]:
-    chosen = [signer for signer in signers if signer.method == method]
-    if not chosen:
-        accepted = "; ".join(signer.describe() for signer in signers)
-        raise VerificationFailed(f"the bundle is {what}, but the policy accepts only: {accepted}")
-    return chosen
-
-
-class _SignatureRejected(Exception):
-    """The signature stage failed (as opposed to the signed payload being unusable)."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _Staged(signed_manifest.signing.Verifier):
-    """Runs a model_signing verifier, marking failures of its signature stage."""
-
-    def __init__(self, inner: signed_manifest.signing.Verifier) -> None:
-        self._inner = inner
-
-    def _verify_signed_content(self, signature: signed_manifest.signing.Signature) -> tuple[str, bytes]:
-        try:
-            payload_type, payload = self._inner._verify_signed_content(signature)
-        except (SigstoreError, ValueError, InvalidSignature, X509StoreContextError) as exc:
-            raise _SignatureRejected(exc) from exc
-        # The statement whose signature was just verified, before model_signing reads it.
-        oms.check_statement(payload)
-        return payload_type, payload
-
-
-def _verify_manifest_signature(
-    bundle_json: bytes, method: Method, signers: list[Signer], roots: TrustRoots, trust_root: str
-) -> tuple[signed_manifest.ms_manifest.Manifest, _SignedBy]:
-    """The signed manifest of a model-signing bundle, once a signer of the policy vouches for it."""
-    candidates = _only(signers, method, _SIGNED_WITH[method])
-    try:
-        signature = signed_manifest.read_signature(bundle_json, method)
-    except (ValueError, KeyError, TypeError, AttributeError, SigstoreError) as exc:
-        raise VerificationFailed(f"bundle is malformed: {_first_line(exc)}") from None
-    if method == "sigstore":
-        root_name, verifier = roots.verifier(trust_root)
-        bundle = signature.bundle  # type: ignore[attr-defined]
-        keyless = signed_manifest.KeylessVerifier(verifier, AnyOf([signer.policy() for signer in candidates]))
-        try:
-            signed = _manifest(keyless, signature)
-        except _SignatureRejected as exc:
-            raise _keyless_failure(exc.cause, bundle.signing_certificate, candidates, root_name) from None
-        facts = certificate_facts(bundle.signing_certificate)
-        entry = bundle.log_entry._inner
-        by = _SignedBy(
-            "sigstore", facts["identity"], facts["issuer"], root_name,
-            int(entry.log_index or 0), int(entry.integrated_time or 0),
-        )
-        return signed, by
-    refusals = []
-    for signer in candidates:
-        inner = roots.keys.key(signer.key) if method == "key" else roots.keys.authority(signer.certificate_authority)
-        try:
-            signed = _manifest(inner, signature)
-        except _SignatureRejected as exc:
-            refusals.append(_trust_refusal(signer, exc.cause))
-            continue
-        if method == "certificate":
-            _require_code_signing(_leaf(signature))
-            _require_current(_leaf(signature))
-        return signed, _signed_by(signer, signature)
-    raise VerificationFailed("; ".join(refusals))
-
-
-def _leaf(signature: signed_manifest.signing.Signature) -> x509.Certificate:
-    chain = signature.bundle.verification_material.x509_certificate_chain  # type: ignore[attr-defined]
-    return x509.load_der_x509_certificate(chain.certificates[0].raw_bytes)
-
-
-def _require_current(leaf: x509.Certificate) -> None:
-    """OMS v1.0 §8.2: the leaf must be within its validity period. model_signing checks the chain
-    at the leaf's notBefore only; with no timestamp to say when it signed, that period is now."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-        raise VerificationFailed(
-            f"OMS v1.0 §8.2: the signing certificate {leaf.subject.rfc4514_string()!r} is not valid now (valid "
-            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC); "
-            "renew the signing certificate and sign again"
-        )
-
-
-def _require_code_signing(leaf: x509.Certificate) -> None:
-    """RFC 5280 4.2.1.12: a leaf whose extended key usage is given may serve only those uses, so
-    it must list codeSigning (model_signing accepts any leaf with digitalSignature, such as a TLS
-    server certificate); a leaf without the extension is not restricted by it."""
-    try:
-        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.CODE_SIGNING in usage:
-        return
-    named = ", ".join(getattr(oid, "_name", "") or oid.dotted_string for oid in usage) or "(empty)"
-    raise VerificationFailed(
-        f"the signing certificate {leaf.subject.rfc4514_string()!r} has extended key usage {named}, not codeSigning: "
-        "it was not issued for signing code or models (RFC 5280 4.2.1.12); sign with a code-signing certificate"
-    )
-
-
-def _manifest(
-    verifier: signed_manifest.signing.Verifier, signature: signed_manifest.signing.Signature
-) -> signed_manifest.ms_manifest.Manifest:
-    """`verifier.verify`, with an unusable payload reported as such."""
-    try:
-        return _Staged(verifier).verify(signature)
-    except _SignatureRejected:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise VerificationFailed(
-            f"the signed payload is not an OpenSSF model-signing manifest: {_first_line(exc)}"
-        ) from None
-
-
-def _trust_refusal(signer: Signer, cause: Exception) -> str:
-    detail = _first_line(cause) if str(cause).strip() else "the signature does not verify with it"
-    if signer.key:
-        return f"not signed by the key {signer.key!r}: signed by another key, or altered after signing ({detail})"
-    return (
-        f"the signing certificate does not chain to the CA {signer.certificate_authority!r}: signed under "
-        f"another CA, or not valid for signing ({detail})"
-    )
-
-
-def _signed_by(signer: Signer, signature: signed_manifest.signing.Signature) -> _SignedBy:
-    if signer.key:
-        return _SignedBy("key", f"public key {signer.key!r}", "", signer.key)
-    leaf = _leaf(signature)
-    identity = certificate_facts(leaf)["identity"] or leaf.subject.rfc4514_string()
-    return _SignedBy("certificate", identity, leaf.issuer.rfc4514_string(), signer.certificate_authority)
-
-
-def _keyless_failure(
-    exc: BaseException, cert: x509.Certificate, signers: list[Signer], root_name: str
-) -> VerificationFailed:
-    """Tell a signature that does not verify from a signer the policy does not accept."""
-    if isinstance(exc, LoaderError):
-        return VerificationFailed(str(exc))
-    if any(holds(signer.policy(), cert) for signer in signers):
-        return VerificationFailed(
-            f"signature check failed against trust root {root_name!r}: {_first_line(exc)}{_hint(str(exc))}"
-        )
-    expected = "; ".join(signer.describe() for signer in signers)
-    return VerificationFailed(
-        f"signer policy failed: the bundle is signed by {describe_certificate(cert)}, "
-        f"which matches none of the accepted signers: {expected}"
-    )
-
-
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
 
@@ -512,25 +355,3 @@ def _require_subject(payload_type: str, payload: bytes, digest: str) -> None:
         f"the signed in-toto statement does not name this artefact (sha256 {digest}): "
         "it attests to other bytes (modified or replaced)"
     )
-
-
-_ANOTHER_INSTANCE = "the bundle was not issued under this trust root (another Sigstore instance?)"
-_HINTS = {
-    "digest mismatch": "the artefact's bytes are not the ones that were signed (modified or replaced)",
-    "Signature is invalid": "the artefact's bytes are not the ones that were signed",
-    "certificate chain": _ANOTHER_INSTANCE,
-    "not enough sources of verified time": _ANOTHER_INSTANCE,
-    "keyring: invalid signature": _ANOTHER_INSTANCE,
-}
-
-
-def _hint(message: str) -> str:
-    for needle, hint in _HINTS.items():
-        if needle in message:
-            return f" ({hint})"
-    return ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -145,3 +145,24 @@ def test_verify_and_load_take_a_model_directory_with_identity_patterns(loader: L
     assert skops.io.loads(out.read_bytes(), trusted=[]).__class__.__name__ == "SVC"
     prefix = _loader_cli("load", "--endpoint", loader.endpoint, "--cert-identity-regexp", "model-pipeline", "--cert-oidc-issuer", authority.issuer, "--ignore-path", "notes.txt", "--out", str(out), "cli-directory")
     assert prefix.returncode == 1 and "PERMISSION_DENIED" in prefix.stderr and "model-pipeline@example.com" in prefix.stderr
+
+
+def test_verify_refuses_signer_flags_of_two_kinds_naming_the_field(tmp_path: Path) -> None:
+    """`--key` with keyless flags was read as the key alone, the others dropped without a word:
+    a signer is of one kind, from the CLI as from a policy."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public = tmp_path / "release.pub"
+    public.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    artefact = tmp_path / "model.joblib"
+    artefact.write_bytes(b"model")
+    alone = _loader_cli("verify", "--key", str(public), str(artefact))
+    assert alone.returncode == 1 and "found no bundle" in alone.stderr, alone.stderr  # the key alone is a signer
+    mixed = _loader_cli("verify", "--key", str(public), "--cert-identity", SIGNER, "--cert-oidc-issuer", "https://i", str(artefact))
+    assert mixed.returncode == 2, mixed.stderr
+    assert "policy.identity: applies to Sigstore keyless signers only, but this signer sets key" in mixed.stderr

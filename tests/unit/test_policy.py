@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from mlserver.settings import ModelParameters, ModelSettings
 from sigstore.errors import VerificationError
 
-from loader._internal.policy import Signer, certificate_facts, describe_certificate
+from loader._internal.policy import Signer, certificate_facts, describe_certificate, keyless_policy
 from loader._internal.verify import TrustRoots, Verified, production_root_file, verify_artefact
 from loader.errors import BadRequest, VerificationFailed
 from loader.proto.v1 import loader_pb2
@@ -115,6 +115,54 @@ def test_an_inconsistent_signer_is_refused_naming_the_field(signer: dict, field:
             Signer(**signer).check()
 
 
+def _refusals(signer: dict) -> tuple[str, str]:
+    """What the runtime (reading model-settings.json) and the loader (any gRPC client's request)
+    say of the same signer, each after its own way of locating it."""
+    with pytest.raises(ModelRefused) as runtime:
+        SigstorePolicy.from_model_settings(_settings({"sigstore": {"signers": [signer]}}))
+    with pytest.raises(BadRequest) as loader:
+        Signer(**signer).check("signers[0]")
+    runtime_says = str(runtime.value).split("parameters.extra.sigstore.signers.0", 1)[1]
+    return runtime_says, str(loader.value).removeprefix("signers[0]")
+
+
+@pytest.mark.parametrize(
+    "signer",
+    [
+        {"key": "k", "issuer": "https://i"},
+        {"key": "k", "certificate_authority": "c"},
+        {"certificate_authority": "c", "workflow_ref": "refs/heads/main"},
+        {"identity": "a", "identity_regexp": "a.*", "issuer": "https://i"},
+        {"identity_regexp": "a.*"},
+        {"identity_regexp": r"(a)\1", "issuer": "https://i"},
+        {"identity_regexp": "a" * 1025, "issuer": "https://i"},
+        {},
+    ],
+    ids=["key+issuer", "key+ca", "ca+claim", "identity+regexp", "no-issuer", "backreference", "too-long", "empty"],
+)
+def test_the_runtime_and_the_loader_refuse_a_signer_with_the_same_message(signer: dict) -> None:
+    """The one-kind rule and the RE2 rule are one code (loader.signers), not a copy on each side."""
+    runtime_says, loader_says = _refusals(signer)
+    assert runtime_says == loader_says
+    assert runtime_says.startswith((".", ": "))  # located at the field at fault, or at the signer
+
+
+def test_the_runtime_and_the_loader_read_the_same_signer_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change to a kind's rule in the contract reaches both sides at once (positive control:
+    the key signer is accepted by both before the change)."""
+    import loader.signers
+
+    SigstorePolicy.from_model_settings(_settings({"sigstore": {"signers": [{"key": "k"}]}}))
+    Signer(key="k").check()
+
+    def refuse(signer: object) -> None:
+        raise loader.signers.SignerError("key", "refused by the kind under test")
+
+    kinds = tuple(dataclasses.replace(k, check=refuse) if k.method == "key" else k for k in loader.signers.KINDS)
+    monkeypatch.setattr(loader.signers, "KINDS", kinds)
+    assert _refusals({"key": "k"}) == (".key: refused by the kind under test",) * 2
+
+
 @pytest.mark.parametrize("path", ["/etc", "../x", "a/../../b", ""])
 def test_ignore_paths_stay_inside_the_model_directory(path: str) -> None:
     with pytest.raises(ModelRefused, match=r"sigstore\.ignore_paths"):
@@ -159,7 +207,7 @@ def release_cert() -> x509.Certificate:
 def test_identity_regexp_is_a_sigstore_policy_with_a_full_match_and_an_exact_issuer(
     release_cert: x509.Certificate, pattern: str, issuer: str, repository: str, holds: bool
 ) -> None:
-    policy = Signer(identity_regexp=pattern, issuer=issuer, workflow_repository=repository).policy()
+    policy = keyless_policy(Signer(identity_regexp=pattern, issuer=issuer, workflow_repository=repository))
     if holds:
         policy.verify(release_cert)
     else:
