@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, TypeVar
 import blake3
 import grpc
 
-from loader._internal.background import close_in_background
+from loader.background import close_in_background
 from loader.contract import FD_SOCKET_SUFFIX, WAIT_PREFIX
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from loader._internal.background import run_in_background
+from loader.background import run_in_background
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits, unpickling_error
 from loader._internal.worker import FRAME, METHODS, Payload, frame, run_worker

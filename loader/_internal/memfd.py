@@ -18,7 +18,7 @@ from typing import Any
 
 import blake3
 
-from loader._internal.background import close_in_background
+from loader.background import close_in_background
 
 _COPY_CHUNK = 16 << 20
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL

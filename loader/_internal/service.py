@@ -21,7 +21,7 @@ from typing import cast
 
 from prometheus_client import Counter, Histogram
 
-from loader._internal.background import run_in_background
+from loader.background import run_in_background
 from loader._internal.inference import Served, Workers
 from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
