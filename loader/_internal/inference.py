@@ -30,10 +30,10 @@ from typing import Any
 
 import grpc
 
-from loader.background import run_in_background
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits, unpickling_error
 from loader._internal.worker import FRAME, METHODS, Payload, frame, run_worker
+from loader.background import run_in_background
 from loader.contract import array_itemsize, array_shape
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 

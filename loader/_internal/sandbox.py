@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loader.background import run_in_background
 from loader._internal.child import NO_TYPES, REPORT_TYPES, ChildLimits, PassedFd, ready_message, run
 from loader._internal.confine import landlock_status, unpickling_error
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
+from loader.background import run_in_background
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 # What the fork server imports before it forks a child (scripts/record-syscalls.py adds its own).

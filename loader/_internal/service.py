@@ -21,12 +21,12 @@ from typing import cast
 
 from prometheus_client import Counter, Histogram
 
-from loader.background import run_in_background
 from loader._internal.inference import Served, Workers
 from loader._internal.memfd import SealedFile
 from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import SignedBundle, Signer, TrustRoots, Verified, verify_bundle
+from loader.background import run_in_background
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
