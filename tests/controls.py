@@ -242,8 +242,9 @@ def listeners(folder: Path) -> Iterator[tuple[int, Path, list]]:
         unix_path.unlink(missing_ok=True)
 
 
-def wait_for_connections(accepted: list, seconds: float = 1.0) -> int:
-    """How many connections a listener accepted, allowing its accept loop a moment to catch up."""
+def wait_for_connections(accepted: list, seconds: float = 60.0) -> int:
+    """How many connections a listener accepted, waiting (up to `seconds`, a safety net) for its
+    accept loop to record the first: a positive control returns as soon as it has."""
     deadline = time.monotonic() + seconds
     while not accepted and time.monotonic() < deadline:
         time.sleep(0.05)

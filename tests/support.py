@@ -137,7 +137,7 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def start_mlserver(repo: Path, cwd: Path, log: Path, env: dict[str, str], timeout: float = 90.0) -> subprocess.Popen:
+def start_mlserver(repo: Path, cwd: Path, log: Path, env: dict[str, str], timeout: float = 300.0) -> subprocess.Popen:
     """`mlserver start REPO` in `cwd`; returns once /v2/health/ready answers 200."""
     import requests
 
@@ -209,7 +209,9 @@ def call(loader: LoaderProcess, artefact: str, authority: Authority, identity: s
         **fields,
     )
     with grpc.insecure_channel(loader.endpoint) as channel:
-        responses = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(request, timeout=60)
+        # A safety net only: the loader's own limits end hostile loads, and a large honest one on
+        # a busy host may take minutes.
+        responses = loader_pb2_grpc.LoaderStub(channel).VerifyAndLoad(request, timeout=300)
         header = next(responses).header
         return header, b"".join(r.chunk for r in responses)
 

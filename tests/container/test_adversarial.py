@@ -145,7 +145,7 @@ def _assert_healthy_and_next_load_works(loader: LoaderContainer, authority: Auth
     assert len(loader.container.logs()) < 1 << 20  # the log stays small whatever a payload printed
     loader.container.reload()
     assert loader.container.status == "running"
-    wait_for_health(loader.endpoint, timeout=10)
+    wait_for_health(loader.endpoint, timeout=120)  # a safety net: the verdict is SERVING
     good = loader.model("adv-good-after", digits_svm_bytes, authority)
     assert asyncio.run(good.load())
 

@@ -205,7 +205,7 @@ def test_down_leaves_nothing_and_up_again_reuses_the_images(stack: Compose) -> N
     stack.run("down")
     assert stack.containers() == []
     started = time.monotonic()
-    stack.run("up", "-d", "--wait", "--wait-timeout", "60")
+    stack.run("up", "-d", "--wait", "--wait-timeout", "300")  # a safety net; the time is printed
     print(f"second `up --wait` healthy after {time.monotonic() - started:.1f} s")
     assert stack.load("good-model").status_code == 200
 

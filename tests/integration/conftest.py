@@ -21,7 +21,9 @@ def loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authorit
         tmp_path_factory.mktemp("loader"),
         models_root,
         {"local": authority.trust_config, "other": other_authority.trust_config},
-        "--child-wall-seconds=6", "--child-cpu-seconds=3", "--child-memory-mb=256", "--max-concurrent-loads=2",
+        # CPU time is the binding limit (a busy host does not change it); the wall limit is far
+        # above any honest load's, so a slow machine never turns an honest load into a refusal.
+        "--child-wall-seconds=120", "--child-cpu-seconds=3", "--child-memory-mb=256", "--max-concurrent-loads=2",
     )
     yield proc
     stop_process(proc.process)

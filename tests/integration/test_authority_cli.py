@@ -25,8 +25,10 @@ ip link set lo up
 "$PY" -m authority init ca >/dev/null
 "$PY" -m authority serve ca --port 18765 > serve.log 2>&1 &
 server=$!
-for i in $(seq 50); do [ -s ca/trust_config.json ] && grep -q 18765 ca/trust_config.json && break; sleep 0.1; done
-sleep 0.5
+# Ready when the trust config names the port and the port answers (up to 120 s on a busy host).
+ready() { grep -q 18765 ca/trust_config.json 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/18765) 2>/dev/null; }
+for i in $(seq 1200); do ready && break; sleep 0.1; done
+ready || { echo "authority serve did not start"; cat serve.log; exit 1; }
 "$SIGSTORE" --trust-config ca/trust_config.json sign --identity-token "$("$PY" -m authority token ca --email alice@example.com)" model.joblib >/dev/null
 verify() { "$SIGSTORE" --trust-config ca/trust_config.json verify identity --offline --cert-identity alice@example.com --cert-oidc-issuer "$ISSUER" --bundle model.joblib.sigstore.json model.joblib; }
 verify
@@ -39,7 +41,7 @@ def test_sign_and_verify_with_only_loopback(tmp_path: Path) -> None:
     (tmp_path / "model.joblib").write_bytes(b"model bytes")
     env = {**os.environ, "PY": PYTHON, "SIGSTORE": SIGSTORE, "ISSUER": ISSUER, "HOME": str(tmp_path)}
     done = subprocess.run(
-        ["unshare", "-rn", "bash", "-c", OFFLINE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        ["unshare", "-rn", "bash", "-c", OFFLINE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr
     # Verified twice: with the server up and after it stopped.

@@ -110,7 +110,7 @@ def test_honest_loads_keep_succeeding_while_catastrophic_patterns_arrive(
     try:
         for _ in range(10):
             try:
-                outcomes.append("ok" if _call(loader, artefact, honest, timeout=30) > 0 else "empty")
+                outcomes.append("ok" if _call(loader, artefact, honest, timeout=120) > 0 else "empty")
             except grpc.RpcError as exc:
                 outcomes.append(exc.code().name)  # type: ignore[attr-defined]
     finally:

@@ -187,6 +187,21 @@ def cpu_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, auth
     stop_process(proc.process)
 
 
+# A payload that sleeps spends no CPU: only the wall limit ends it, so it gets a loader whose wall
+# limit is short (a sleeping payload is slow however idle the host: no verdict depends on load).
+WALL_BOUND = {"sleep"}
+
+
+@pytest.fixture(scope="module")
+def wall_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
+    proc = start_loader(
+        tmp_path_factory.mktemp("wall-loader"), models_root, {"local": authority.trust_config},
+        "--child-wall-seconds=6", "--child-cpu-seconds=3", "--child-memory-mb=256",
+    )
+    yield proc
+    stop_process(proc.process)
+
+
 # Run as root, the host tier's child may read its parent's /proc environ (root passes the
 # non-dumpable check); that case is asserted in the container tier, where the loader is not root.
 HOST_TECHNIQUES = sorted(set(TECHNIQUES) - {"read-parent-environ"})
@@ -198,6 +213,8 @@ def test_a_signed_hostile_pickle_is_contained(loader: LoaderProcess, models_root
     technique = TECHNIQUES[case]
     if case in CPU_BOUND:
         loader = request.getfixturevalue("cpu_loader")
+    elif case in WALL_BOUND:
+        loader = request.getfixturevalue("wall_loader")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with listeners(tmp_path) as (port, unix_socket, accepted):

@@ -54,8 +54,10 @@ for v in 1 2; do
   "$PY" -m authority init "ca$v" --rekor-version "$v" >/dev/null
   "$PY" -m authority serve "ca$v" --port "$port" > "serve$v.log" 2>&1 &
   server=$!
-  for i in $(seq 50); do grep -q "$port" "ca$v/trust_config.json" 2>/dev/null && break; sleep 0.1; done
-  sleep 0.5
+  # Ready when the trust config names the port and the port answers (up to 120 s on a busy host).
+  ready() { grep -q "$port" "ca$v/trust_config.json" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+  for i in $(seq 1200); do ready && break; sleep 0.1; done
+  ready || { echo "authority serve did not start"; cat "serve$v.log"; exit 1; }
   cp model.joblib "model-v$v.joblib"
   "$SIGSTORE" --trust-config "ca$v/trust_config.json" sign \
     --identity-token "$("$PY" -m authority token "ca$v" --email "$EMAIL")" "model-v$v.joblib" >/dev/null
@@ -76,7 +78,7 @@ def cli_signed(tmp_path_factory: pytest.TempPathFactory, digits_svm_bytes: bytes
     (work / "model.joblib").write_bytes(digits_svm_bytes)
     env = {**os.environ, "PY": PYTHON, "SIGSTORE": SIGSTORE, "EMAIL": EMAIL, "HOME": str(work)}
     done = subprocess.run(
-        ["unshare", "-rn", "bash", "-c", OFFLINE_SCRIPT], cwd=work, env=env, capture_output=True, text=True, timeout=180
+        ["unshare", "-rn", "bash", "-c", OFFLINE_SCRIPT], cwd=work, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr
     # Two versions, each verified twice (server up, server stopped).
