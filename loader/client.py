@@ -586,15 +586,19 @@ async def claim_channel(endpoint: str, handle: str, timeout: float) -> WorkerCha
 
 
 class WorkerChannel:
-    """A direct channel to one served model's worker (a Unix stream socket it serves on): one
-    request at a time, in the worker's frame (`loader.contract.FRAME`). The worker ends when this
+    """A direct channel to one served model's worker (a Unix stream socket it serves on), in the
+    worker's frame (`loader.contract.FRAME`). Requests are pipelined: each is written whole, in
+    turn, and its answer read in the same turn (the worker answers in order), so a busy worker
+    finds the next request waiting instead of sleeping between them. The worker ends when this
     closes. What comes back is untrusted: the header is capped and parsed as JSON only, the body
     is refused unread past `max_body` bytes, and the caller checks both."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock: socket.socket | None = sock
-        self._lock = asyncio.Lock()
+        # FIFO locks: answers are read in the order their requests were written.
+        self._sending = asyncio.Lock()
+        self._receiving = asyncio.Lock()
 
     @property
     def closed(self) -> bool:
@@ -608,19 +612,20 @@ class WorkerChannel:
     async def exchange(
         self, header: dict[str, Any], buffers: list[memoryview], max_body: int, timeout: float
     ) -> tuple[dict[str, Any], bytearray]:
-        """Send one request and read its answer within `timeout`; any failure closes the channel
-        (a half-read answer leaves it out of step)."""
-        async with self._lock:
-            sock = self._sock
-            if sock is None:
-                raise ChannelBroken("the direct channel to the worker is closed")
-            loop = asyncio.get_running_loop()
-            done = False
-            try:
-                async with asyncio.timeout(timeout):
-                    await loop.sock_sendall(sock, frame_head(header, sum(b.nbytes for b in buffers)))
-                    for buffer in buffers:
-                        await loop.sock_sendall(sock, buffer)
+        """Send one request and read its answer within `timeout` (counted from the call, queueing
+        behind earlier requests included); any failure closes the channel (a half-read answer
+        leaves it out of step, and the requests behind it fail with ChannelBroken)."""
+        loop = asyncio.get_running_loop()
+        done = False
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._sending:
+                    sock = self._live()
+                    await _send_frame(loop, sock, header, buffers)
+                    # Taken before the next sender can run: the read turns follow the write order.
+                    await self._receiving.acquire()
+                try:
+                    sock = self._live()
                     header_len, body_len = FRAME.unpack(await _recv_exactly(loop, sock, FRAME.size))
                     if header_len > MAX_FRAME_HEADER:
                         raise ChannelRefused(f"the worker sent a header of {header_len} bytes, over {MAX_FRAME_HEADER}")
@@ -628,14 +633,16 @@ class WorkerChannel:
                         raise ChannelRefused(f"the model's answer is {body_len} bytes, over the limit of {max_body}")
                     raw = await _recv_exactly(loop, sock, header_len)
                     body = await _recv_exactly(loop, sock, body_len)
-                done = True
-            except TimeoutError:
-                raise ChannelTimeout(f"the model did not answer within {timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED) from None
-            except OSError as exc:
-                raise ChannelBroken(f"the direct channel to the worker failed: {exc}") from None
-            finally:
-                if not done:
-                    self.close()
+                finally:
+                    self._receiving.release()
+            done = True
+        except TimeoutError:
+            raise ChannelTimeout(f"the model did not answer within {timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        except OSError as exc:
+            raise ChannelBroken(f"the direct channel to the worker failed: {exc}") from None
+        finally:
+            if not done:
+                self.close()
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -644,6 +651,26 @@ class WorkerChannel:
             self.close()
             raise ChannelRefused("the worker sent a malformed header")
         return answer, body
+
+    def _live(self) -> socket.socket:
+        if self._sock is None:
+            raise ChannelBroken("the direct channel to the worker is closed")
+        return self._sock
+
+
+# Requests up to this size go in one write (header and arrays joined); larger ones are not copied.
+_JOIN_BYTES = 64 << 10
+
+
+async def _send_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket, header: dict[str, Any], buffers: list[memoryview]) -> None:
+    size = sum(b.nbytes for b in buffers)
+    head = frame_head(header, size)
+    if size <= _JOIN_BYTES:
+        await loop.sock_sendall(sock, b"".join([head, *buffers]))
+        return
+    await loop.sock_sendall(sock, head)
+    for buffer in buffers:
+        await loop.sock_sendall(sock, buffer)
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytearray:

@@ -93,6 +93,8 @@ class SandboxedEstimator:
             try:
                 answer, body = await channel.exchange(header, buffers, self.max_bytes, self.deadline)
             except ChannelBroken:
+                if self.ended:  # this process ended the worker while the request waited
+                    raise PredictFailed(f"{_FAILED}: its worker was ended ({self.ended}): load the model again", 502) from None
                 # The worker closed it (it crashed, or was ended): the loader knows why, so the
                 # request goes through Predict, which reports the cause.
                 self.channel = None

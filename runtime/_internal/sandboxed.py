@@ -78,7 +78,7 @@ def _array(name: str, values: np.ndarray) -> PlainArray:
             "model served in the sandbox (numbers, booleans and strings, up to 4 dimensions)",
             400,
         )
-    return PlainArray(name, values.dtype.str, tuple(values.shape), memoryview(values.reshape(-1).view(np.uint8)), is_object)
+    return PlainArray(name, values.dtype.str, tuple(values.shape), values.reshape(-1).view(np.uint8).data, is_object)
 
 
 def to_proto(arrays: list[PlainArray]) -> list[loader_pb2.Array]:

@@ -464,3 +464,29 @@ def test_a_killed_client_takes_its_sandboxed_workers_with_it(
         client.kill()
         client.wait()
     assert_still_serving(bystander, served_loader)
+
+
+def test_predict_refuses_a_forged_answer_the_runtime_never_sees(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    """Predict (the path without a direct channel: the CLI, a TCP endpoint) checks answers in the
+    loader too: a forged object dtype is refused there, before any caller parses it."""
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+    forged = hostile_predict.acting_at_predict(hostile_predict.TECHNIQUES["forged-object-dtype"].body(hostile_predict.Target("", "", 0, 0)))
+    model = sigstore_model(signed(models_root, authority, "forged-through-predict", data=forged), served_loader, authority, "sandbox")
+    assert run(model.load())
+    x = np.ones((hostile_predict.ROWS, 3))
+    request = loader_pb2.PredictRequest(
+        handle=model._model.handle, method="predict",
+        inputs=[loader_pb2.Array(name="x", dtype=x.dtype.str, shape=x.shape, data=x.tobytes())],
+    )
+    try:
+        with grpc.insecure_channel(served_loader.endpoint) as channel, pytest.raises(grpc.RpcError) as refused:
+            loader_pb2_grpc.LoaderStub(channel).Predict(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INTERNAL and "does not pass on" in refused.value.details()
+    finally:
+        run(model.unload())
+    assert_still_serving(bystander, served_loader)
