@@ -165,21 +165,33 @@ class _Worker:
         self.tail = tail
         self.name = name
         self.lock = threading.Lock()
+        # Asking a forkserver child for its status is not thread-safe (two readers of its
+        # sentinel: one gets the status, the other EOF, read as 255); the reaper asks too.
+        self._status_lock = threading.Lock()
         self.ended = ""  # why it ended, once it has
+
+    def alive(self) -> bool:
+        with self._status_lock:
+            return self.proc.is_alive()
+
+    def wait(self, seconds: float) -> int | None:
+        """The exit code once it has exited (within `seconds`), else None."""
+        with self._status_lock:
+            self.proc.join(seconds)
+            return self.proc.exitcode
 
     def end(self, why: str) -> None:
         if not self.ended:
             self.ended = why
-        if self.proc.is_alive():
+        if self.alive():
             self.proc.kill()
-        self.proc.join(5)
+        self.wait(5)
         self.sock.close()
         self.tail.close()
 
     def cause(self) -> str:
         """Why the process ended, from its exit status and what it printed last."""
-        self.proc.join(5)
-        code = self.proc.exitcode
+        code = self.wait(5)
         tail = self.tail.text()[-500:]
         detail = f"; it printed: {tail!r}" if tail else ""
         if code is not None and code < 0:
@@ -234,7 +246,7 @@ class Workers:
             spare, self._spare = self._spare, None
         # Refilled a moment later, not beside the load that takes this one.
         run_in_background(self._refill, after=_REFILL_AFTER_SECONDS)
-        if spare is not None and spare.proc.is_alive():
+        if spare is not None and spare.alive():
             spare.name = name
             return spare
         if spare is not None:
@@ -300,7 +312,7 @@ class Workers:
         with self._lock:
             self._workers[handle] = worker
         worker.tail.on_exit = lambda: self._reap(handle, worker)
-        if not worker.proc.is_alive():
+        if not worker.alive():
             self._reap(handle, worker)
         return Served(handle, tuple(methods), self.limits, timings, ours)
 
@@ -308,8 +320,7 @@ class Workers:
         """A served worker exited on its own. One that exited cleanly saw its direct channel close
         (the process holding it has gone): it is forgotten. Any other keeps its place until the
         next request reports the cause, or until Unload."""
-        worker.proc.join(5)
-        if worker.proc.exitcode != 0:
+        if worker.wait(5) != 0:
             return
         with self._lock:
             if self._workers.get(handle) is worker:
@@ -361,7 +372,7 @@ class Workers:
                 raise PredictDeadline("the model did not take its input within the deadline; its worker was ended") from None
             except OSError as exc:
                 # A closed socket is the worker gone (its exit may not be reported yet).
-                if worker.proc.is_alive() and exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                if worker.alive() and exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                     worker.end(f"the request could not be sent: {exc}")
                     raise WorkerFailed(f"the request could not be sent to the sandboxed worker: {exc}") from None
                 raise self._failed(worker) from None
