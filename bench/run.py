@@ -306,7 +306,159 @@ class Bench:
             out[impl] = {**best, "loader_peak_pss_mb": min(loader_peaks)}
         self.results["memory_large"] = out
 
-    # 6. skops' own options -----------------------------------------------------------------
+    # 6. models served in the sandbox ---------------------------------------------------------
+    def sandboxed(self, small: Path, large: Path, requests_n: int, load_repeat: int) -> None:
+        """The digits SVC served in the sandbox (execution "sandbox") vs the same file in plain
+        SKLearnModel, through `mlserver start` over REST and gRPC; then loads and MLServer's RSS."""
+        import grpc
+        from mlserver.grpc import dataplane_pb2 as pb
+        from mlserver.grpc import dataplane_pb2_grpc
+
+        run_dir = self.work / "sandboxed-loader"
+        run_dir.mkdir()
+        loader = start_loader(run_dir, self.models, {"local": self.authority.trust_config}, "--cache-mb=0",
+                              "--worker-memory-mb=4096", "--child-memory-mb=4096", "--max-result-mb=4096")
+        policy = {"signers": [{"identity": SIGNER, "issuer": self.authority.issuer}], "trust_root": "local",
+                  "endpoint": loader.endpoint, "execution": "sandbox"}
+        out: dict[str, object] = {}
+        try:
+            repo = self.work / "sandboxed-repo"
+            for name, impl, extra in (("plain-digits", "mlserver_sklearn.SKLearnModel", {}),
+                                      ("sandboxed-digits", "runtime.SigstoreModel", {"sigstore": policy})):
+                (repo / name).mkdir(parents=True)
+                (repo / name / "model-settings.json").write_text(json.dumps(
+                    {"name": name, "implementation": impl, "parameters": {"uri": str(small), "extra": extra}}))
+            http, grpc_port = free_port(), free_port()
+            env = {"MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(free_port()),
+                   "MLSERVER_PARALLEL_WORKERS": "0", "MLSERVER_GRPC_MAX_MESSAGE_LENGTH": str(64 << 20)}
+            proc = start_mlserver(repo, self.work, self.work / "mlserver-sandboxed.log", env)
+            url = f"http://127.0.0.1:{http}"
+            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.max_receive_message_length", 64 << 20),
+                                                                                ("grpc.max_send_message_length", 64 << 20)])
+            try:
+                digits = datasets.load_digits().data
+                batches = {"8_rows": digits[:8], "10000_rows": np.resize(digits, (10_000, digits.shape[1]))}
+                stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+                for label, rows in batches.items():
+                    payload = {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64", "data": rows.flatten().tolist()}]}
+                    body = json.dumps(payload)
+                    tensor = pb.ModelInferRequest.InferInputTensor(
+                        name="x", datatype="FP64", shape=list(rows.shape), contents=pb.InferTensorContents(fp64_contents=rows.flatten().tolist()))
+                    session = requests.Session()
+                    calls = {
+                        "rest": lambda name, s=session, b=body: s.post(f"{url}/v2/models/{name}/infer", data=b,
+                                                                      headers={"content-type": "application/json"}, timeout=120).raise_for_status(),
+                        "grpc": lambda name, t=tensor: stub.ModelInfer(pb.ModelInferRequest(model_name=name, inputs=[t]), timeout=120),
+                    }
+                    n = requests_n if label == "8_rows" else max(5, requests_n // 20)
+                    for protocol, call in calls.items():
+                        samples: dict[str, list[float]] = {"plain-digits": [], "sandboxed-digits": []}
+                        for name in samples:
+                            for _ in range(3 if label != "8_rows" else 20):
+                                call(name)  # warm-up
+                        for _ in range(n):  # interleaved: drift on the machine hits both alike
+                            for name in samples:
+                                started = time.perf_counter()
+                                call(name)
+                                samples[name].append(time.perf_counter() - started)
+                        plain, ours = stats(samples["plain-digits"]), stats(samples["sandboxed-digits"])
+                        print(f"  {protocol} {label}: in process {plain['median']*1000:.2f} ms, sandboxed {ours['median']*1000:.2f} ms", flush=True)
+                        out[f"{protocol}_{label}"] = {
+                            "plain_ms": {k: v * 1000 if k != "n" else v for k, v in plain.items()},
+                            "sandboxed_ms": {k: v * 1000 if k != "n" else v for k, v in ours.items()},
+                            "throughput_ratio": sum(samples["plain-digits"]) / sum(samples["sandboxed-digits"]),
+                        }
+                out["rest_8_rows_16_clients"] = self._concurrently(url, batches["8_rows"], 16, max(10, requests_n // 10))
+            finally:
+                channel.close()
+                stop_process(proc)
+            out["load_small"] = self._sandboxed_loads(small, policy, load_repeat, floor=False)
+            out["load_large"] = self._sandboxed_loads(large, policy, max(2, load_repeat // 4), floor=True)
+            rss = {}
+            for label, path in (("small", small), ("large", large)):
+                spec = {"impl": "signed", "name": path.parent.name, "uri": str(path), "extra": {"sigstore": policy}}
+                probe = subprocess.run([sys.executable, str(ROOT / "bench" / "rss_probe.py"), json.dumps(spec)], check=True,
+                                       capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+                rss[label] = {**json.loads(probe.stdout.strip().splitlines()[-1]), "artefact_mb": round(path.stat().st_size / 2**20, 1)}
+            out["mlserver_rss"] = rss
+        finally:
+            stop_process(loader.process)
+        self.results["sandboxed"] = out
+
+    @staticmethod
+    def _concurrently(url: str, rows: np.ndarray, clients: int, each: int) -> dict[str, float]:
+        """`clients` threads, each sending `each` requests back to back, plain then sandboxed
+        (twice, best of each): requests per second and their ratio."""
+        body = json.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64", "data": rows.flatten().tolist()}]})
+
+        def burst(name: str) -> float:
+            barrier = threading.Barrier(clients + 1)
+
+            def client() -> None:
+                session = requests.Session()
+                barrier.wait()
+                for _ in range(each):
+                    session.post(f"{url}/v2/models/{name}/infer", data=body, headers={"content-type": "application/json"},
+                                 timeout=120).raise_for_status()
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            barrier.wait()
+            started = time.perf_counter()
+            for t in threads:
+                t.join()
+            return clients * each / (time.perf_counter() - started)
+
+        plain, ours = [], []
+        for _ in range(2):
+            plain.append(burst("plain-digits"))
+            ours.append(burst("sandboxed-digits"))
+        return {"clients": clients, "plain_rps": max(plain), "sandboxed_rps": max(ours), "throughput_ratio": max(ours) / max(plain)}
+
+    def _sandboxed_loads(self, path: Path, policy: dict, repeat: int, floor: bool) -> dict[str, object]:
+        """SigstoreModel loads in sandbox mode (each ends its worker after) vs a plain SKLearnModel
+        load, or vs the floor (plain joblib load + one SHA-256 pass)."""
+        name = path.parent.name
+        plain_settings = ModelSettings(name=name, implementation=SKLearnModel, parameters=ModelParameters(uri=str(path)))
+        ours_settings = ModelSettings(name=name, implementation=SigstoreModel,
+                                      parameters=ModelParameters(uri=str(path), extra={"sigstore": policy}))
+        loop = asyncio.new_event_loop()
+        try:
+            def plain_load() -> None:
+                model = SKLearnModel(plain_settings)
+                loop.run_until_complete(model.load())
+                if floor:
+                    _sha256_times(path, 1)
+
+            loaded: list[SigstoreModel] = []
+
+            def ours_load() -> None:
+                model = SigstoreModel(ours_settings)
+                loop.run_until_complete(model.load())
+                assert model.execution == "sandbox", model.execution
+                loaded.append(model)
+
+            def unload() -> None:  # between samples, not timed (plain loads have nothing to end)
+                while loaded:
+                    loop.run_until_complete(loaded.pop().unload())
+
+            plain_load(), ours_load(), unload()  # warm-up
+            baseline: list[float] = []
+            ours: list[float] = []
+            for _ in range(repeat):
+                baseline += timed(plain_load, 1, LOAD_PAUSE)
+                ours += timed(ours_load, 1, LOAD_PAUSE)
+                unload()
+        finally:
+            loop.close()
+        b, o = stats(baseline), stats(ours)
+        return {"artefact_mb": round(path.stat().st_size / 2**20, 1), "baseline": "floor" if floor else "plain",
+                "baseline_ms": {k: v * 1000 if k != "n" else v for k, v in b.items()},
+                "sandboxed_ms": {k: v * 1000 if k != "n" else v for k, v in o.items()},
+                "ratio": o["median"] / b["median"], "extra_ms": (o["median"] - b["median"]) * 1000}
+
+    # 7. skops' own options -----------------------------------------------------------------
     def convert_options(self, megabytes: int) -> None:
         """skops.io.dump with each compression it offers, on a k-NN of `megabytes` (random floats)
         and on the digits SVC: convert time, size and load time, in this process."""
@@ -433,6 +585,7 @@ def write_reports(results: dict) -> None:
             f"| {n} concurrent small loads | {entry['plain_s']*1000:.0f} ms | {entry['signed_s']*1000:.0f} ms, loader peak PSS {entry['loader_peak_rss_mb']:.0f} MB "
             f"| {entry['ratio']:.1f}x | PSS <= {LOADER_MEMORY_MB} MB: {'met' if within else 'missed'} |"
         )
+    lines += _sandboxed_lines(results.get("sandboxed"))
     stage_lines = ["", "Warm-path stages (median ms):", "", "| stage | small | large |", "| --- | --- | --- |"]
     small, large = results.get("load_small", {}).get("stages", {}), results.get("load_large", {}).get("stages", {})
     for stage in dict.fromkeys([*small, *large]):
@@ -451,6 +604,49 @@ def write_reports(results: dict) -> None:
               + (f"; load average at start {load[0]:.1f}, at end {load[1]:.1f}." if load else "."), ""]
     (RESULTS / "results.md").write_text("\n".join(header + lines + stage_lines) + "\n")
     _plot(results)
+
+
+def _sandboxed_lines(entry: dict | None) -> list[str]:
+    """Rows for a model served in the sandbox (execution "sandbox"), against the same file in process."""
+    if not entry:
+        return []
+    lines = []
+    for key, target in (("rest_8_rows", 0.95), ("grpc_8_rows", 0.95), ("rest_10000_rows", 0.9), ("grpc_10000_rows", 0.9)):
+        if key not in entry:
+            continue
+        e, (protocol, label) = entry[key], key.split("_", 1)
+        lines.append(
+            f"| sandboxed inference {protocol}, {label.replace('_', ' ')} | in process {e['plain_ms']['median']:.2f} ms (p95 {e['plain_ms']['p95']:.2f}) "
+            f"| sandboxed {e['sandboxed_ms']['median']:.2f} ms (p95 {e['sandboxed_ms']['p95']:.2f}) | throughput {e['throughput_ratio']:.3f} "
+            f"| >= {target}: {'met' if e['throughput_ratio'] >= target else 'missed'} |"
+        )
+    c = entry.get("rest_8_rows_16_clients")
+    if c:
+        lines.append(
+            f"| sandboxed inference rest, 8 rows, {c['clients']} clients | {c['plain_rps']:.0f} req/s | {c['sandboxed_rps']:.0f} req/s "
+            f"| throughput {c['throughput_ratio']:.3f} | >= 0.9: {'met' if c['throughput_ratio'] >= 0.9 else 'missed'} |"
+        )
+    for label, limit in (("load_small", None), ("load_large", 1.5)):
+        e = entry.get(label)
+        if not e:
+            continue
+        b, o = e["baseline_ms"], e["sandboxed_ms"]
+        verdict = (f"<= {limit}x the floor: {'met' if e['ratio'] <= limit else 'missed'}" if limit
+                   else f"<= plain + 10 ms: {'met' if e['extra_ms'] <= 10 else 'missed'}")
+        lines.append(
+            f"| sandboxed load {label[5:]} ({e['artefact_mb']} MB) | {e['baseline']} {b['median']:.1f} ms (p95 {b['p95']:.1f}) "
+            f"| {o['median']:.1f} ms (p95 {o['p95']:.1f}) | {e['ratio']:.2f}x (+{e['extra_ms']:.1f} ms) | {verdict} |"
+        )
+    rss = entry.get("mlserver_rss")
+    if rss:
+        s, g = rss["small"], rss["large"]
+        grew = g["peak_rss_mb"] - s["peak_rss_mb"]
+        lines.append(
+            f"| MLServer process peak RSS, sandboxed model | small ({s['artefact_mb']} MB): {s['peak_rss_mb']:.0f} MB "
+            f"| large ({g['artefact_mb']} MB): {g['peak_rss_mb']:.0f} MB | +{grew:.0f} MB | does not grow with the model: "
+            f"{'met' if grew < 0.1 * g['artefact_mb'] else 'missed'} |"
+        )
+    return lines
 
 
 def _plot(results: dict) -> None:
@@ -487,6 +683,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and a 64 MB large model")
     parser.add_argument("--no-docker", action="store_true", help="skip the docker (ephemeral) mode")
     parser.add_argument("--large-mb", type=int, default=200)
+    parser.add_argument("--only-sandboxed", action="store_true", help="only the rows of a model served in the sandbox")
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     started_load = os.getloadavg()[0]
@@ -495,6 +692,15 @@ def main() -> int:
         bench = Bench(work, args.quick, not args.no_docker)
         small = bench.artefact("small", train_digits_svm())
         large = bench.artefact("large", large_estimator(64 if args.quick else args.large_mb))
+        if args.only_sandboxed:
+            print("models served in the sandbox ...", flush=True)
+            try:
+                bench.sandboxed(small, large, 100 if args.quick else 300, 10 if args.quick else 20)
+            finally:
+                bench.server.shutdown()
+            print(json.dumps(bench.results["sandboxed"], indent=2))
+            print("\n".join(_sandboxed_lines(bench.results["sandboxed"])))  # type: ignore[arg-type]
+            return 0
         loader = start_loader(work / "loader-run" if (work / "loader-run").mkdir() is None else work, bench.models,
                               {"local": bench.authority.trust_config}, "--cache-mb=0", "--child-memory-mb=4096",
                               "--max-result-mb=4096", "--max-concurrent-loads=2")
@@ -515,6 +721,8 @@ def main() -> int:
             bench.memory(loader, large, 2)
             print("concurrent loads ...", flush=True)
             bench.concurrent(loader, small.read_bytes(), [1, 4, 16])
+            print("models served in the sandbox ...", flush=True)
+            bench.sandboxed(small, large, 100 if args.quick else 300, 10 if args.quick else 20)
             print("skops options ...", flush=True)
             bench.convert_options(16 if args.quick else 32)
         finally:

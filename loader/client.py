@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import hashlib
 import io
+import json
 import mmap
 import os
 import secrets
@@ -27,7 +28,7 @@ import blake3
 import grpc
 
 from loader.background import close_in_background
-from loader.contract import FD_SOCKET_SUFFIX, WAIT_PREFIX
+from loader.contract import FD_SOCKET_SUFFIX, FRAME, MAX_FRAME_HEADER, WAIT_PREFIX, frame_head
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 _T = TypeVar("_T")
@@ -555,3 +556,130 @@ async def unload(endpoint: str, handle: str, timeout: float) -> bool:
     response: loader_pb2.UnloadResponse = await _unary(endpoint, "Unload", loader_pb2.UnloadRequest(handle=handle), timeout)
     return response.ended
 
+
+
+# --- the direct channel to a served model's worker ----------------------------------------------
+
+
+class ChannelBroken(LoaderCallError):
+    """The direct channel closed or failed: its worker has gone (Predict says why)."""
+
+
+class ChannelTimeout(LoaderCallError):
+    """The worker did not answer within the deadline; the channel is closed."""
+
+
+class ChannelRefused(LoaderCallError):
+    """The worker sent something outside the frame's limits; the channel is closed."""
+
+
+async def claim_channel(endpoint: str, handle: str, timeout: float) -> WorkerChannel:
+    """Claim the direct channel a Serve offered under `handle` (ServedModel.channel_handle)."""
+    path = fd_socket_for(endpoint)
+    if path is None:
+        raise LoaderCallError(f"a direct channel needs a unix: endpoint, not {endpoint!r}")
+    fd = await receive_fd(path, handle, timeout)
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LoaderCallError("the loader passed something other than a socket as the direct channel")
+    return WorkerChannel(socket.socket(fileno=fd))
+
+
+class WorkerChannel:
+    """A direct channel to one served model's worker (a Unix stream socket it serves on), in the
+    worker's frame (`loader.contract.FRAME`). Requests are pipelined: each is written whole, in
+    turn, and its answer read in the same turn (the worker answers in order), so a busy worker
+    finds the next request waiting instead of sleeping between them. The worker ends when this
+    closes. What comes back is untrusted: the header is capped and parsed as JSON only, the body
+    is refused unread past `max_body` bytes, and the caller checks both."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock: socket.socket | None = sock
+        # FIFO locks: answers are read in the order their requests were written.
+        self._sending = asyncio.Lock()
+        self._receiving = asyncio.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    async def exchange(
+        self, header: dict[str, Any], buffers: list[memoryview], max_body: int, timeout: float
+    ) -> tuple[dict[str, Any], bytearray]:
+        """Send one request and read its answer within `timeout` (counted from the call, queueing
+        behind earlier requests included); any failure closes the channel (a half-read answer
+        leaves it out of step, and the requests behind it fail with ChannelBroken)."""
+        loop = asyncio.get_running_loop()
+        done = False
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._sending:
+                    sock = self._live()
+                    await _send_frame(loop, sock, header, buffers)
+                    # Taken before the next sender can run: the read turns follow the write order.
+                    await self._receiving.acquire()
+                try:
+                    sock = self._live()
+                    header_len, body_len = FRAME.unpack(await _recv_exactly(loop, sock, FRAME.size))
+                    if header_len > MAX_FRAME_HEADER:
+                        raise ChannelRefused(f"the worker sent a header of {header_len} bytes, over {MAX_FRAME_HEADER}")
+                    if body_len > max_body:
+                        raise ChannelRefused(f"the model's answer is {body_len} bytes, over the limit of {max_body}")
+                    raw = await _recv_exactly(loop, sock, header_len)
+                    body = await _recv_exactly(loop, sock, body_len)
+                finally:
+                    self._receiving.release()
+            done = True
+        except TimeoutError:
+            raise ChannelTimeout(f"the model did not answer within {timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        except OSError as exc:
+            raise ChannelBroken(f"the direct channel to the worker failed: {exc}") from None
+        finally:
+            if not done:
+                self.close()
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            self.close()
+            raise ChannelRefused("the worker sent a malformed header")
+        return answer, body
+
+    def _live(self) -> socket.socket:
+        if self._sock is None:
+            raise ChannelBroken("the direct channel to the worker is closed")
+        return self._sock
+
+
+# Requests up to this size go in one write (header and arrays joined); larger ones are not copied.
+_JOIN_BYTES = 64 << 10
+
+
+async def _send_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket, header: dict[str, Any], buffers: list[memoryview]) -> None:
+    size = sum(b.nbytes for b in buffers)
+    head = frame_head(header, size)
+    if size <= _JOIN_BYTES:
+        await loop.sock_sendall(sock, b"".join([head, *buffers]))
+        return
+    await loop.sock_sendall(sock, head)
+    for buffer in buffers:
+        await loop.sock_sendall(sock, buffer)
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytearray:
+    data = bytearray(n)
+    view = memoryview(data)
+    got = 0
+    while got < n:
+        k = await loop.sock_recv_into(sock, view[got:])
+        if k == 0:
+            raise ChannelBroken("the worker closed the direct channel")
+        got += k
+    return data

@@ -6,10 +6,26 @@ cross to and from a served model. The client, the loader and the runtime take th
 
 from __future__ import annotations
 
+import json
+import struct
+
 # The side channel of a `unix:` endpoint is the gRPC socket's path with this suffix.
 FD_SOCKET_SUFFIX = ".fd"
 # A line `wait <handle>` on the side channel waits for the model of a call still running.
 WAIT_PREFIX = "wait "
+
+# A served model's worker frames every message, on its socket to the loader and on a caller's
+# direct channel alike: FRAME (4-byte little-endian header length, 8-byte little-endian body
+# length), the JSON header (at most MAX_FRAME_HEADER bytes), the body (buffers one after another).
+FRAME = struct.Struct("<IQ")
+MAX_FRAME_HEADER = 1 << 16
+
+
+def frame_head(header: dict[str, object], body_bytes: int) -> bytes:
+    """FRAME and the JSON header of a message whose body is `body_bytes` long."""
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return FRAME.pack(len(encoded), body_bytes) + encoded
+
 
 # The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
 # little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;

@@ -16,12 +16,20 @@ from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import WELLKNOWN_MODEL_FILENAMES
 
 from loader.bundles import bundle_candidates, find_bundle
-from loader.client import LoaderCallError, unload
+from loader.client import (
+    ChannelBroken,
+    ChannelTimeout,
+    LoaderCallError,
+    WorkerChannel,
+    claim_channel,
+    fd_socket_for,
+    unload,
+)
 from loader.proto.v1 import loader_pb2
-from runtime._internal.sandboxed import encode_inputs, parse_output
+from runtime._internal.sandboxed import channel_request, encode_inputs, parse_answer, parse_output, to_proto
 from runtime.client import Consumer, FetchedModel, build_request, predict, serve, verify_and_load
 from runtime.docker_sandbox import EphemeralLoader
-from runtime.errors import ModelRefused
+from runtime.errors import ModelRefused, PredictFailed
 from runtime.safe_load import load_model
 from runtime.settings import RuntimeSettings, SigstorePolicy
 
@@ -46,20 +54,83 @@ def refuse_code_beside(folder: Path, what: str) -> None:
         )
 
 
+_FAILED = "the model served in the sandbox failed"
+
+
 class SandboxedEstimator:
     """Stands for a model served in the loader's sandbox: it has exactly the methods the worker
-    reported (so `SKLearnModel`'s checks, e.g. for predict_proba, hold), called through `call`."""
+    reported (so `SKLearnModel`'s checks, e.g. for predict_proba, hold), called through `call`.
 
-    def __init__(self, endpoint: str, served: loader_pb2.ServedModel, timeout: float, max_bytes: int) -> None:
-        self.endpoint, self.handle, self.timeout, self.max_bytes = endpoint, served.handle, timeout, max_bytes
+    Requests go on the worker's direct channel when the loader gave one (no gRPC, no loader
+    thread on the way), through Predict otherwise; the answer is checked the same way either way.
+    This process enforces the deadline on the direct channel: past it, the worker is ended."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        served: loader_pb2.ServedModel,
+        timeout: float,
+        max_bytes: int,
+        channel: WorkerChannel | None = None,
+    ) -> None:
+        self.endpoint, self.handle, self.timeout = endpoint, served.handle, timeout
+        # The loader's cap binds the direct channel too: there, this process is the one that checks.
+        self.max_bytes = min(max_bytes, served.max_output_bytes) if served.max_output_bytes > 0 else max_bytes
+        self.deadline = served.deadline_seconds or timeout
+        self.memory_bytes = served.memory_bytes
+        self.channel = channel
+        self.ended = ""  # why this process ended the worker, once it has
         for method in served.methods:
             setattr(self, method, None)  # present for hasattr; calls go through `call`
 
     async def call(self, method: str, decoded: Any) -> Any:
         arrays, frame, rows = encode_inputs(decoded)
-        request = loader_pb2.PredictRequest(handle=self.handle, method=method, inputs=arrays, frame=frame)
+        if self.ended:
+            raise PredictFailed(f"{_FAILED}: its worker was ended ({self.ended}): load the model again", 502)
+        channel = self.channel
+        if channel is not None:
+            header, buffers = channel_request(method, arrays, frame)
+            try:
+                answer, body = await channel.exchange(header, buffers, self.max_bytes, self.deadline)
+            except ChannelBroken:
+                if self.ended:  # this process ended the worker while the request waited
+                    raise PredictFailed(f"{_FAILED}: its worker was ended ({self.ended}): load the model again", 502) from None
+                # The worker closed it (it crashed, or was ended): the loader knows why, so the
+                # request goes through Predict, which reports the cause.
+                self.channel = None
+            except ChannelTimeout as exc:
+                await self.end("deadline")
+                raise PredictFailed(f"{_FAILED}: {exc}; its worker was ended (load the model again)", 504) from None
+            except LoaderCallError as exc:
+                await self.end("answer outside the frame's limits")
+                raise PredictFailed(f"{_FAILED}: {exc}; its worker was ended", 502) from None
+            else:
+                return await self._answer(answer, body, rows)
+        request = loader_pb2.PredictRequest(handle=self.handle, method=method, inputs=to_proto(arrays), frame=frame)
         response = await predict(self.endpoint, request, self.timeout)
         return parse_output(response.output, rows, self.max_bytes)
+
+    async def _answer(self, answer: dict[str, Any], body: bytearray, rows: int) -> Any:
+        if answer.get("ok") is True:
+            return parse_answer(answer, body, rows, self.max_bytes)
+        if answer.get("limit") == "memory":
+            await self.end("memory limit")
+            raise PredictFailed(
+                f"{_FAILED}: the model went past its memory limit of {self.memory_bytes} bytes; its worker was ended", 502
+            )
+        if "refused" in answer:
+            raise PredictFailed(f"{_FAILED}: the model's answer cannot be passed on: {str(answer['refused'])[:500]}", 502)
+        raise PredictFailed(f"{_FAILED}: the model raised: {str(answer.get('error'))[:2000]}", 500)
+
+    async def end(self, why: str) -> None:
+        """Close the direct channel and have the loader end the worker (it may be running still)."""
+        self.ended = self.ended or why
+        if self.channel is not None:
+            self.channel.close()
+        try:
+            await unload(self.endpoint, self.handle, 10.0)
+        except LoaderCallError as exc:  # a loader that restarted has ended it already
+            logger.warning("could not end a sandboxed worker: %s", exc)
 
 
 class SigstoreModel(SKLearnModel):
@@ -183,6 +254,7 @@ class SigstoreModel(SKLearnModel):
         request = loader_pb2.ServeRequest(
             load=build_request(policy, self._request_path(env, artefact), self.name), sandbox_ticket=ticket, reason=reason
         )
+        request.direct_channel = fd_socket_for(endpoint) is not None
         try:
             served = await serve(endpoint, request, env.timeout_seconds)
         except ModelRefused as exc:
@@ -190,7 +262,15 @@ class SigstoreModel(SKLearnModel):
                 raise
             # Say why it went to the sandbox as well: the first refusal is often the telling one.
             raise ModelRefused(f"{exc}; it was sent to the sandbox because {reason}", exc.status_code) from None
-        self._model = SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes)
+        channel = None
+        if served.channel_handle:
+            try:
+                channel = await claim_channel(endpoint, served.channel_handle, env.timeout_seconds)
+            except LoaderCallError as exc:
+                # Unclaimed, the channel's offer expires and the worker ends with it: end it now.
+                await SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes).end("no channel")
+                raise ModelRefused(f"model {self.name!r}: could not claim the channel to its sandboxed worker: {exc}", 503) from None
+        self._model = SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes, channel)
         self.execution, self.execution_reason = "sandbox", reason
         return served.facts
 
@@ -212,10 +292,7 @@ class SigstoreModel(SKLearnModel):
         """End the model's sandboxed worker, if it has one."""
         model = getattr(self, "_model", None)
         if isinstance(model, SandboxedEstimator):
-            try:
-                await unload(model.endpoint, model.handle, 10.0)
-            except LoaderCallError as exc:  # a loader that restarted has ended it already
-                logger.warning("model %r: could not end its sandboxed worker: %s", self.name, exc)
+            await model.end("unloaded")
         return await super().unload()
 
     async def metadata(self) -> MetadataModelResponse:

@@ -348,16 +348,35 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "sandbox-answer-size",
-        "the loader's cap on a sandboxed answer's size",
-        (Edit("loader/_internal/inference.py", "            if body_len > max_body:\n", "            if False:  # mutation-check\n"),),
+        "the caps on a sandboxed answer's size: the loader's (Predict), the runtime's on the worker's direct channel and in its parser",
+        (
+            Edit("loader/_internal/inference.py", "            if body_len > max_body:\n", "            if False:  # mutation-check\n"),
+            Edit("loader/client.py", "                    if body_len > max_body:\n", "                    if False:  # mutation-check\n"),
+            Edit("runtime/_internal/sandboxed.py", "    if count * size > max_bytes:\n", "    if False:  # mutation-check\n"),
+        ),
         hostile=(Selection("tests/integration/test_sandboxed.py::test_a_model_acting_at_predict_time_is_contained[huge-output]"),),
         honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
     ),
     Mutation(
         "sandbox-answer-dtype",
-        "the loader's check of a sandboxed answer's dtype and shape",
+        "the runtime's check of a sandboxed answer's dtype (its one parser, for the direct channel and Predict)",
+        (
+            Edit(
+                "runtime/_internal/sandboxed.py",
+                "    if not isinstance(dtype, str) or (size := array_itemsize(dtype)) is None:\n",
+                "    if not isinstance(dtype, str) or (size := array_itemsize(dtype) or 8) is None:  # mutation-check\n",
+            ),
+        ),
+        # An object dtype gets no further anyway (NumPy refuses to map bytes as objects): the
+        # case that parses is another dtype off the list, of the same item size.
+        hostile=(Selection("tests/unit/test_sandboxed_arrays.py", "crafted_answers_are_refused and f8"),),
+        honest=(Selection("tests/unit/test_sandboxed_arrays.py", "plain_answers_are_parsed_as_sent"),),
+    ),
+    Mutation(
+        "sandbox-answer-dtype-loader",
+        "the loader's check of a sandboxed answer's dtype and shape (Predict)",
         (Edit("loader/_internal/inference.py", "    if not isinstance(dtype, str) or array_itemsize(dtype) is None or shape is None:\n", "    if False:  # mutation-check\n"),),
-        hostile=(Selection("tests/integration/test_sandboxed.py::test_a_model_acting_at_predict_time_is_contained[forged-object-dtype]"),),
+        hostile=(Selection("tests/integration/test_sandboxed.py::test_predict_refuses_a_forged_answer_the_runtime_never_sees"),),
         honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
     ),
     Mutation(

@@ -130,7 +130,8 @@ TECHNIQUES: dict[str, PredictTechnique] = {
     # claims one thing and carries another. The server's checks are what stop these.
     "forged-object-dtype": PredictTechnique(
         lambda t: _forging("{'ok': True, 'dtype': '|O', 'shape': [len(X)]}", "b'\\0' * 8 * len(X)"),
-        lambda t, s: s.dtype == "|O", (502,), ("does not pass on",),
+        # Refused by the loader on the Predict path, by the runtime on the direct channel.
+        lambda t, s: s.dtype == "|O", (502,), ("does not pass on", "which is not accepted"),
     ),
     "forged-short-bytes": PredictTechnique(
         lambda t: _forging("{'ok': True, 'dtype': '<f8', 'shape': [len(X)]}", "b'\\0' * 3"),

@@ -14,6 +14,7 @@ little-endian body length, the JSON header, the body (buffers one after another)
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -23,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,12 +33,11 @@ import grpc
 
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits, unpickling_error
-from loader._internal.worker import FRAME, METHODS, Payload, frame, run_worker
+from loader._internal.worker import METHODS, Payload, frame, run_worker
 from loader.background import run_in_background
-from loader.contract import array_itemsize, array_shape
+from loader.contract import FRAME, MAX_FRAME_HEADER, array_itemsize, array_shape
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
-_MAX_HEADER = 1 << 16
 _TAIL_BYTES = 4096  # what is kept of a worker's own output, for error messages
 _START_SECONDS = 60.0
 _UNPICKLE_SECONDS = 120.0
@@ -114,6 +114,7 @@ class _Tail:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._kept = b""
+        self.on_exit: Callable[[], None] | None = None  # called once the worker has exited
         self._thread = threading.Thread(target=self._drain, daemon=True, name="worker-output")
         self._thread.start()
 
@@ -124,16 +125,23 @@ class _Tail:
             except OSError:
                 return
             if not chunk:
-                return
+                break
             self._kept = (self._kept + chunk)[-_TAIL_BYTES:]
+        # The worker held the pipe's only write end: it has exited (or is exiting).
+        if self.on_exit is not None:
+            self.on_exit()
 
     def text(self) -> str:
-        self._thread.join(0.2)
+        self._join(0.2)
         return self._kept.decode(errors="replace")
 
     def close(self) -> None:
-        self._thread.join(1)
+        self._join(1)
         self._conn.close()
+
+    def _join(self, seconds: float) -> None:
+        if threading.current_thread() is not self._thread:  # on_exit runs on this thread
+            self._thread.join(seconds)
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,8 @@ class Served:
     methods: tuple[str, ...]
     limits: WorkerLimits
     timings: dict[str, float]
+    # The caller's end of a direct channel to the worker, to be passed on (or closed).
+    channel: socket.socket | None = None
 
 
 class _Worker:
@@ -155,21 +165,33 @@ class _Worker:
         self.tail = tail
         self.name = name
         self.lock = threading.Lock()
+        # Asking a forkserver child for its status is not thread-safe (two readers of its
+        # sentinel: one gets the status, the other EOF, read as 255); the reaper asks too.
+        self._status_lock = threading.Lock()
         self.ended = ""  # why it ended, once it has
+
+    def alive(self) -> bool:
+        with self._status_lock:
+            return self.proc.is_alive()
+
+    def wait(self, seconds: float) -> int | None:
+        """The exit code once it has exited (within `seconds`), else None."""
+        with self._status_lock:
+            self.proc.join(seconds)
+            return self.proc.exitcode
 
     def end(self, why: str) -> None:
         if not self.ended:
             self.ended = why
-        if self.proc.is_alive():
+        if self.alive():
             self.proc.kill()
-        self.proc.join(5)
+        self.wait(5)
         self.sock.close()
         self.tail.close()
 
     def cause(self) -> str:
         """Why the process ended, from its exit status and what it printed last."""
-        self.proc.join(5)
-        code = self.proc.exitcode
+        code = self.wait(5)
         tail = self.tail.text()[-500:]
         detail = f"; it printed: {tail!r}" if tail else ""
         if code is not None and code < 0:
@@ -224,7 +246,7 @@ class Workers:
             spare, self._spare = self._spare, None
         # Refilled a moment later, not beside the load that takes this one.
         run_in_background(self._refill, after=_REFILL_AFTER_SECONDS)
-        if spare is not None and spare.proc.is_alive():
+        if spare is not None and spare.alive():
             spare.name = name
             return spare
         if spare is not None:
@@ -235,16 +257,27 @@ class Workers:
         with self._lock:
             return sum(1 for w in self._workers.values() if not w.ended)
 
-    def start(self, artefact_fd: int, name: str) -> Served:
-        """Fork and confine a worker, hand it the sealed artefact, wait until it has unpickled it."""
+    def start(self, artefact_fd: int, name: str, channel: bool = False) -> Served:
+        """Fork and confine a worker, hand it the sealed artefact, wait until it has unpickled it.
+        With `channel`, it also gets one end of a socket pair; the other is the Served's, for the
+        caller: the worker serves on it as on its socket to the loader, and ends when it closes."""
         with self._lock:
             if sum(1 for w in self._workers.values() if not w.ended) >= self.limits.max_workers:
                 raise LimitExceeded(f"this loader serves {self.limits.max_workers} models already; unload one first")
         started = time.perf_counter()
         worker = self._take(name)
         timings = {"worker_start": time.perf_counter() - started}
+        ours: socket.socket | None = None
         try:
-            socket.send_fds(worker.sock, [b"m"], [artefact_fd])
+            fds = [artefact_fd]
+            if channel:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                fds.append(theirs.fileno())
+            try:
+                socket.send_fds(worker.sock, [b"m"], fds)
+            finally:
+                if channel:
+                    theirs.close()
             t0 = time.perf_counter()
             header, _ = self._read(worker, _UNPICKLE_SECONDS, 0)
             timings["worker_unpickle"] = time.perf_counter() - t0
@@ -266,15 +299,37 @@ class Workers:
                 )
         except WorkerFailed as exc:
             worker.end(str(exc))
+            if ours is not None:
+                ours.close()
             # While it unpickles, the worker runs only the artefact: its crash is the artefact's.
             raise UnpicklingFailed(f"unpickling the verified artefact failed in the worker: {exc}") from None
         except BaseException as exc:
             worker.end(str(exc))
+            if ours is not None:
+                ours.close()
             raise
         handle = secrets.token_hex(24)
         with self._lock:
             self._workers[handle] = worker
-        return Served(handle, tuple(methods), self.limits, timings)
+        worker.tail.on_exit = lambda: self._reap(handle, worker)
+        if not worker.alive():
+            self._reap(handle, worker)
+        return Served(handle, tuple(methods), self.limits, timings, ours)
+
+    def _reap(self, handle: str, worker: _Worker) -> None:
+        """A served worker exited on its own. One that exited cleanly saw its direct channel close
+        (the process holding it has gone): it is forgotten. Any other keeps its place until the
+        next request reports the cause, or until Unload."""
+        if worker.wait(5) != 0:
+            return
+        with self._lock:
+            if self._workers.get(handle) is worker:
+                del self._workers[handle]
+            else:
+                return
+        with worker.lock:  # a request under way reports the exit first
+            worker.end("its direct channel was closed (the process that held it has gone)")
+        print(f"loader: ended the sandboxed worker of {worker.name!r}: its client has gone", file=sys.stderr, flush=True)
 
     def _spawn(self, name: str) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -316,7 +371,8 @@ class Workers:
                 worker.end("deadline")
                 raise PredictDeadline("the model did not take its input within the deadline; its worker was ended") from None
             except OSError as exc:
-                if worker.proc.is_alive():
+                # A closed socket is the worker gone (its exit may not be reported yet).
+                if worker.alive() and exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                     worker.end(f"the request could not be sent: {exc}")
                     raise WorkerFailed(f"the request could not be sent to the sandboxed worker: {exc}") from None
                 raise self._failed(worker) from None
@@ -365,7 +421,7 @@ class Workers:
             if head is None:
                 raise self._failed(worker)
             header_len, body_len = FRAME.unpack(head)
-            if header_len > _MAX_HEADER:
+            if header_len > MAX_FRAME_HEADER:
                 worker.end("oversized header")
                 raise WorkerFailed("the sandboxed worker sent an oversized header; it was ended")
             if body_len > max_body:

@@ -106,9 +106,19 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
         self, request: loader_pb2.ServeRequest, context: grpc.ServicerContext
     ) -> loader_pb2.ServedModel:
         try:
-            verified, served = self._service.serve(_to_load_request(request.load), request.sandbox_ticket, request.reason)
+            verified, served = self._service.serve(
+                _to_load_request(request.load),
+                request.sandbox_ticket,
+                request.reason,
+                channel=request.direct_channel and self._handoff is not None,
+            )
         except LoaderError as exc:
             context.abort(exc.code, str(exc))
+        channel_handle = ""
+        if served.channel is not None and self._handoff is not None:
+            # Offered like a model's memfd; the loader's copy closes once it is passed or expires,
+            # so the worker's lifetime is the claimant's (or the offer's, if nobody claims it).
+            channel_handle = self._handoff.offer(SealedFile(served.channel.detach(), 0))
         return loader_pb2.ServedModel(
             handle=served.handle,
             facts=loader_pb2.VerificationFacts(**dataclasses.asdict(verified)),
@@ -117,6 +127,8 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             timings=[loader_pb2.StageTiming(stage=k, seconds=s) for k, s in served.timings.items()],
             memory_bytes=served.limits.memory_bytes,
             deadline_seconds=served.limits.deadline_seconds,
+            channel_handle=channel_handle,
+            max_output_bytes=served.limits.max_output_bytes,
         )
 
     def Predict(  # noqa: N802 - gRPC method name

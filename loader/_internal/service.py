@@ -299,9 +299,12 @@ class LoaderService:
         """The caller loaded the model in its own process: drop what was kept for `serve`."""
         return self._tickets.release(ticket)
 
-    def serve(self, request: LoadRequest, ticket: str = "", reason: str = "") -> tuple[Verified, Served]:
+    def serve(
+        self, request: LoadRequest, ticket: str = "", reason: str = "", channel: bool = False
+    ) -> tuple[Verified, Served]:
         """Serve a verified model in a confined worker: the artefact verified anew, or the bytes an
-        EXECUTION_AUTO load kept under `ticket`. Raises a LoaderError subclass on any refusal."""
+        EXECUTION_AUTO load kept under `ticket`; with `channel`, the worker also serves a direct
+        channel (Served.channel). Raises a LoaderError subclass on any refusal."""
         record: dict[str, object] = {"model": request.model_name, "artefact": request.artefact, "execution": "sandbox"}
         timings: dict[str, float] = {}
         record["timings"] = timings
@@ -318,7 +321,7 @@ class LoaderService:
                 model_path, _, artefact, digest, signed = self._read_and_verify(request, record, timings)
                 verified = self._bind(signed, artefact, digest, request, model_path, timings, record)
             record["stage"] = "serve"
-            served = self.workers.start(artefact.fd, request.model_name or request.artefact)
+            served = self.workers.start(artefact.fd, request.model_name or request.artefact, channel)
             timings.update(served.timings)
             VERIFICATIONS.labels(result="served").inc()
             SERVED.inc()

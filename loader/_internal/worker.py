@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
-import struct
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -18,9 +18,9 @@ from typing import Any
 
 from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits
+from loader.contract import FRAME, frame_head
 
 METHODS = ("predict", "predict_proba", "transform")
-FRAME = struct.Struct("<IQ")
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,19 @@ class Payload:
 
 
 def frame(payload: Payload) -> bytes:
-    header = json.dumps(payload.header, separators=(",", ":")).encode()
-    return FRAME.pack(len(header), sum(memoryview(b).nbytes for b in payload.buffers)) + header
+    return frame_head(payload.header, sum(memoryview(b).nbytes for b in payload.buffers))
+
+
+# Answers up to this size go in one write: the reader then wakes once per answer, not twice.
+_JOIN_BYTES = 64 << 10
 
 
 def _send(fd: int, payload: Payload) -> None:
-    _write_all(fd, frame(payload))
+    head = frame(payload)
+    if sum(memoryview(b).nbytes for b in payload.buffers) <= _JOIN_BYTES:
+        _write_all(fd, b"".join([head, *payload.buffers]))
+        return
+    _write_all(fd, head)
     for buffer in payload.buffers:
         _write_all(fd, buffer)
 
@@ -97,8 +104,9 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
         _send(control.fd, Payload({"ok": False, "error": f"could not confine the worker: {exc}"}))
         os._exit(3)
     _send(fd, Payload({"ok": True, "ready": True}))
-    _, fds, _, _ = socket.recv_fds(channel, 1, 1)
-    if len(fds) != 1:
+    # The artefact, and the worker's end of a caller's direct channel if the caller asked for one.
+    _, fds, _, _ = socket.recv_fds(channel, 1, 2)
+    if not fds:
         os._exit(0)
     try:
         model = _unpickle(fds[0])
@@ -115,11 +123,22 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
             pass  # a DataFrame request then fails naming the missing module
     kind = f"{type(model).__module__}.{type(model).__qualname__}"[:200]
     _send(fd, Payload({"ok": True, "methods": [m for m in METHODS if _has(model, m)], "type": kind}))
+    _serve(model, [fd, *fds[1:2]])
+
+
+def _serve(model: Any, fds: list[int]) -> None:
+    """Answer requests on the loader's socket and the direct channel, one at a time, until either
+    is closed: a closed direct channel means the process that held it (MLServer) has gone or
+    dropped the model, and the worker must not outlive it."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
     while True:
-        request = _receive(fd)
-        if request is None:
-            os._exit(0)
-        _send(fd, _answer(model, *request))
+        for fd, _ in poller.poll():
+            request = _receive(fd)
+            if request is None:
+                os._exit(0)
+            _send(fd, _answer(model, *request))
 
 
 def _one_core() -> None:

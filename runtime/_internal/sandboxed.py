@@ -1,14 +1,17 @@
 """The MLServer side of a model served in the sandbox: plain arrays out, checked arrays back.
 
 A model the server cannot validate runs in a confined worker of the loader. What MLServer's
-codecs decoded (an ndarray, or a DataFrame) is sent as plain arrays (`loader.v1.Array`);
-the answer is parsed here from raw bytes as untrusted data: a dtype from the contract's fixed
-list (`loader.contract.array_itemsize`), as many rows as the request, bytes that match the shape,
-at most `max_bytes`. No pickle and no object dtype ever comes back.
+codecs decoded (an ndarray, or a DataFrame) is sent as plain arrays: on the worker's direct
+channel (a JSON header and raw buffers, `channel_request`), or as `loader.v1.Array`s through
+Predict. The answer is parsed here from raw bytes as untrusted data, whichever way it came (one
+parser, `parse_output` / `parse_answer`): a dtype from the contract's fixed list
+(`loader.contract.array_itemsize`), as many rows as the request, bytes that match the shape, at
+most `max_bytes`. No pickle and no object dtype ever comes back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,19 @@ from runtime.errors import PredictFailed
 _NUMERIC_KINDS = "biuf"
 
 
-def encode_inputs(decoded: Any) -> tuple[list[loader_pb2.Array], bool, int]:
+@dataclass(frozen=True)
+class PlainArray:
+    """One input as it crosses: a name (a DataFrame's column), a dtype from the fixed list, a
+    shape, the raw bytes, and whether the codec gave Python strings (object dtype)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: memoryview
+    object: bool
+
+
+def encode_inputs(decoded: Any) -> tuple[list[PlainArray], bool, int]:
     """(arrays, frame, rows) for what the request decoded to; PredictFailed (400) names an input
     that cannot cross as a plain array."""
     if isinstance(decoded, pd.DataFrame):
@@ -41,7 +56,7 @@ def encode_inputs(decoded: Any) -> tuple[list[loader_pb2.Array], bool, int]:
     )
 
 
-def _array(name: str, values: np.ndarray) -> loader_pb2.Array:
+def _array(name: str, values: np.ndarray) -> PlainArray:
     is_object = values.dtype == object
     if is_object:
         if all(isinstance(v, str) for v in values.flat):
@@ -63,17 +78,40 @@ def _array(name: str, values: np.ndarray) -> loader_pb2.Array:
             "model served in the sandbox (numbers, booleans and strings, up to 4 dimensions)",
             400,
         )
-    return loader_pb2.Array(name=name, dtype=values.dtype.str, shape=values.shape, data=values.tobytes(), object=is_object)
+    return PlainArray(name, values.dtype.str, tuple(values.shape), values.reshape(-1).view(np.uint8).data, is_object)
+
+
+def to_proto(arrays: list[PlainArray]) -> list[loader_pb2.Array]:
+    """The inputs as Predict's messages (the fallback when there is no direct channel)."""
+    return [
+        loader_pb2.Array(name=a.name, dtype=a.dtype, shape=a.shape, data=a.data.tobytes(), object=a.object) for a in arrays
+    ]
+
+
+def channel_request(method: str, arrays: list[PlainArray], frame: bool) -> tuple[dict[str, Any], list[memoryview]]:
+    """The worker's request header and buffers for `method` on `arrays`, for the direct channel."""
+    inputs = [{"name": a.name, "dtype": a.dtype, "shape": list(a.shape), "object": a.object} for a in arrays]
+    return {"method": method, "frame": frame, "inputs": inputs}, [a.data for a in arrays]
 
 
 def parse_output(array: loader_pb2.Array, rows: int, max_bytes: int) -> np.ndarray:
-    """The worker's answer as an ndarray, or PredictFailed (502) naming what is wrong with it."""
-    size = array_itemsize(array.dtype)
-    if size is None:
-        raise PredictFailed(f"the sandboxed model answered with dtype {array.dtype[:40]!r}, which is not accepted", 502)
-    shape = array_shape(list(array.shape))
+    """Predict's answer as an ndarray, or PredictFailed (502) naming what is wrong with it."""
+    return _parse(array.dtype, list(array.shape), array.data, array.object, rows, max_bytes)
+
+
+def parse_answer(header: dict[str, Any], body: bytes | bytearray, rows: int, max_bytes: int) -> np.ndarray:
+    """A successful answer from the direct channel (its JSON header and body) as an ndarray, or
+    PredictFailed (502): the header is the worker's, so every field is checked for its type too."""
+    return _parse(header.get("dtype"), header.get("shape"), body, header.get("object") is True, rows, max_bytes)
+
+
+def _parse(dtype: object, raw_shape: object, data: bytes | bytearray, is_object: bool, rows: int, max_bytes: int) -> np.ndarray:
+    if not isinstance(dtype, str) or (size := array_itemsize(dtype)) is None:
+        raise PredictFailed(f"the sandboxed model answered with dtype {str(dtype)[:40]!r}, which is not accepted", 502)
+    shape = array_shape(raw_shape)
     if shape is None:
-        raise PredictFailed(f"the sandboxed model answered with a malformed shape {list(array.shape)[:8]}", 502)
+        shown = list(raw_shape)[:8] if isinstance(raw_shape, (list, tuple)) else str(raw_shape)[:40]
+        raise PredictFailed(f"the sandboxed model answered with a malformed shape {shown}", 502)
     if shape[0] != rows:
         raise PredictFailed(f"the sandboxed model answered {shape[0]} rows for a request of {rows}", 502)
     count = 1
@@ -81,10 +119,10 @@ def parse_output(array: loader_pb2.Array, rows: int, max_bytes: int) -> np.ndarr
         count *= n
     if count * size > max_bytes:
         raise PredictFailed(f"the sandboxed model's answer is {count * size} bytes, over the limit of {max_bytes}", 502)
-    if len(array.data) != count * size:
+    if len(data) != count * size:
         raise PredictFailed("the sandboxed model's answer does not hold as many bytes as its shape says", 502)
-    values = np.frombuffer(array.data, dtype=np.dtype(array.dtype)).reshape(shape)
-    if array.object and values.dtype.kind in "US":
+    values = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+    if is_object and values.dtype.kind in "US":
         try:
             # The model answered with Python strings (object dtype): the codecs get them as such.
             return values.astype(object)

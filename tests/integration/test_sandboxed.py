@@ -386,3 +386,107 @@ def test_mlserver_serves_a_user_class_from_the_sandbox_over_rest(
         stop_process(proc)
     log = (tmp_path / "mlserver.log").read_text()
     assert '"execution": "sandbox"' in log
+
+
+# --- the direct channel, and the workers' lifetime ------------------------------------------------
+
+# Answers every request with its worker's pid (getpid is allowed): the test can then watch it.
+_PID_MODEL = hostile_predict.acting_at_predict("import os\nreturn np.full(len(X), os.getpid())")
+
+
+def test_requests_go_on_the_workers_direct_channel(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    model = sigstore_model(signed(models_root, authority, "direct-channel", data=_PID_MODEL), served_loader, authority, "sandbox")
+    assert run(model.load())
+    estimator = model._model
+    assert estimator.channel is not None, "the loader gave no direct channel to the worker"
+    first = run(model.predict(request_for(np.ones((3, 3)), ["predict"]))).outputs[0].data.root
+    second = run(model.predict(request_for(np.ones((5, 3)), ["predict"]))).outputs[0].data.root
+    assert len(set(first + second)) == 1 and first[0] > 0
+    assert not estimator.channel.closed, "the channel was dropped after a good answer"
+    run(model.unload())
+
+
+# An MLServer-like client: loads the model in the sandbox, prints its worker's pid, then waits to
+# be killed (it never unloads).
+_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest
+from runtime import SigstoreModel
+folder, policy = sys.argv[1], json.loads(sys.argv[2])
+settings = ModelSettings(name="orphan", implementation=SigstoreModel,
+                         parameters=ModelParameters(uri=folder, extra={"sigstore": policy}))
+model = SigstoreModel(settings)
+async def main():
+    await model.load()
+    request = InferenceRequest.model_validate(
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}], "outputs": [{"name": "predict"}]})
+    response = await model.predict(request)
+    print(int(response.outputs[0].data.root[0]), flush=True)
+    sys.stdin.read()
+asyncio.run(main())
+"""
+
+
+def test_a_killed_client_takes_its_sandboxed_workers_with_it(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    """SIGKILL an MLServer-like process that serves a model in the sandbox: its worker ends (the
+    kernel closes the client's end of the direct channel), waited for on a pidfd, not a sleep."""
+    import json
+    import os
+    import select
+    import signal
+    import subprocess
+
+    from tests.support import PYTHON
+
+    folder = signed(models_root, authority, "orphaned", data=_PID_MODEL)
+    policy = {"signers": [{"identity": SIGNER, "issuer": authority.issuer}], "endpoint": served_loader.endpoint, "execution": "sandbox"}
+    client = subprocess.Popen([PYTHON, "-c", _CLIENT, str(folder), json.dumps(policy)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        line = client.stdout.readline()
+        assert line.strip().isdigit(), f"the client did not serve the model: {line!r}"
+        worker = os.pidfd_open(int(line))
+        try:
+            assert select.select([worker], [], [], 0)[0] == [], "the worker ended while its client lived"
+            client.send_signal(signal.SIGKILL)
+            client.wait()
+            # Only a bound for a broken build (where the worker lives on); the worker ends at once.
+            ended, _, _ = select.select([worker], [], [], 60)
+            assert ended == [worker], "the sandboxed worker outlived the process that served its model"
+        finally:
+            os.close(worker)
+    finally:
+        client.kill()
+        client.wait()
+    assert_still_serving(bystander, served_loader)
+
+
+def test_predict_refuses_a_forged_answer_the_runtime_never_sees(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    """Predict (the path without a direct channel: the CLI, a TCP endpoint) checks answers in the
+    loader too: a forged object dtype is refused there, before any caller parses it."""
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+    forged = hostile_predict.acting_at_predict(hostile_predict.TECHNIQUES["forged-object-dtype"].body(hostile_predict.Target("", "", 0, 0)))
+    model = sigstore_model(signed(models_root, authority, "forged-through-predict", data=forged), served_loader, authority, "sandbox")
+    assert run(model.load())
+    x = np.ones((hostile_predict.ROWS, 3))
+    request = loader_pb2.PredictRequest(
+        handle=model._model.handle, method="predict",
+        inputs=[loader_pb2.Array(name="x", dtype=x.dtype.str, shape=x.shape, data=x.tobytes())],
+    )
+    try:
+        with grpc.insecure_channel(served_loader.endpoint) as channel, pytest.raises(grpc.RpcError) as refused:
+            loader_pb2_grpc.LoaderStub(channel).Predict(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INTERNAL and "does not pass on" in refused.value.details()
+    finally:
+        run(model.unload())
+    assert_still_serving(bystander, served_loader)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from loader.proto.v1 import loader_pb2
-from runtime._internal.sandboxed import encode_inputs, parse_output
+from runtime._internal.sandboxed import encode_inputs, parse_answer, parse_output
 from runtime.errors import PredictFailed
 
 MAX = 1 << 20
@@ -72,3 +72,29 @@ def test_inputs_that_cannot_cross_as_plain_arrays_are_refused_naming_them() -> N
 def test_a_list_of_texts_crosses_as_an_array_of_texts() -> None:
     arrays, frame, rows = encode_inputs(["alpha beta", "gamma"])
     assert (frame, rows, len(arrays)) == (False, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "words"),
+    [
+        ({"ok": True, "dtype": ["<f8"], "shape": [2]}, b"\0" * 16, "which is not accepted"),
+        ({"ok": True, "dtype": None, "shape": [2]}, b"\0" * 16, "which is not accepted"),
+        ({"ok": True, "dtype": "<f8", "shape": "2"}, b"\0" * 16, "malformed shape"),
+        ({"ok": True, "dtype": "<f8", "shape": [2.0]}, b"\0" * 16, "malformed shape"),
+        ({"ok": True, "dtype": "<f8", "shape": [True, 2]}, b"\0" * 16, "malformed shape"),
+        ({"ok": True, "dtype": "<f8", "shape": [3]}, b"\0" * 24, "3 rows for a request of 2"),
+        ({"ok": True, "dtype": "<f8", "shape": [2]}, b"\0" * 17, "as many bytes as its shape"),
+        ({"ok": True, "dtype": "<f8", "shape": [2, 1 << 17]}, b"", "over the limit"),
+    ],
+)
+def test_crafted_answers_on_the_direct_channel_are_refused(header: dict, body: bytes, words: str) -> None:
+    """The worker's JSON header comes straight to the runtime there: each field's type is checked."""
+    with pytest.raises(PredictFailed, match=words) as refused:
+        parse_answer(header, body, 2, MAX)
+    assert refused.value.status_code == 502
+
+
+def test_a_plain_answer_on_the_direct_channel_is_parsed_as_sent() -> None:
+    values = np.array(["x", "yy"])
+    parsed = parse_answer({"ok": True, "dtype": values.dtype.str, "shape": [2], "object": True}, values.tobytes(), 2, MAX)
+    assert parsed.dtype == object and parsed.tolist() == ["x", "yy"]

@@ -157,17 +157,19 @@ class LoadedModel(_message.Message):
     def __init__(self, facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., untrusted_types: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., model_sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., fd_handle: _Optional[str] = ..., fd_handle_ttl_seconds: _Optional[float] = ..., model_blake3: _Optional[str] = ..., sandbox_ticket: _Optional[str] = ..., sandbox_ticket_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class ServeRequest(_message.Message):
-    __slots__ = ("load", "sandbox_ticket", "reason")
+    __slots__ = ("load", "sandbox_ticket", "reason", "direct_channel")
     LOAD_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_TICKET_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_CHANNEL_FIELD_NUMBER: _ClassVar[int]
     load: VerifyAndLoadRequest
     sandbox_ticket: str
     reason: str
-    def __init__(self, load: _Optional[_Union[VerifyAndLoadRequest, _Mapping]] = ..., sandbox_ticket: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    direct_channel: bool
+    def __init__(self, load: _Optional[_Union[VerifyAndLoadRequest, _Mapping]] = ..., sandbox_ticket: _Optional[str] = ..., reason: _Optional[str] = ..., direct_channel: _Optional[bool] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("handle", "facts", "methods", "reason", "timings", "memory_bytes", "deadline_seconds")
+    __slots__ = ("handle", "facts", "methods", "reason", "timings", "memory_bytes", "deadline_seconds", "channel_handle", "max_output_bytes")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +177,8 @@ class ServedModel(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     handle: str
     facts: VerificationFacts
     methods: _containers.RepeatedScalarFieldContainer[str]
@@ -182,7 +186,9 @@ class ServedModel(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     memory_bytes: int
     deadline_seconds: float
-    def __init__(self, handle: _Optional[str] = ..., facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., methods: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., memory_bytes: _Optional[int] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    channel_handle: str
+    max_output_bytes: int
+    def __init__(self, handle: _Optional[str] = ..., facts: _Optional[_Union[VerificationFacts, _Mapping]] = ..., methods: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., memory_bytes: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., channel_handle: _Optional[str] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
 
 class Array(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data", "object")
