@@ -271,10 +271,15 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
     }
 
 
-def zoo() -> dict[str, ZooModel]:
-    """Every model of the zoo, fitted, by name."""
-    models = _from_corpus()
-    models.update({name: build() for name, build in _added().items()})
+def zoo(only: list[str] | None = None) -> dict[str, ZooModel]:
+    """Every model of the zoo (or those named in `only`), fitted, by name."""
+    models = _from_corpus() if only is None else {}
+    models.update({name: build() for name, build in _added().items() if only is None or name in only})
+    if only is not None:
+        models.update({name: model for name, model in _from_corpus().items() if name in only})
+        missing = set(only) - set(models)
+        if missing:
+            raise KeyError(f"not in the zoo: {sorted(missing)}")
     return models
 
 
