@@ -76,7 +76,7 @@ def _customers(rows: int = 200, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray
     return frame, churned.map({True: "churn", False: "stay"}).to_numpy()
 
 
-def _from_corpus() -> dict[str, ZooModel]:
+def _from_corpus(only: list[str] | None = None) -> dict[str, ZooModel]:
     kinds = {
         "logistic-regression": "linear", "ridge": "linear", "svc": "svm", "decision-tree": "tree",
         "random-forest": "tree", "hist-gradient-boosting": "boosting", "knn": "knn", "mlp": "mlp",
@@ -98,7 +98,7 @@ def _from_corpus() -> dict[str, ZooModel]:
         "function-transformer-log1p": ARRAY,
     }
     builders: dict[str, Callable[[], object]] = {**FAMILIES, **COMMON}
-    return {name: ZooModel(kind, builders[name](), inputs.get(name, ARRAY)) for name, kind in kinds.items()}
+    return {name: ZooModel(kind, builders[name](), inputs.get(name, ARRAY)) for name, kind in kinds.items() if only is None or name in only}
 
 
 def _added() -> dict[str, Callable[[], ZooModel]]:
@@ -273,13 +273,11 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
 
 def zoo(only: list[str] | None = None) -> dict[str, ZooModel]:
     """Every model of the zoo (or those named in `only`), fitted, by name."""
-    models = _from_corpus() if only is None else {}
+    models = _from_corpus(only)
     models.update({name: build() for name, build in _added().items() if only is None or name in only})
-    if only is not None:
-        models.update({name: model for name, model in _from_corpus().items() if name in only})
-        missing = set(only) - set(models)
-        if missing:
-            raise KeyError(f"not in the zoo: {sorted(missing)}")
+    missing = set(only or ()) - set(models)
+    if missing:
+        raise KeyError(f"not in the zoo: {sorted(missing)}")
     return models
 
 
