@@ -35,7 +35,7 @@ if [ -x "$VENV/bin/python" ] && [ "$(cat "$CACHE/venv" 2>/dev/null)" = "$venv_ke
   skip "venv matches pyproject.toml + constraints"
 else
   [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
-  pipq install --progress-bar off -q -c "$CONSTRAINTS" -e ".[loader,runtime,authority,dev]"
+  pipq install --progress-bar off -q -c "$CONSTRAINTS" -e ".[loader,runtime,authority,dev,boosters]"
   echo "$venv_key" > "$CACHE/venv"
   echo "    installed"
 fi

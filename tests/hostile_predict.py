@@ -152,7 +152,8 @@ def _forging(header: str, data: str) -> str:
 # payload that rewrites it shows its forged header here.
 _CONTROL = r"""
 import json, os, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+limit = int(os.environ.get("CONTROL_ADDRESS_SPACE", 3 << 30))
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import joblib, numpy as np
 import loader._internal.worker as worker
 report = {"error": ""}
@@ -182,13 +183,24 @@ def run_control(path: Path, technique: PredictTechnique, target: Target, cwd: Pa
     argv = ["sh", "-c", 'python -c "$0" "$@"; echo "EXIT $?"', _CONTROL, str(path)]
     env = {**os.environ, "PATH": f"{Path(PYTHON).parent}:{os.environ.get('PATH', '')}", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
-    seen = Seen()
+    timed_out = False
     try:
         out, _ = proc.communicate(timeout=technique.control_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         out, _ = proc.communicate()
-        seen.timed_out = True
+        timed_out = True
+    seen = seen_in(out, timed_out)
+    seen.canary = Path(target.canary).exists()
+    return seen
+
+
+CONTROL = _CONTROL  # the control's Python source: argv[1] is the artefact's path
+
+
+def seen_in(out: bytes, timed_out: bool) -> Seen:
+    """What the control reported in its output (its CONTROL line, then the "EXIT n" its shell printed)."""
+    seen = Seen(timed_out=timed_out)
     for line in out.splitlines()[::-1]:
         if line.startswith(b"CONTROL ") and not seen.dtype and not seen.error:
             report = json.loads(line[len(b"CONTROL ") :])
@@ -196,5 +208,4 @@ def run_control(path: Path, technique: PredictTechnique, target: Target, cwd: Pa
             seen.shape, seen.first = report.get("shape", []), report.get("first")
         elif line.startswith(b"EXIT "):
             seen.exit_status = int(line.split()[1])
-    seen.canary = Path(target.canary).exists()
     return seen

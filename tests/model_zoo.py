@@ -4,7 +4,8 @@ default policy and predicts exactly like plain joblib; tests/integration/test_zo
 
 User-defined classes and functions come from examples/user_code/acme_models, which the loader
 imports only through `loader serve --user-code examples/user_code` (never from the models root).
-XGBoost and LightGBM are not installed here, so their scikit-learn wrappers are not in the zoo.
+XGBoost and LightGBM's scikit-learn wrappers come from the `boosters` extra (scripts/setup.sh
+installs it; the loader image has them with LOADER_EXTRAS=boosters).
 
     python -m tests.model_zoo DIR    # DIR/models/zoo-<name>/model.joblib, signed by a local authority
 """
@@ -75,7 +76,7 @@ def _customers(rows: int = 200, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray
     return frame, churned.map({True: "churn", False: "stay"}).to_numpy()
 
 
-def _from_corpus() -> dict[str, ZooModel]:
+def _from_corpus(only: list[str] | None = None) -> dict[str, ZooModel]:
     kinds = {
         "logistic-regression": "linear", "ridge": "linear", "svc": "svm", "decision-tree": "tree",
         "random-forest": "tree", "hist-gradient-boosting": "boosting", "knn": "knn", "mlp": "mlp",
@@ -97,7 +98,7 @@ def _from_corpus() -> dict[str, ZooModel]:
         "function-transformer-log1p": ARRAY,
     }
     builders: dict[str, Callable[[], object]] = {**FAMILIES, **COMMON}
-    return {name: ZooModel(kind, builders[name](), inputs.get(name, ARRAY)) for name, kind in kinds.items()}
+    return {name: ZooModel(kind, builders[name](), inputs.get(name, ARRAY)) for name, kind in kinds.items() if only is None or name in only}
 
 
 def _added() -> dict[str, Callable[[], ZooModel]]:
@@ -138,8 +139,9 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
     def array(kind: str, estimator: Any, x: np.ndarray, y: Any = None) -> Callable[[], ZooModel]:
         return lambda: ZooModel(kind, estimator.fit(x) if y is None else estimator.fit(x, y), ARRAY)
 
-    def customers_pipeline(model: Any) -> Any:
-        frame, labels = _customers()
+    def customers_pipeline(model: Any, frame: pd.DataFrame | None = None, labels: np.ndarray | None = None) -> Any:
+        if frame is None or labels is None:
+            frame, labels = _customers()
         columns = compose.ColumnTransformer([
             ("numbers", make(impute.SimpleImputer(strategy="median"), preprocessing.StandardScaler()), ["income", "visits"]),
             ("plan", preprocessing.OneHotEncoder(handle_unknown="ignore"), ["plan"]),
@@ -168,6 +170,12 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
 
     sys.path.insert(0, str(USER_CODE))
     import acme_models as acme
+    import lightgbm
+    import xgboost
+
+    def customers_codes() -> tuple[pd.DataFrame, np.ndarray]:
+        frame, labels = _customers()
+        return frame, (labels == "churn").astype(int)  # XGBoost takes classes 0..n-1 only
 
     return {
         # linear
@@ -238,6 +246,18 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
         "target-encoder-frame": lambda: ZooModel("dataframe-pipeline", make(compose.ColumnTransformer(
             [("plan", preprocessing.TargetEncoder(random_state=0), ["plan", "note"])], remainder=impute.SimpleImputer()),
             linear_model.LogisticRegression()).fit(*_customers()), _customers(ROWS, 1)[0]),
+        # XGBoost and LightGBM's scikit-learn wrappers (served in the sandbox: outside the allowlist).
+        # n_jobs asks for threads: OpenMP in the sandbox must run on one core instead of failing.
+        "xgb-classifier": array("boosting", xgboost.XGBClassifier(n_estimators=20, max_depth=3, random_state=0), x3, y3),
+        "xgb-regressor": array("boosting", xgboost.XGBRegressor(n_estimators=20, max_depth=3, random_state=0), xr, yr),
+        "xgb-classifier-n-jobs": array("boosting", xgboost.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=4, random_state=0), x2, y2),
+        "lgbm-classifier": array("boosting", lightgbm.LGBMClassifier(n_estimators=20, random_state=0, verbose=-1), x3, y3),
+        "lgbm-regressor": array("boosting", lightgbm.LGBMRegressor(n_estimators=20, random_state=0, verbose=-1), xr, yr),
+        "lgbm-regressor-n-jobs": array("boosting", lightgbm.LGBMRegressor(n_estimators=20, n_jobs=4, random_state=0, verbose=-1), xr, yr),
+        "customers-frame-xgb": lambda: ZooModel("dataframe-pipeline", customers_pipeline(xgboost.XGBClassifier(
+            n_estimators=20, max_depth=3, random_state=0), *customers_codes()), _customers(ROWS, 1)[0]),
+        "customers-frame-lgbm": lambda: ZooModel("dataframe-pipeline", customers_pipeline(lightgbm.LGBMClassifier(
+            n_estimators=20, random_state=0, verbose=-1)), _customers(ROWS, 1)[0]),
         # user-defined estimators and functions (importable only through --user-code)
         "user-classifier": array("user-code", acme.NearestCentroidScorer(0.5), x3, y3),
         "user-function-pipeline": array("user-code", make(preprocessing.FunctionTransformer(acme.log_ratio), linear_model.LogisticRegression()), x2, y2),
@@ -251,10 +271,13 @@ def _added() -> dict[str, Callable[[], ZooModel]]:
     }
 
 
-def zoo() -> dict[str, ZooModel]:
-    """Every model of the zoo, fitted, by name."""
-    models = _from_corpus()
-    models.update({name: build() for name, build in _added().items()})
+def zoo(only: list[str] | None = None) -> dict[str, ZooModel]:
+    """Every model of the zoo (or those named in `only`), fitted, by name."""
+    models = _from_corpus(only)
+    models.update({name: build() for name, build in _added().items() if only is None or name in only})
+    missing = set(only or ()) - set(models)
+    if missing:
+        raise KeyError(f"not in the zoo: {sorted(missing)}")
     return models
 
 

@@ -160,6 +160,9 @@ class Sandbox:
         # BLAS thread pools are started at import in the fork server; a child cannot add threads.
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(name, "1")
+        # libgomp reads this once, when the fork server loads it: a model that asks OpenMP for more
+        # threads (LightGBM's n_jobs=4) gets one, where the refused thread would end the process.
+        os.environ["OMP_THREAD_LIMIT"] = "1"
         self._child_limits = ChildLimits(**{f.name: getattr(self.limits, f.name) for f in fields(ChildLimits)})
         # What the loader announces (log, health details); every child must report the same.
         self._landlock = landlock_status()

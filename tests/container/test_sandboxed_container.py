@@ -92,3 +92,24 @@ def _good() -> bytes:
     buffer = io.BytesIO()
     joblib.dump(LogisticRegression().fit(X, Y), buffer)
     return buffer.getvalue()
+
+
+BOOSTERS = ["xgb-classifier", "xgb-classifier-n-jobs", "lgbm-classifier", "lgbm-regressor-n-jobs", "customers-frame-lgbm"]
+
+
+@pytest.mark.parametrize("name", BOOSTERS)
+def test_a_booster_serves_in_the_container_like_plain_joblib(loader_container: LoaderContainer, authority: Authority, name: str) -> None:
+    """XGBoost and LightGBM from the image's `boosters` extra, under the default policy: their
+    shared libraries and OpenMP runtime load under Landlock, and a model fitted with n_jobs=4
+    predicts on the one core a worker has (its user may start no thread)."""
+    from tests.integration.test_zoo import _serve_and_compare
+    from tests.model_zoo import zoo
+
+    model = zoo(only=[name])[name]
+    buffer = io.BytesIO()
+    joblib.dump(model.estimator, buffer)
+    path = loader_container.models / loader_container.put(f"zoo-{name}", buffer.getvalue(), authority)
+    outcome = run(_serve_and_compare(name, model, path, loader_container.endpoint, authority.issuer))
+    print(f"{name}: {outcome}")
+    assert not outcome.error and outcome.execution == "sandbox", outcome
+    assert not outcome.mismatches, outcome.mismatches
