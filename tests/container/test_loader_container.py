@@ -45,8 +45,13 @@ def test_a_tampered_model_is_refused(loader_container: LoaderContainer, authorit
 
 
 def test_the_sandbox_has_only_loopback_and_a_read_only_root(loader_container: LoaderContainer) -> None:
-    code, out = loader_container.exec_python("print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))")
-    assert code == 0 and out.strip() == "['lo']"
+    # The verdict travels in the exit status (an exec's output was once lost while the daemon
+    # reloaded its configuration); the output names what was found.
+    code, out = loader_container.exec_python(
+        "import sys; found = sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]); "
+        "print(found); sys.exit(0 if found == ['lo'] else 3)"
+    )
+    assert code == 0, out
     code, out = loader_container.exec_python("open('/pwnd', 'w')")
     assert code != 0 and "Read-only file system" in out
     code, out = loader_container.exec_python("open('/models/pwnd', 'w')")
