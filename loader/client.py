@@ -28,7 +28,7 @@ import blake3
 import grpc
 
 from loader.background import close_in_background
-from loader.contract import FD_SOCKET_SUFFIX, FRAME, MAX_FRAME_HEADER, WAIT_PREFIX, frame_head
+from loader.contract import FD_SOCKET_SUFFIX, FRAME, MAX_FRAME_HEADER, SANDBOX_TICKET_METADATA, WAIT_PREFIX, frame_head
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 _T = TypeVar("_T")
@@ -45,10 +45,13 @@ Consumer = Callable[[BinaryIO], Any]
 class LoaderCallError(Exception):
     """The call failed: a refusal from the loader (with its gRPC code) or a broken reply."""
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None, too_large: bool = False) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, too_large: bool = False, sandbox_ticket: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.too_large = too_large
+        # The loader kept the verified bytes for Serve under this ticket (EXECUTION_AUTO, a model
+        # its child could not convert).
+        self.sandbox_ticket = sandbox_ticket
 
 
 def fd_socket_for(endpoint: str) -> Path | None:
@@ -443,7 +446,8 @@ async def verify_and_load(
         if code == grpc.StatusCode.UNAVAILABLE:
             _forget(endpoint, channel)
         where = f" at {endpoint}" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else ""
-        raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code) from None
+        ticket = next((str(value) for key, value in (exc.trailing_metadata() or ()) if key == SANDBOX_TICKET_METADATA), "")
+        raise LoaderCallError(f"{code.name}{where}: {exc.details()}", code=code, sandbox_ticket=ticket) from None
     except BaseException:
         call.cancel()  # the channel may outlive this call: the stream must not
         await _drop(early, waiting)

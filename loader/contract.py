@@ -13,6 +13,9 @@ import struct
 FD_SOCKET_SUFFIX = ".fd"
 # A line `wait <handle>` on the side channel waits for the model of a call still running.
 WAIT_PREFIX = "wait "
+# Trailing metadata of a VerifyAndLoad (EXECUTION_AUTO) whose child could not convert the model:
+# the ticket under which the loader keeps the verified bytes for Serve (no second verification).
+SANDBOX_TICKET_METADATA = "sandbox-ticket"
 
 # A served model's worker frames every message, on its socket to the loader and on a caller's
 # direct channel alike: FRAME (4-byte little-endian header length, 8-byte little-endian body

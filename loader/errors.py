@@ -39,3 +39,6 @@ class UnpicklingFailed(LoaderError):
     """The verified artefact could not be unpickled or converted in the confined child."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    # Set when the verified bytes are kept for Serve (an EXECUTION_AUTO load): sent to the caller
+    # as the trailing metadata `loader.contract.SANDBOX_TICKET_METADATA`.
+    sandbox_ticket: str = ""

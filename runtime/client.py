@@ -47,7 +47,8 @@ async def verify_and_load(
     except LoaderCallError as exc:
         if exc.code is not None:
             raise ModelRefused(
-                f"loader refused {request.model_name!r} ({exc})", status_code=HTTP_STATUS_FOR.get(exc.code, 500)
+                f"loader refused {request.model_name!r} ({exc})", status_code=HTTP_STATUS_FOR.get(exc.code, 500),
+                sandbox_ticket=exc.sandbox_ticket,
             ) from None
         raise ModelRefused(str(exc), status_code=413 if exc.too_large else 502) from None
 

@@ -20,8 +20,10 @@ HTTP_STATUS_FOR = {
 class ModelRefused(MLServerError):
     """The model was not loaded: verification, sandbox or validation refused it."""
 
-    def __init__(self, msg: str, status_code: int = 400) -> None:
+    def __init__(self, msg: str, status_code: int = 400, sandbox_ticket: str = "") -> None:
         super().__init__(msg, status_code)
+        # The loader kept the verified bytes for Serve (its child could not convert the model).
+        self.sandbox_ticket = sandbox_ticket
 
 
 class PredictFailed(MLServerError):

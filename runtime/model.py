@@ -207,10 +207,11 @@ class SigstoreModel(SKLearnModel):
             # into this process), while the loader hashes it; kept only if the digest matches.
             fetched = await self._fetch(policy, env, artefact, consume)
         except ModelRefused as exc:
-            # The loader's child could not convert it (a lambda, a class skops cannot write):
-            # verified again and served by a worker, which reports its own error if it fails too.
+            # The loader's child could not convert it (a lambda, a class skops cannot write): served
+            # by a worker from the bytes the loader kept (or verified again by an older loader);
+            # the worker reports its own error if it fails too.
             if fall_back and exc.status_code == 422:
-                return await self._serve(policy, env, artefact, "", f"the loader could not convert it: {exc}"), False
+                return await self._serve(policy, env, artefact, exc.sandbox_ticket, f"the loader could not convert it: {exc}"), False
             raise
         if isinstance(fetched.consumed, ModelRefused):
             ticket = fetched.header.sandbox_ticket

@@ -20,7 +20,8 @@ from loader._internal.handoff import Handoff
 from loader._internal.inference import answer_array, predict_request
 from loader._internal.memfd import SealedFile
 from loader._internal.service import TICKET_SECONDS, LoaderService, LoadRequest, LoadResult
-from loader.errors import BadRequest, LoaderError
+from loader.contract import SANDBOX_TICKET_METADATA
+from loader.errors import BadRequest, LoaderError, UnpicklingFailed
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from loader.signers import Signer
 
@@ -61,6 +62,8 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             if claim:
                 handoff.withdraw(claim, str(exc) if isinstance(exc, LoaderError) else "the load failed")  # type: ignore[union-attr]
             if isinstance(exc, LoaderError):
+                if isinstance(exc, UnpicklingFailed) and exc.sandbox_ticket:
+                    context.set_trailing_metadata(((SANDBOX_TICKET_METADATA, exc.sandbox_ticket),))
                 context.abort(exc.code, str(exc))
             raise
         algorithm = "blake3" if request.accept_blake3 else "sha256"

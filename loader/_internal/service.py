@@ -27,7 +27,7 @@ from loader._internal.paths import ModelsRoot, read_once, read_sealed
 from loader._internal.sandbox import Converted, Sandbox
 from loader._internal.verify import SignedBundle, Signer, TrustRoots, Verified, verify_bundle
 from loader.background import run_in_background
-from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound
+from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 VERIFICATIONS = Counter("loader_verifications_total", "VerifyAndLoad requests by result", ["result"])
 LOAD_SECONDS = Histogram(
@@ -158,7 +158,9 @@ def _recorded(event: str, record: dict[str, object], seconds: Histogram | None =
         yield
     except LoaderError as exc:
         VERIFICATIONS.labels(result=exc.code.name.lower()).inc()
-        record.update(verdict="refused", code=exc.code.name, reason=str(exc))
+        # Not converted but kept for Serve (an "auto" load) is not the model's final verdict.
+        kept = isinstance(exc, UnpicklingFailed) and exc.sandbox_ticket
+        record.update(verdict="kept for the sandbox" if kept else "refused", code=exc.code.name, reason=str(exc))
         raise
     except Exception as exc:
         VERIFICATIONS.labels(result="internal").inc()
@@ -246,7 +248,13 @@ class LoaderService:
                 if cached is not None and (cached.converted.untrusted_types is not None or not request.report_types):
                     result = LoadResult(verified, cached.converted, timings, cached=True)
                 else:
-                    result = self._convert(artefact, verified, request.report_types, timings, record, on_sealed)
+                    try:
+                        result = self._convert(artefact, verified, request.report_types, timings, record, on_sealed)
+                    except UnpicklingFailed as exc:
+                        if request.execution == "auto" and self.workers is not None:
+                            # Not a final refusal: the caller serves it in a worker from these bytes.
+                            exc.sandbox_ticket = self._tickets.put(artefact, verified)
+                        raise
                     self._cache.put(key, result)
         finally:
             with self._inflight_lock:

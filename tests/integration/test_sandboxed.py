@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -490,3 +491,23 @@ def test_predict_refuses_a_forged_answer_the_runtime_never_sees(
     finally:
         run(model.unload())
     assert_still_serving(bystander, served_loader)
+
+
+def test_a_model_the_child_cannot_convert_is_served_from_the_bytes_verified_once(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority
+) -> None:
+    """`auto` with a user class (the conversion child cannot import it): the loader keeps the
+    verified bytes under a ticket sent with its refusal, and Serve takes them by that ticket: the
+    artefact is verified once, and the loader's log does not call the first attempt a refusal."""
+    folder = signed(models_root, authority, "verified-once", NearestCentroidScorer(0.5).fit(X, Y))
+    model = sigstore_model(folder, served_loader, authority, "auto")
+    assert run(model.load())
+    assert model.execution == "sandbox" and "could not convert" in model.execution_reason, model.execution_reason
+    lines = [json.loads(line) for line in served_loader.log_text().splitlines() if line.startswith("{") and "verified-once" in line]
+    loads = [line for line in lines if line.get("event") == "verify_and_load"]
+    serves = [line for line in lines if line.get("event") == "serve"]
+    assert [line["verdict"] for line in loads] == ["kept for the sandbox"], loads
+    assert len(serves) == 1 and serves[0]["verdict"] == "served", serves
+    assert "timings" in serves[0] and "verify" not in serves[0]["timings"], serves[0]  # not verified again
+    assert run(model.predict(request_for(X[:9], ["predict"]))).outputs[0].shape == [9, 1]
+    assert run(model.unload())
