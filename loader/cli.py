@@ -97,10 +97,11 @@ def _serve(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr="127.0.0.1")
-    from loader._internal.confine import landlock_status
+    from loader._internal.confine import confinement_summary
 
-    # Says whether children get filesystem confinement (kernels without Landlock do not).
-    print(landlock_status(), file=sys.stderr, flush=True)
+    # The layers the children get, and what is missing (no Landlock, gVisor or not).
+    for line in confinement_summary(service.sandbox.limits):
+        print(line, file=sys.stderr, flush=True)
     server = build_server(service, args.socket)
     server.start()
     print(

@@ -6,10 +6,25 @@ cross to and from a served model. The client, the loader and the runtime take th
 
 from __future__ import annotations
 
+import mmap
+
 # The side channel of a `unix:` endpoint is the gRPC socket's path with this suffix.
 FD_SOCKET_SUFFIX = ".fd"
 # A line `wait <handle>` on the side channel waits for the model of a call still running.
 WAIT_PREFIX = "wait "
+# The side channel's answer when the loader's kernel will not pass a descriptor to this client
+# (gVisor, to a process outside its sandbox): the client asks for the model streamed instead.
+DESCRIPTORS_REFUSED = "descriptors do not pass to this client; ask for the model streamed"
+
+
+def map_sealed(fd: int, size: int, populate: bool = False) -> mmap.mmap:
+    """A read-only mapping of the sealed memfd `fd` (`size` > 0 bytes), on either side.
+
+    Private, not shared: the seals keep the bytes from changing and PROT_READ keeps pages from
+    being copied, so the two read the same; but gVisor refuses a shared mapping of a
+    write-sealed memfd opened read-write (EPERM), where Linux allows it."""
+    flags = mmap.MAP_PRIVATE | (mmap.MAP_POPULATE if populate else 0)
+    return mmap.mmap(fd, size, flags, mmap.PROT_READ)
 
 # The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
 # little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;
