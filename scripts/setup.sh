@@ -81,8 +81,9 @@ fi
 #   --platform=ptrace   works on any host (kvm needs /dev/kvm in the host)
 #   --network=none      no network stack in the sandbox at all
 #   --host-uds=all      the loader's sockets on the shared volume are host sockets MLServer reaches
-# Not --oci-seccomp: runsc 0.0~20221219 answers every errno rule of a profile with EPERM, so the
-# profile's "clone3: ENOSYS" becomes EPERM and glibc cannot start a thread (docs/gvisor.md).
+#   --oci-seccomp       the container's seccomp profile applies inside the sandbox as well; runsc
+#                       answers its errno rules with EPERM, so a profile that makes clone3 ENOSYS
+#                       stops every thread: compose.gvisor.yaml uses runtime/seccomp-loader-gvisor.json
 step "gVisor runtime (runsc)"
 DAEMON_JSON="${DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}"
 if ! command -v runsc >/dev/null 2>&1; then
@@ -93,7 +94,7 @@ fi
 runsc_changed=$(python3 - "$DAEMON_JSON" "$(command -v runsc)" <<'PY'
 import json, os, sys
 path, runsc = sys.argv[1], sys.argv[2]
-entry = {"path": runsc, "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=all"]}
+entry = {"path": runsc, "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=all", "--oci-seccomp"]}
 config = {}
 if os.path.exists(path):
     with open(path) as f:

@@ -81,7 +81,8 @@ def kernel_lines(kernel: Kernel, loader_seccomp: int | None) -> list[str]:
     else:
         lines = [f"kernel: Linux {kernel.release} (no gVisor)"]
     if loader_seccomp == 2:
-        lines.append("container seccomp profile: in force on the loader")
+        where = " (inside gVisor: runsc --oci-seccomp)" if kernel.gvisor else ""
+        lines.append(f"container seccomp profile: in force on the loader{where}")
     elif kernel.gvisor:
         lines.append(
             "container seccomp profile: none on the loader (runsc applies one only with --oci-seccomp); "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from loader._internal.kernel import Kernel, detect, kernel_lines, own_seccomp_mode
+from tests.support import ROOT
 
 GVISOR_PROC_VERSION = "Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016\n"
 GVISOR_LOG = "[    0.000000] Starting gVisor...\n[    0.512600] Mounting deweydecimalfs...\n"
@@ -49,3 +52,14 @@ def test_own_seccomp_mode_reads_the_status_file(tmp_path: Path) -> None:
     status.write_text("Name:\tpython\nSeccomp:\t2\nSeccomp_filters:\t1\n")
     assert own_seccomp_mode(status) == 2
     assert own_seccomp_mode(tmp_path / "missing") is None
+
+
+def test_the_container_profile_inside_gvisor_is_named_so() -> None:
+    lines = kernel_lines(Kernel(True, "4.4.0", "its kernel log"), loader_seccomp=2)
+    assert lines[-1] == "container seccomp profile: in force on the loader (inside gVisor: runsc --oci-seccomp)"
+
+
+def test_the_gvisor_profile_is_the_loader_profile_but_for_clone3() -> None:
+    """runtime/seccomp-loader-gvisor.json is generated from seccomp-loader.json: never stale."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gvisor-seccomp.py"), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
