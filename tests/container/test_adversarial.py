@@ -24,10 +24,14 @@ from sklearn.tree import DecisionTreeClassifier
 
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.container.conftest import CANARY, ControlContainer, LoaderContainer
+from tests.container.conftest import CANARY, RUNTIMES, ControlContainer, LoaderContainer
 from tests.controls import FIRED, TECHNIQUES, Target, listeners, wait_for_connections
 from tests.crafted import skops_alone_under_a_memory_limit, zip_bomb
 from tests.support import PYTHON, Authority, wait_for_health
+
+
+# The whole catalogue with the loader container under runc and under gVisor (runsc).
+pytestmark = pytest.mark.parametrize("loader_container", RUNTIMES, indirect=True)
 
 
 def _crafted_tree() -> bytes:
