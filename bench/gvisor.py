@@ -25,9 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import docker
 import joblib
 import numpy as np
+
+import docker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]

@@ -29,7 +29,6 @@ from tests.controls import FIRED, TECHNIQUES, Target, listeners, wait_for_connec
 from tests.crafted import skops_alone_under_a_memory_limit, zip_bomb
 from tests.support import PYTHON, Authority, wait_for_health
 
-
 # The whole catalogue with the loader container under runc and under gVisor (runsc).
 pytestmark = pytest.mark.parametrize("loader_container", RUNTIMES, indirect=True)
 
