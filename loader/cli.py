@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
-    from loader._internal.process import set_non_dumpable
+    from loader._internal.process import scrub_initial_environment, set_non_dumpable
     from loader._internal.sandbox import Sandbox, SandboxLimits
     from loader._internal.server import build_server
     from loader._internal.service import LoaderService, ServiceLimits
@@ -57,6 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
     # The fork server, so every child, reads the Landlock setting (tests and diagnosis only).
     for name in set(os.environ) - _ENV_KEPT - {LANDLOCK_SETTING}:
         del os.environ[name]
+    # What was removed must not stay readable in /proc/1/environ either (gVisor shows it).
+    if not scrub_initial_environment():
+        print("loader: could not blank the initial environment block (/proc/self/environ)", file=sys.stderr, flush=True)
     # `python -m` puts the launch directory first on sys.path, and the fork server (so every
     # child) inherits sys.path: code lying there must never become importable by a payload.
     if sys.path and sys.path[0] in ("", os.getcwd()):
