@@ -72,8 +72,31 @@ def _loads(loader: LoaderContainer, authority: object, label: str, data: bytes, 
         if i:
             samples.append(time.perf_counter() - started)
         del model
+    loop.run_until_complete(asyncio.sleep(0.1))  # the models' release calls, started when dropped
     loop.close()
     return {"seconds": _stats(samples), "loader_stages": _stages(loader, f"{label}-")}
+
+
+def _streamed(loader: LoaderContainer, label: str, repeat: int, authority: object) -> dict[str, float]:
+    """Seconds of raw streamed VerifyAndLoad calls (no descriptor, no client-side load): the
+    loader's stages plus the bytes through gRPC on the loader's socket."""
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+    from tests.support import SIGNER
+
+    signer = loader_pb2.Signer(identity=SIGNER, issuer=authority.issuer)  # type: ignore[attr-defined]
+    request = loader_pb2.VerifyAndLoadRequest(artefact=f"{label}-0/model.joblib", signers=[signer])
+    samples = []
+    options = [("grpc.max_receive_message_length", 8 << 20)]
+    with grpc.insecure_channel(loader.endpoint, options=options) as channel:
+        stub = loader_pb2_grpc.LoaderStub(channel)
+        for _ in range(repeat):
+            started = time.perf_counter()
+            received = sum(len(r.chunk) for r in stub.VerifyAndLoad(request, timeout=600))
+            samples.append(time.perf_counter() - started)
+            assert received > 0
+    return _stats(samples)
 
 
 def _sandboxed_predicts(loader: LoaderContainer, authority: object, data: bytes, x: np.ndarray, repeat: int) -> dict[str, object]:
@@ -99,6 +122,7 @@ def measure(client: docker.DockerClient, authority: object, runtime: str, models
         for label, data in models.items():
             print(f"  {runtime}: cold loads, {label} ...", flush=True)
             out[f"load_{label}"] = _loads(loader, authority, label, data, repeat)
+            out[f"streamed_{label}"] = _streamed(loader, label, max(repeat // 2, 2), authority)
         print(f"  {runtime}: sandboxed predicts ...", flush=True)
         out["sandboxed"] = _sandboxed_predicts(loader, authority, models["small"], x, repeat)
     return out
@@ -110,6 +134,9 @@ def table(results: dict[str, dict]) -> str:
     for key in ("load_small", "load_large"):
         a, b = runc[key]["seconds"]["median"], runsc[key]["seconds"]["median"]
         lines.append(f"| cold load, {key[5:]} | {a * 1000:.0f} ms | {b * 1000:.0f} ms | {b / a:.2f}x |")
+    for key in ("streamed_small", "streamed_large"):
+        a, b = runc[key]["median"], runsc[key]["median"]
+        lines.append(f"| raw streamed VerifyAndLoad, {key[9:]} | {a * 1000:.0f} ms | {b * 1000:.0f} ms | {b / a:.2f}x |")
     a, b = runc["sandboxed"]["predict_seconds"]["median"], runsc["sandboxed"]["predict_seconds"]["median"]
     lines.append(f"| sandboxed predict (4 rows) | {a * 1000:.1f} ms | {b * 1000:.1f} ms | {b / a:.2f}x |")
     a, b = runc["sandboxed"]["load_seconds"], runsc["sandboxed"]["load_seconds"]

@@ -65,7 +65,9 @@ EITHER_LIMIT = {"cpu-loop": ("CPU-time limit", "wall-time limit"), "billion-laug
 # read-parent-environ: gVisor shows a non-dumpable process's environ to every process of its
 # user (0444, where Linux has 0400), so the child's open succeeds; the fork server blanked its
 # block (loader/_internal/process.py), and the payload finds no variable.
-GVISOR_REFUSALS = {"read-parent-environ": (NO_VARIABLES,)}
+# stdout-flood: every write costs a trip through gVisor's Sentry (ptrace platform, ~40 us per
+# syscall), so on a busy machine the 20 MB flood may meet the CPU or wall limit before it ends.
+GVISOR_REFUSALS = {"read-parent-environ": (NO_VARIABLES,), "stdout-flood": ("CPU-time limit", "wall-time limit")}
 # A marker the serving process (this one: SigstoreModel runs in the test process) would create.
 SERVING_TMP = Path(tempfile.gettempdir())
 
