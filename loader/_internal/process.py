@@ -27,11 +27,14 @@ def scrub_initial_environment() -> bool:
     if not block:
         return True
     libc = ctypes.CDLL(None)
-    entries = ctypes.cast(ctypes.c_void_p.in_dll(libc, "environ").value, ctypes.POINTER(ctypes.c_void_p))
+    array = ctypes.c_void_p.in_dll(libc, "environ").value
+    if not array:
+        return False
+    entries = ctypes.cast(array, ctypes.POINTER(ctypes.c_void_p))
     start = None
     i = 0
     # A variable still set points into the block: its offset there gives the block's address.
-    while entries and entries[i]:
+    while entries[i]:
         entry = ctypes.string_at(entries[i]) + b"\0"
         at = block.find(entry)
         if at >= 0 and (at == 0 or block[at - 1] == 0) and ctypes.string_at(entries[i] - at, len(block)) == block:
