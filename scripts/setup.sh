@@ -86,12 +86,14 @@ fi
 #                       stops every thread: compose.gvisor.yaml uses runtime/seccomp-loader-gvisor.json
 step "gVisor runtime (runsc)"
 DAEMON_JSON="${DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}"
-if ! command -v runsc >/dev/null 2>&1; then
-  echo "    installing runsc from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq runsc >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq runsc >/dev/null; }
-fi
-runsc_changed=$(python3 - "$DAEMON_JSON" "$(command -v runsc)" <<'PY'
+register_runsc() {
+  if ! command -v runsc >/dev/null 2>&1; then
+    echo "    installing runsc from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq runsc >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq runsc >/dev/null; }
+  fi
+  local changed pid
+  changed=$(python3 - "$DAEMON_JSON" "$(command -v runsc)" <<'PY'
 import json, os, sys
 path, runsc = sys.argv[1], sys.argv[2]
 entry = {"path": runsc, "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=all", "--oci-seccomp"]}
@@ -112,14 +114,20 @@ os.replace(path + ".tmp", path)
 print("yes")
 PY
 )
-if [ "$runsc_changed" = no ]; then
-  skip "$(runsc --version | head -1); runtime registered in $DAEMON_JSON"
-else
+  if [ "$changed" = no ]; then
+    skip "$(runsc --version | head -1); runtime registered in $DAEMON_JSON"
+    return
+  fi
   pid=$(cat /var/run/docker.pid 2>/dev/null || pgrep -xo dockerd || true)
-  [ -n "$pid" ] && kill -HUP "$pid"
+  if [ -n "$pid" ]; then kill -HUP "$pid"; fi
   for _ in $(seq 1 20); do docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' && break; sleep 0.5; done
   docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' || { echo "dockerd did not pick up runsc from $DAEMON_JSON" >&2; exit 1; }
   echo "    registered $(runsc --version | head -1) as the runsc runtime in $DAEMON_JSON"
+}
+if [ "$(uname -s)" = Linux ]; then
+  register_runsc
+else
+  skip "not Linux: gVisor needs a Linux Docker host (compose.gvisor.yaml is unavailable here)"
 fi
 
 # --- 4. Base image ----------------------------------------------------------------------------
