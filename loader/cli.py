@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
-    from loader._internal.process import set_non_dumpable
+    from loader._internal.process import scrub_initial_environment, set_non_dumpable
     from loader._internal.sandbox import Sandbox, SandboxLimits
     from loader._internal.server import build_server
     from loader._internal.service import LoaderService, ServiceLimits
@@ -58,6 +58,9 @@ def _serve(args: argparse.Namespace) -> int:
     # The fork server, so every child, reads the Landlock setting (tests and diagnosis only).
     for name in set(os.environ) - _ENV_KEPT - {LANDLOCK_SETTING}:
         del os.environ[name]
+    # What was removed must not stay readable in /proc/1/environ either (gVisor shows it).
+    if not scrub_initial_environment():
+        print("loader: could not blank the initial environment block (/proc/self/environ)", file=sys.stderr, flush=True)
     # `python -m` puts the launch directory first on sys.path, and the fork server (so every
     # child) inherits sys.path: code lying there must never become importable by a payload.
     if sys.path and sys.path[0] in ("", os.getcwd()):
@@ -98,10 +101,11 @@ def _serve(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr="127.0.0.1")
-    from loader._internal.confine import landlock_status
+    from loader._internal.confine import confinement_summary
 
-    # Says whether children get filesystem confinement (kernels without Landlock do not).
-    print(landlock_status(), file=sys.stderr, flush=True)
+    # The layers the children get, and what is missing (no Landlock, gVisor or not).
+    for line in confinement_summary(service.sandbox.limits):
+        print(line, file=sys.stderr, flush=True)
     server = build_server(service, args.socket)
     server.start()
     print(

@@ -28,7 +28,16 @@ import blake3
 import grpc
 
 from loader.background import close_in_background
-from loader.contract import FD_SOCKET_SUFFIX, FRAME, MAX_FRAME_HEADER, SANDBOX_TICKET_METADATA, WAIT_PREFIX, frame_head
+from loader.contract import (
+    DESCRIPTORS_REFUSED,
+    FD_SOCKET_SUFFIX,
+    FRAME,
+    MAX_FRAME_HEADER,
+    SANDBOX_TICKET_METADATA,
+    WAIT_PREFIX,
+    frame_head,
+    map_sealed,
+)
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 
 _T = TypeVar("_T")
@@ -52,6 +61,10 @@ class LoaderCallError(Exception):
         # The loader kept the verified bytes for Serve under this ticket (EXECUTION_AUTO, a model
         # its child could not convert).
         self.sandbox_ticket = sandbox_ticket
+
+
+class DescriptorsRefused(LoaderCallError):
+    """The loader's kernel will not pass a descriptor to this process: ask for the model streamed."""
 
 
 def fd_socket_for(endpoint: str) -> Path | None:
@@ -113,7 +126,7 @@ class FetchedModel:
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
-    return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+    return map_sealed(fd, size)
 
 
 def _check_passed_fd(fd: int, header: loader_pb2.LoadedModel) -> None:
@@ -227,6 +240,8 @@ def _only_fd(message: bytes, fds: list[int]) -> int:
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
+        if message.startswith(DESCRIPTORS_REFUSED.encode()):
+            raise DescriptorsRefused(f"the loader did not pass the model: {DESCRIPTORS_REFUSED}")
         reason = message.decode(errors="replace").strip() or "no descriptor"
         raise LoaderCallError(f"the loader did not pass the model: {reason}")
     return fds[0]
@@ -269,6 +284,8 @@ async def _wait_for_model(
     its header has arrived); None if the loader did not pass it there."""
     try:
         fd = await receive_fd(path, claim, deadline - asyncio.get_running_loop().time(), wait=True, deadline=deadline)
+    except DescriptorsRefused:
+        raise
     except LoaderCallError:
         return None  # an older loader, or the offer came first: the header's handle is claimed
     # Provisional header: the size is checked against the loader's own when the header comes.
@@ -384,7 +401,8 @@ async def verify_and_load(
     """Call VerifyAndLoad at `endpoint`; return the model once size and digest match.
 
     On a Unix socket whose side channel exists the model is passed as a sealed memfd;
-    otherwise (TCP, or an older loader) it is streamed. `consume`, if given, is called with a
+    otherwise (TCP, or an older loader), or if the loader's kernel will not pass a descriptor
+    to this process (a loader under gVisor), it is streamed. `consume`, if given, is called with a
     file over the model bytes (on a worker thread; inline for models under 8 MiB) and its
     result kept in `FetchedModel.consumed`. Over a memfd it may run before the digest has arrived (the loader
     hashes while the client reads), so it must treat the bytes as hostile, as
@@ -395,6 +413,23 @@ async def verify_and_load(
     # Everything on the side channel ends by the call's own deadline, however it is split.
     deadline = asyncio.get_running_loop().time() + timeout
     side_channel = fd_socket_for(endpoint)
+    try:
+        return await _verify_and_load(endpoint, request, deadline, side_channel, max_bytes, consume, reuse_channel)
+    except DescriptorsRefused:
+        # Asked once more, streamed (the loader streams its next calls by itself).
+        return await _verify_and_load(endpoint, request, deadline, None, max_bytes, consume, reuse_channel)
+
+
+async def _verify_and_load(
+    endpoint: str,
+    request: loader_pb2.VerifyAndLoadRequest,
+    deadline: float,
+    side_channel: Path | None,
+    max_bytes: int,
+    consume: Consumer | None,
+    reuse_channel: bool,
+) -> FetchedModel:
+    timeout = max(deadline - asyncio.get_running_loop().time(), 0.001)
     asked = loader_pb2.VerifyAndLoadRequest()
     asked.CopyFrom(request)
     asked.accept_blake3 = True

@@ -7,6 +7,7 @@ cross to and from a served model. The client, the loader and the runtime take th
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 
 # The side channel of a `unix:` endpoint is the gRPC socket's path with this suffix.
@@ -16,6 +17,9 @@ WAIT_PREFIX = "wait "
 # Trailing metadata of a VerifyAndLoad (EXECUTION_AUTO) whose child could not convert the model:
 # the ticket under which the loader keeps the verified bytes for Serve (no second verification).
 SANDBOX_TICKET_METADATA = "sandbox-ticket"
+# The side channel's answer when the loader's kernel will not pass a descriptor to this client
+# (gVisor, to a process outside its sandbox): the client asks for the model streamed instead.
+DESCRIPTORS_REFUSED = "descriptors do not pass to this client; ask for the model streamed"
 
 # A served model's worker frames every message, on its socket to the loader and on a caller's
 # direct channel alike: FRAME (4-byte little-endian header length, 8-byte little-endian body
@@ -29,6 +33,15 @@ def frame_head(header: dict[str, object], body_bytes: int) -> bytes:
     encoded = json.dumps(header, separators=(",", ":")).encode()
     return FRAME.pack(len(encoded), body_bytes) + encoded
 
+
+def map_sealed(fd: int, size: int, populate: bool = False) -> mmap.mmap:
+    """A read-only mapping of the sealed memfd `fd` (`size` > 0 bytes), on either side.
+
+    Private, not shared: the seals keep the bytes from changing and PROT_READ keeps pages from
+    being copied, so the two read the same; but gVisor refuses a shared mapping of a
+    write-sealed memfd opened read-write (EPERM), where Linux allows it."""
+    flags = mmap.MAP_PRIVATE | (mmap.MAP_POPULATE if populate else 0)
+    return mmap.mmap(fd, size, flags, mmap.PROT_READ)
 
 # The one rule for the arrays that cross to and from a served model (loader.v1.Array): bool,
 # little-endian integers and floats, fixed-width strings of at most ARRAY_MAX_CHARS characters;

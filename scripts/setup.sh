@@ -75,6 +75,61 @@ else
   echo "    $(docker compose version)"
 fi
 
+# --- 3b. gVisor (runsc) as the `runsc` runtime, for compose.gvisor.yaml -------------------------
+# Only the `runtimes.runsc` entry of /etc/docker/daemon.json is set; anything else there stays.
+# A SIGHUP makes dockerd re-read its runtimes: running containers are not touched.
+#   --platform=ptrace   works on any host (kvm needs /dev/kvm in the host)
+#   --network=none      no network stack in the sandbox at all
+#   --host-uds=all      the loader's sockets on the shared volume are host sockets MLServer reaches
+#   --oci-seccomp       the container's seccomp profile applies inside the sandbox as well; runsc
+#                       answers its errno rules with EPERM, so a profile that makes clone3 ENOSYS
+#                       stops every thread: compose.gvisor.yaml uses runtime/seccomp-loader-gvisor.json
+step "gVisor runtime (runsc)"
+DAEMON_JSON="${DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}"
+register_runsc() {
+  if ! command -v runsc >/dev/null 2>&1; then
+    echo "    installing runsc from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq runsc >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq runsc >/dev/null; }
+  fi
+  local changed pid
+  changed=$(python3 - "$DAEMON_JSON" "$(command -v runsc)" <<'PY'
+import json, os, sys
+path, runsc = sys.argv[1], sys.argv[2]
+entry = {"path": runsc, "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=all", "--oci-seccomp"]}
+config = {}
+if os.path.exists(path):
+    with open(path) as f:
+        text = f.read()
+    config = json.loads(text) if text.strip() else {}
+if config.get("runtimes", {}).get("runsc") == entry:
+    print("no")
+    sys.exit()
+config.setdefault("runtimes", {})["runsc"] = entry
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".tmp", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".tmp", path)
+print("yes")
+PY
+)
+  if [ "$changed" = no ]; then
+    skip "$(runsc --version | head -1); runtime registered in $DAEMON_JSON"
+    return
+  fi
+  pid=$(cat /var/run/docker.pid 2>/dev/null || pgrep -xo dockerd || true)
+  if [ -n "$pid" ]; then kill -HUP "$pid"; fi
+  for _ in $(seq 1 20); do docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' && break; sleep 0.5; done
+  docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' || { echo "dockerd did not pick up runsc from $DAEMON_JSON" >&2; exit 1; }
+  echo "    registered $(runsc --version | head -1) as the runsc runtime in $DAEMON_JSON"
+}
+if [ "$(uname -s)" = Linux ]; then
+  register_runsc
+else
+  skip "not Linux: gVisor needs a Linux Docker host (compose.gvisor.yaml is unavailable here)"
+fi
+
 # --- 4. Base image ----------------------------------------------------------------------------
 step "Base image"
 base="${BASE_IMAGE:-}"

@@ -78,6 +78,10 @@ class Technique:
         }[self.effect]()
 
 
+# What read-parent-environ reports when the parent's environment block holds no variable.
+NO_VARIABLES = "no variable in the parent environment block"
+
+
 def _fire(evidence: str) -> str:
     return f"raise RuntimeError({FIRED!r} + ' ' + str({evidence}))"
 
@@ -130,7 +134,9 @@ TECHNIQUES: dict[str, Technique] = {
     "ptrace-parent": Technique(lambda t: hostile.run_python("import ctypes, os\nr = ctypes.CDLL(None, use_errno=True).ptrace(0x4206, os.getppid(), 0, 0)\nif r == 0: " + _fire("r") + "\nraise OSError(ctypes.get_errno(), 'ptrace returned ' + str(r))"), "value", ("ptrace returned -1", SIGSYS)),
     "signal-parent": Technique(lambda t: hostile.run_python(f"import os, signal; os.kill(os.getppid(), signal.SIGCONT); {_fire('1')}"), "value", (EPERM, SIGSYS)),
     # Secrets: the environment of the parent and of the child itself.
-    "read-parent-environ": Technique(lambda t: hostile.run_python(f"ppid = open('/proc/self/status').read().split('PPid:')[1].split()[0]; data = open('/proc/' + ppid + '/environ').read(); {_fire('len(data)')}"), "value", ("PermissionError: [Errno 13] Permission denied", SIGSYS)),
+    # Fires on any variable read; gVisor lets the open succeed (its /proc/PID/environ is 0444),
+    # and there the loader's blanked block has none: NO_VARIABLES (tests/container/test_adversarial.py).
+    "read-parent-environ": Technique(lambda t: hostile.run_python(f"ppid = open('/proc/self/status').read().split('PPid:')[1].split()[0]; data = open('/proc/' + ppid + '/environ').read(); found = [v for v in data.split(chr(0)) if v]\nif not found: raise RuntimeError('{NO_VARIABLES}')\n{_fire('len(found)')}"), "value", ("PermissionError: [Errno 13] Permission denied", SIGSYS)),
     # Resource exhaustion: the sandbox's limits must stop these; unconfined they keep going.
     "memory-bomb": Technique(lambda t: hostile.run_python("x = []\nwhile True: x.append(bytearray(10**7))"), "memory", ("memory limit",)),
     "cpu-loop": Technique(lambda t: hostile.run_python("while True: pass"), "running", ("CPU-time limit",), control_seconds=5),

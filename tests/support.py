@@ -19,6 +19,7 @@ import grpc
 import joblib
 import pytest
 import requests
+import yaml
 from sigstore.models import ClientTrustConfig
 from sigstore.oidc import IdentityToken
 from sigstore.sign import SigningContext
@@ -77,6 +78,43 @@ def docker_available() -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's merge tags (`!override`, `!reset`) read as the plain value they tag."""
+
+
+def _untagged(loader: yaml.SafeLoader, node: yaml.Node) -> object:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+for _tag in ("!override", "!reset"):
+    _ComposeLoader.add_constructor(_tag, _untagged)
+
+# compose.gvisor.yaml's loader service: its runtime and the options gVisor needs (one place).
+GVISOR_LOADER: dict = yaml.load((ROOT / "compose.gvisor.yaml").read_text(), Loader=_ComposeLoader)["services"]["loader"]  # noqa: S506 - a safe loader
+
+
+def runsc_available() -> bool:
+    """True if the Docker daemon has compose.gvisor.yaml's runtime (scripts/setup.sh registers it)."""
+    try:
+        out = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and f'"{GVISOR_LOADER["runtime"]}"' in out.stdout
+
+
+def require_runsc() -> None:
+    """gVisor cases fail (not skip) without the runsc runtime when CI=true, as Docker's do."""
+    if runsc_available():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("the runsc runtime is required for the gVisor cases and CI=true: run scripts/setup.sh first")
+    pytest.skip("the runsc runtime is not registered with Docker (run scripts/setup.sh); CI=true turns this into a failure")
 
 
 @dataclass
@@ -236,8 +274,13 @@ def log_records(loader: LoaderProcess, artefact: str) -> list[dict]:
 
 # "default": compose.yaml, the loader with no network at all. "pod": plus compose.pod.yaml, the
 # Kubernetes pod topology (one network and IPC namespace for the loader and MLServer; the socket
-# volume is the only place both can write).
-COMPOSE_FILES = {"default": ("compose.yaml",), "pod": ("compose.yaml", "compose.pod.yaml")}
+# volume is the only place both can write). "gvisor": plus compose.gvisor.yaml, the loader under
+# gVisor's runsc runtime (scripts/setup.sh registers it).
+COMPOSE_FILES = {
+    "default": ("compose.yaml",),
+    "pod": ("compose.yaml", "compose.pod.yaml"),
+    "gvisor": ("compose.yaml", "compose.gvisor.yaml"),
+}
 
 # Images and compose projects carry a tag, so two checkouts (a CI clone, a branch) can build and
 # run their stacks side by side on one daemon: MLSERVER_SIGSTORE_TAG=mybranch scripts/setup.sh.
@@ -300,6 +343,8 @@ def compose_stack(topology: str = "default", project: str | None = None) -> Iter
     """
     if topology not in COMPOSE_FILES:
         raise ValueError(f"unknown topology {topology!r}: choose one of {sorted(COMPOSE_FILES)}")
+    if topology == "gvisor":
+        require_runsc()
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(metrics)}
     stack = ComposeStack(topology, project_name(project or f"mlserver-sigstore-{topology}"), env, http, grpc_port)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import pyseccomp as seccomp
 
 from loader._internal import syscalls
+from loader._internal.kernel import detect as detect_kernel
+from loader._internal.kernel import kernel_lines, own_seccomp_mode
 
 _CLONE_THREAD = 0x00010000
 # fcntl commands the child may use (include/uapi/asm-generic/fcntl.h, linux/fcntl.h): duplicate,
@@ -322,11 +324,15 @@ def install_syscall_filter() -> None:
 
 
 def confinement_summary(limits: ChildLimits) -> list[str]:
-    """One line per layer the children get, for health details: what holds and what is missing."""
+    """One line per layer the children get, for the start-up log and health details: the kernel
+    (Linux or gVisor), what holds and what is missing."""
     allowed = len(set(syscalls.ALLOWED + syscalls.RUNTIME))
+    kernel = detect_kernel()
+    where = " (applied inside gVisor)" if kernel.gvisor else ""
     return [
+        *kernel_lines(kernel, own_seccomp_mode()),
         landlock_status(),
-        f"seccomp: default-deny, {allowed} syscalls allowed, {len(syscalls.KILL)} kill the child",
+        f"seccomp: default-deny, {allowed} syscalls allowed, {len(syscalls.KILL)} kill the child{where}",
         f"rlimits: {limits.memory_bytes >> 20} MiB address space over the preloaded image, "
         f"{limits.cpu_seconds} s CPU, {limits.max_open_files} files, no new processes",
     ]

@@ -13,24 +13,27 @@ One thread serves every connection through a selector: a client that sends its l
 holds one connection slot, never the others, and is cut off when its whole request has taken
 longer than `request_seconds`. When all slots are taken the oldest connection still sending
 gives way to a new one. A descriptor goes only to a client that is still there: if passing it
-fails, the offer stays for a claim.
+fails, the offer stays for a claim. If the kernel refuses to pass one at all (gVisor does, to a
+client outside its sandbox), the client is told so and the loader streams models from then on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from loader._internal.memfd import SealedFile
-from loader.contract import FD_SOCKET_SUFFIX, WAIT_PREFIX
+from loader.contract import DESCRIPTORS_REFUSED, FD_SOCKET_SUFFIX, WAIT_PREFIX
 
 _MAX_HANDLE_LINE = 128
 _HANDLE = re.compile(r"[0-9a-f]{48}")
@@ -87,6 +90,8 @@ class Handoff:
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # False once the kernel refused to pass a descriptor here: models are streamed from then on.
+        self.passes_descriptors = True
 
     @staticmethod
     def path_for(grpc_socket: Path) -> Path:
@@ -96,7 +101,8 @@ class Handoff:
         """Register `sealed` for one claim within the time to live; return its handle.
 
         With a well-formed `claim` not in use, that is the handle, and a client already waiting
-        for it gets the descriptor now."""
+        for it gets the descriptor now; "" if the kernel refused to pass it to that client (the
+        call then streams the model)."""
         now = time.monotonic()
         with self._lock:
             expired = self._sweep(now)
@@ -111,7 +117,8 @@ class Handoff:
         _close_all(expired, b"expired before the model was ready; call VerifyAndLoad again\n")
         if waiter is not None:
             try:
-                self._deliver(waiter, handle, sealed, now + self.ttl_seconds)
+                if not self._deliver(waiter, handle, sealed, now + self.ttl_seconds):
+                    return ""
             finally:
                 waiter.close()
         return handle
@@ -174,13 +181,24 @@ class Handoff:
         _close_all(expired, b"expired before the model was ready; call VerifyAndLoad again\n")
         _close_all(gone, b"")
 
-    def _deliver(self, conn: socket.socket, handle: str, sealed: SealedFile, expires: float) -> None:
-        """Pass `sealed` to `conn`; if its client is gone, keep the offer for a claim."""
+    def _deliver(self, conn: socket.socket, handle: str, sealed: SealedFile, expires: float) -> bool:
+        """Pass `sealed` to `conn`; if its client is gone, keep the offer for a claim. False if
+        the kernel refuses to pass descriptors to this client (the client is told so)."""
         try:
             socket.send_fds(conn, [_OK], [sealed.fd], socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # gVisor, to a socket outside its sandbox
+                if self.passes_descriptors:
+                    self.passes_descriptors = False
+                    print(f"loader: the kernel does not pass descriptors on {self.path}; models are streamed", file=sys.stderr, flush=True)
+                try:
+                    _send(conn, DESCRIPTORS_REFUSED.encode() + b"\n")
+                except OSError:
+                    pass
+                return False
             with self._lock:
                 self._offers.setdefault(handle, (sealed, expires))
+        return True
 
     def start(self) -> None:
         """Bind the side-channel socket (a stale one is replaced) and serve it on a thread."""

@@ -19,6 +19,7 @@ from typing import Any
 import blake3
 
 from loader.background import close_in_background
+from loader.contract import map_sealed
 
 _COPY_CHUNK = 16 << 20
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
@@ -40,8 +41,7 @@ class SealedFile:
         its page faults happen while hashlib or BLAKE3 has let go of the GIL."""
         if self.size == 0:
             return memoryview(b"")
-        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
-        return mmap.mmap(self.fd, self.size, flags, mmap.PROT_READ)
+        return map_sealed(self.fd, self.size, populate)
 
     def head(self, n: int) -> bytes:
         """The first `n` bytes, without mapping the file."""

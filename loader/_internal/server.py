@@ -48,7 +48,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "EXECUTION_SANDBOX: call Serve, which never hands the model back")
         if request.ByteSize() > MAX_LOAD_REQUEST_BYTES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is over {MAX_LOAD_REQUEST_BYTES} bytes")
-        handoff = self._handoff if request.accept_fd else None
+        handoff = self._handoff if request.accept_fd and self._handoff is not None and self._handoff.passes_descriptors else None
         claim = request.fd_claim if handoff is not None else ""
         handles: list[str] = []
 
@@ -69,6 +69,8 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
         algorithm = "blake3" if request.accept_blake3 else "sha256"
         if handoff is not None and not handles:  # a cached model: offered now
             offer(result.converted.model)
+        if handoff is not None and not handles[0]:
+            handoff = None  # the kernel does not pass descriptors to this client (gVisor): streamed
         header = _header(result)
         if handoff is not None:
             # The client claims the sealed memfd on the side channel (or is waiting there for
@@ -99,7 +101,7 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
             trust_roots=service.trust_roots.names,
             default_trust_root=service.trust_roots.default,
             child_pool=service.sandbox.pool_size,
-            fd_socket=str(self._handoff.path) if self._handoff is not None else "",
+            fd_socket=str(self._handoff.path) if self._handoff is not None and self._handoff.passes_descriptors else "",
             served_models=service.workers.count() if service.workers is not None else 0,
             max_served_models=service.workers.limits.max_workers if service.workers is not None else 0,
             user_code=service.workers.user_code if service.workers is not None else "",

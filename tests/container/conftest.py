@@ -18,9 +18,12 @@ import docker
 from runtime import SigstoreModel
 from runtime.docker_sandbox import hardened_loader_options
 from tests.controls import Outcome, Target, Technique, control_argv, control_outcome
-from tests.support import LOADER_IMAGE, SIGNER, Authority, wait_for_health
+from tests.support import GVISOR_LOADER, LOADER_IMAGE, ROOT, SIGNER, Authority, require_runsc, wait_for_health
 
 CANARY = "canary-5e1f0a"  # set on the loader container; no payload may read it
+# The loader container's runtimes: Docker's default (runc) and gVisor (compose.gvisor.yaml's).
+# A module runs under both with `pytestmark = pytest.mark.parametrize("loader_container", RUNTIMES, indirect=True)`.
+RUNTIMES = ["runc", "runsc"]
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,11 @@ class LoaderContainer:
     container: docker.models.containers.Container
     models: Path
     socket_dir: Path
+    runtime: str = "runc"
+
+    @property
+    def gvisor(self) -> bool:
+        return self.runtime == "runsc"
 
     @property
     def endpoint(self) -> str:
@@ -73,9 +81,21 @@ class LoaderContainer:
 
 
 @contextmanager
-def running_loader(docker_client: docker.DockerClient, authority: Authority, *extra: str, environment: dict[str, str] | None = None) -> Iterator[LoaderContainer]:
+def running_loader(
+    docker_client: docker.DockerClient, authority: Authority, *extra: str, environment: dict[str, str] | None = None, runtime: str = "runc"
+) -> Iterator[LoaderContainer]:
     """A loader container hardened as in compose.yaml, with its models and socket on the host
-    (and `environment` added to the container's)."""
+    (and `environment` added to the container's); with runtime "runsc", under gVisor as
+    compose.gvisor.yaml runs it."""
+    options = hardened_loader_options()
+    if runtime == "runsc":
+        require_runsc()
+        # compose.gvisor.yaml's changes; compose passes the profile's path, the Docker API the profile.
+        options.update(GVISOR_LOADER)
+        options["security_opt"] = [
+            f"seccomp={(ROOT / opt.partition('=')[2]).read_text()}" if opt.startswith("seccomp=") else opt
+            for opt in GVISOR_LOADER["security_opt"]
+        ]
     work = Path(tempfile.mkdtemp(prefix="loader-container-"))
     models, socket_dir = work / "models", work / "socket"
     models.mkdir()
@@ -99,19 +119,20 @@ def running_loader(docker_client: docker.DockerClient, authority: Authority, *ex
         labels={"mlserver-sigstore.role": "test-loader"},
         environment={"CANARY_SECRET": CANARY, **(environment or {})},
         # The product's own hardening (the runtime's docker mode uses the same options).
-        **hardened_loader_options(),
+        **options,
     )
     try:
         wait_for_health(f"unix://{socket_dir}/loader.sock", timeout=90)
-        yield LoaderContainer(container, models, socket_dir)
+        yield LoaderContainer(container, models, socket_dir, runtime)
     finally:
         container.remove(force=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def loader_container(docker_client: docker.DockerClient, authority: Authority) -> Iterator[LoaderContainer]:
-    with running_loader(docker_client, authority) as loader:
+def loader_container(request: pytest.FixtureRequest, docker_client: docker.DockerClient, authority: Authority) -> Iterator[LoaderContainer]:
+    """The hardened loader container; under runc unless parametrized with RUNTIMES."""
+    with running_loader(docker_client, authority, runtime=getattr(request, "param", "runc")) as loader:
         yield loader
 
 

@@ -24,10 +24,13 @@ from sklearn.tree import DecisionTreeClassifier
 
 from runtime.errors import ModelRefused
 from tests import hostile
-from tests.container.conftest import CANARY, ControlContainer, LoaderContainer
-from tests.controls import FIRED, TECHNIQUES, Target, listeners, wait_for_connections
+from tests.container.conftest import CANARY, RUNTIMES, ControlContainer, LoaderContainer
+from tests.controls import FIRED, NO_VARIABLES, TECHNIQUES, Target, listeners, wait_for_connections
 from tests.crafted import skops_alone_under_a_memory_limit, zip_bomb
 from tests.support import PYTHON, Authority, wait_for_health
+
+# The whole catalogue with the loader container under runc and under gVisor (runsc).
+pytestmark = pytest.mark.parametrize("loader_container", RUNTIMES, indirect=True)
 
 
 def _crafted_tree() -> bytes:
@@ -58,6 +61,13 @@ del CASES["bpf"]
 # billion-laughs: where memory runs out decides the report; CPython sometimes fails a C call
 # without setting an exception (SystemError), as the host tier's list already allows.
 EITHER_LIMIT = {"cpu-loop": ("CPU-time limit", "wall-time limit"), "billion-laughs": ("CPU-time limit", "memory limit", "wall-time limit", "RecursionError", "SystemError")}
+# Under gVisor, where what held differs from runc (accepted in addition to the technique's own).
+# read-parent-environ: gVisor shows a non-dumpable process's environ to every process of its
+# user (0444, where Linux has 0400), so the child's open succeeds; the fork server blanked its
+# block (loader/_internal/process.py), and the payload finds no variable.
+# stdout-flood: every write costs a trip through gVisor's Sentry (ptrace platform, ~40 us per
+# syscall), so on a busy machine the 20 MB flood may meet the CPU or wall limit before it ends.
+GVISOR_REFUSALS = {"read-parent-environ": (NO_VARIABLES,), "stdout-flood": ("CPU-time limit", "wall-time limit")}
 # A marker the serving process (this one: SigstoreModel runs in the test process) would create.
 SERVING_TMP = Path(tempfile.gettempdir())
 
@@ -178,7 +188,7 @@ def test_hostile_artefact(loader_container: LoaderContainer, control_container: 
         with pytest.raises(ModelRefused) as exc:
             asyncio.run(model.load())
         message = str(exc.value)
-        reasons = EITHER_LIMIT.get(case, technique.refusal)
+        reasons = EITHER_LIMIT.get(case, technique.refusal) + (GVISOR_REFUSALS.get(case, ()) if loader_container.gvisor else ())
         assert 400 <= exc.value.status_code < 500, message
         assert any(reason in message for reason in reasons), message
         assert FIRED not in message and CANARY not in message
@@ -216,4 +226,31 @@ def test_a_forged_result_never_runs_in_the_serving_process(loader_container: Loa
     assert not marker.exists() and not (Path.cwd() / marker.name).exists()
     # The loader passed the forged bytes on: the refusal is the serving side's.
     assert _first_record(loader_container, f"adv-{case}/model.joblib")["verdict"] == "loaded"
+    _assert_healthy_and_next_load_works(loader_container, authority, digits_svm_bytes)
+
+
+# Reads the loader's own environment (PID 1 of its container, which has CANARY set).
+_LOADER_ENVIRON = (
+    "data = open('/proc/1/environ', 'rb').read()\n"
+    f"if b'{CANARY}' in data: raise RuntimeError('{FIRED} the canary, from /proc/1/environ')\n"
+    "raise RuntimeError('no canary in /proc/1/environ: ' + str(len([v for v in data.split(bytes(1)) if v])) + ' variables')"
+)
+
+
+def test_the_loaders_environment_is_not_readable_by_a_signed_model(loader_container: LoaderContainer, control_container: ControlContainer, authority: Authority, digits_svm_bytes: bytes) -> None:
+    """The container's environment (secrets are passed there) stays out of a payload's reach.
+    Under runc the child cannot open /proc/1/environ; under gVisor it can (0444), so the loader
+    blanks its initial environment block at start (issue 29: before, the payload read the canary).
+
+    Control: unpickled as root in the control container, whose PID 1 has the canary too, it fires."""
+    model = loader_container.model("adv-loader-environ", hostile.run_python(_LOADER_ENVIRON), authority, execution="server")
+    control = control_container.container.exec_run(
+        ["python", "-c", "import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read())", "/models/adv-loader-environ/model.joblib"]
+    ).output.decode(errors="replace")
+    assert FIRED in control, f"the payload did not fire unconfined: {control}"
+    with pytest.raises(ModelRefused) as exc:
+        asyncio.run(model.load())
+    message = str(exc.value)
+    assert CANARY not in message and FIRED not in message, message
+    assert ("no canary in /proc/1/environ" if loader_container.gvisor else "PermissionError: [Errno 13] Permission denied") in message, message
     _assert_healthy_and_next_load_works(loader_container, authority, digits_svm_bytes)

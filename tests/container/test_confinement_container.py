@@ -51,6 +51,13 @@ def _unconfined(control: ControlContainer, loader: LoaderContainer, name: str, a
     return bytes(result.output[0] or b"")
 
 
+# Under gVisor the child has no Landlock (gVisor does not implement it), so nothing confines its
+# reads to the interpreter's libraries: it reads what the loader's user can (docs/gvisor.md).
+# Strict: the day a filesystem layer holds under gVisor, these turn into failures to update.
+_NO_LANDLOCK = pytest.mark.xfail(strict=True, reason="gVisor implements no Landlock: the child reads what the loader's user can")
+
+
+@pytest.mark.parametrize("loader_container", ["runc", pytest.param("runsc", marks=_NO_LANDLOCK)], indirect=True)
 @pytest.mark.parametrize("target", ["sibling-model", "trust-config", "etc-passwd"])
 def test_a_signed_model_in_the_container_cannot_read_files(loader_container: LoaderContainer, control_container: ControlContainer, authority: Authority, target: str) -> None:
     trust = authority.trust_config.read_bytes()

@@ -1,7 +1,8 @@
-"""The compose stack end to end, in two topologies: the default one (the loader has no network
-at all) and the Kubernetes pod topology (compose.pod.yaml: the loader shares MLServer's network
-and IPC namespaces, the socket volume is the only shared writable channel). The walkthrough runs
-in both; the soak and the restart run in the default one only, to keep CI short."""
+"""The compose stack end to end, in three topologies: the default one (the loader has no network
+at all), the Kubernetes pod topology (compose.pod.yaml: the loader shares MLServer's network
+and IPC namespaces, the socket volume is the only shared writable channel) and gVisor
+(compose.gvisor.yaml: the loader under runsc). The walkthrough runs in all three; the soak and
+the restart run in the default one only, to keep CI short."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from sklearn import datasets
 from tests.support import ROOT, ComposeError, ComposeStack, compose_stack
 
 PROJECT = "mlserver-sigstore-e2e"
-TOPOLOGIES = ["default", "pod"]
+TOPOLOGIES = ["default", "pod", "gvisor"]
 DIGITS = datasets.load_digits()
 SAMPLE = DIGITS.images.reshape((len(DIGITS.images), -1))[-6:]
 EXPECTED = DIGITS.target[-6:].tolist()
@@ -241,3 +242,18 @@ def test_pod_topology_shares_namespaces_and_only_the_socket_volume(stack: Compos
     assert shared == {f"{stack.project}_loader-socket"}, shared
     write = stack.exec("loader", "touch", "/pwnd")
     assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
+@pytest.mark.parametrize("stack", ["gvisor"], indirect=True)
+def test_gvisor_topology_runs_the_loader_under_runsc_and_says_so(stack: Compose) -> None:
+    """compose.gvisor.yaml: the loader's container runs on runsc (MLServer on runc), and the
+    loader's health details name gVisor, its seccomp and the missing Landlock."""
+    runtimes = {}
+    for service in ("loader", "mlserver"):
+        cid = stack.run("ps", "-q", service).stdout.strip()
+        runtimes[service] = subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.Runtime}}", cid], capture_output=True, text=True, check=True).stdout.strip()
+    assert runtimes == {"loader": "runsc", "mlserver": "runc"}
+    details = stack.exec("loader", "python", "-m", "loader", "health", "--details", "--endpoint", "unix:///run/loader/loader.sock")
+    assert details.returncode == 0, details.stderr
+    for line in ("kernel: gVisor", "landlock under gVisor: not implemented", "(applied inside gVisor)", "in force on the loader (inside gVisor"):
+        assert line in details.stdout, details.stdout

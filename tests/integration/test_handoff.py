@@ -4,6 +4,7 @@ children are pre-forked, confined before they get anything, and never reused."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import io
@@ -30,7 +31,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from loader._internal.handoff import Handoff
 from loader._internal.memfd import SealedFile, new_memfd, seal
 from loader._internal.sandbox import Sandbox, SandboxLimits
-from loader.client import FetchedModel, LoaderCallError, fd_socket_for, receive_fd, verify_and_load
+from loader.client import DescriptorsRefused, FetchedModel, LoaderCallError, fd_socket_for, receive_fd, verify_and_load
 from loader.errors import UnpicklingFailed
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
 from runtime.safe_load import load_model
@@ -761,3 +762,42 @@ def test_the_side_channel_answers_the_loaders_probe_and_ends_a_line_that_never_c
     finally:
         side.stop()
     assert not side.probe(timeout=1)
+
+
+def _refusing_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader's sendmsg with SCM_RIGHTS fails as it does from inside gVisor to a host
+    process (EINVAL). The real refusal is tested with the loader under runsc
+    (tests/container/test_loader_container.py); this pins the protocol on any kernel."""
+
+    def send_fds(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr("loader._internal.handoff.socket.send_fds", send_fds)
+
+
+def test_a_client_waiting_where_descriptors_do_not_pass_is_told_to_ask_streamed(handoff: Handoff, monkeypatch: pytest.MonkeyPatch) -> None:
+    _refusing_kernel(monkeypatch)
+    claim = secrets.token_hex(24)
+
+    async def wait_then_offer() -> BaseException:
+        waiting = asyncio.create_task(receive_fd(handoff.path, claim, 20, wait=True))
+        while claim not in handoff._waiting:  # noqa: SLF001 - the wait is registered within microseconds
+            await asyncio.sleep(0.01)
+        assert handoff.offer(_sealed(b"the model"), claim) == ""  # not offered: the call streams it
+        try:
+            await waiting
+        except BaseException as exc:  # noqa: BLE001 - what the client raised is the result
+            return exc
+        raise AssertionError("a descriptor arrived although the kernel refused to pass it")
+
+    raised = asyncio.run(wait_then_offer())
+    assert isinstance(raised, DescriptorsRefused), raised
+    assert not handoff.passes_descriptors
+
+
+def test_a_claim_where_descriptors_do_not_pass_is_told_to_ask_streamed(handoff: Handoff, monkeypatch: pytest.MonkeyPatch) -> None:
+    _refusing_kernel(monkeypatch)
+    handle = handoff.offer(_sealed(b"the model"))
+    with pytest.raises(DescriptorsRefused):
+        asyncio.run(receive_fd(handoff.path, handle, 20))
+    assert not handoff.passes_descriptors

@@ -28,7 +28,11 @@ pytestmark = pytest.mark.unit
 DEPLOY = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 KUBERNETES_VERSION = "1.33"  # native sidecars GA, hostUsers beta and on by default
-LOADER_PROFILES = {"mlserver-sigstore/seccomp-loader.json", "operator/mlserver-sigstore-loader.json"}
+LOADER_PROFILES = {
+    "mlserver-sigstore/seccomp-loader.json",
+    "operator/mlserver-sigstore-loader.json",
+    "mlserver-sigstore/seccomp-loader-gvisor.json",  # runtime/seccomp-loader-gvisor.json, for runsc
+}
 SOCKET_PATH = "/run/loader"
 # Volumes that carry the signed artefacts, settings and trusted roots: read-only wherever mounted.
 READ_ONLY_VOLUMES = {"models", "trust"}
@@ -216,7 +220,21 @@ def violations(objs: list[Obj], allow_runtime_default: bool = False) -> list[str
 
 
 def test_the_overlays_are_the_documented_ones() -> None:
-    assert OVERLAYS == ["kserve", "mlserver", "runtime-default", "security-profiles-operator", "seldon"]
+    assert OVERLAYS == ["gvisor", "kserve", "mlserver", "runtime-default", "security-profiles-operator", "seldon"]
+
+
+def test_the_gvisor_overlay_is_the_mlserver_one_under_a_runsc_runtime_class() -> None:
+    """The RuntimeClass names runsc; the pod uses it and the loader the gVisor profile; nothing
+    else differs from the plain MLServer overlay."""
+    objs, plain = objects("gvisor"), objects("mlserver")
+    classes = [o for o in objs if o["kind"] == "RuntimeClass"]
+    assert [(c["metadata"]["name"], c["handler"]) for c in classes] == [("gvisor", "runsc")]
+    pod = _deployment_pod(objs)
+    assert pod.pop("runtimeClassName") == "gvisor"
+    loader = next(c for c in pod["initContainers"] if c["name"] == "loader")
+    assert loader["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "mlserver-sigstore/seccomp-loader-gvisor.json"}
+    loader["securityContext"]["seccompProfile"]["localhostProfile"] = "mlserver-sigstore/seccomp-loader.json"
+    assert [o for o in objs if o["kind"] != "RuntimeClass"] == plain
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
