@@ -19,6 +19,7 @@ from loader.bundles import bundle_candidates, find_bundle
 from loader.client import (
     ChannelBroken,
     ChannelTimeout,
+    DescriptorsRefused,
     LoaderCallError,
     WorkerChannel,
     claim_channel,
@@ -267,6 +268,12 @@ class SigstoreModel(SKLearnModel):
         if served.channel_handle:
             try:
                 channel = await claim_channel(endpoint, served.channel_handle, env.timeout_seconds)
+            except DescriptorsRefused:
+                # The loader's kernel (gVisor) passes no descriptor to this process, as the loader
+                # now knows: this worker ends with its unclaimed channel, the next answers over gRPC.
+                await SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes).end("no channel")
+                request.direct_channel, request.sandbox_ticket = False, ""
+                served = await serve(endpoint, request, env.timeout_seconds)
             except LoaderCallError as exc:
                 # Unclaimed, the channel's offer expires and the worker ends with it: end it now.
                 await SandboxedEstimator(endpoint, served, env.timeout_seconds, env.max_predict_bytes).end("no channel")

@@ -115,7 +115,8 @@ class LoaderServicer(loader_pb2_grpc.LoaderServicer):
                 _to_load_request(request.load),
                 request.sandbox_ticket,
                 request.reason,
-                channel=request.direct_channel and self._handoff is not None,
+                # Not where the kernel passes no descriptor to the caller (gVisor): gRPC Predict.
+                channel=request.direct_channel and self._handoff is not None and self._handoff.passes_descriptors,
             )
         except LoaderError as exc:
             context.abort(exc.code, str(exc))

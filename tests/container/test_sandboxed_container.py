@@ -23,7 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 from runtime import SigstoreModel
 from runtime.errors import PredictFailed
 from tests import hostile_predict
-from tests.container.conftest import LoaderContainer
+from tests.container.conftest import RUNTIMES, LoaderContainer
 from tests.integration.test_sandboxed import request_for
 from tests.support import SIGNER, Authority
 
@@ -58,6 +58,8 @@ def served(lc: LoaderContainer, name: str, data: bytes, authority: Authority) ->
     return model
 
 
+# Under gVisor too: there the kernel passes no descriptor to MLServer, so requests go over gRPC.
+@pytest.mark.parametrize("loader_container", RUNTIMES, indirect=True)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_served_in_the_container_predicts_like_plain_joblib(loader_container: LoaderContainer, authority: Authority, case: str) -> None:
     estimator, x = CASES[case]
@@ -73,6 +75,7 @@ def test_served_in_the_container_predicts_like_plain_joblib(loader_container: Lo
     assert run(model.unload())
 
 
+@pytest.mark.parametrize("loader_container", RUNTIMES, indirect=True)
 @pytest.mark.parametrize("case", ["fork", "network", "sigsegv", "signal-parent"])
 def test_a_predict_time_payload_is_contained_in_the_container(loader_container: LoaderContainer, authority: Authority, case: str) -> None:
     """The payloads' unconfined controls are in tests/integration/test_sandboxed.py (host tier)."""
