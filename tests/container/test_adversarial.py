@@ -175,7 +175,7 @@ def test_hostile_artefact(loader_container: LoaderContainer, control_container: 
         artefact = f"adv-{case}/model.joblib"
 
         control = control_container.unpickle(f"/models/{artefact}", technique, target)
-        control.connections = wait_for_connections(accepted)
+        control.connections = wait_for_connections(accepted, technique.effect == "connect")
         assert technique.fired(target, control), f"the payload did not fire unconfined: {control}"
         accepted.clear()
         # Clean up what the control did where the loader container can see it.

@@ -222,7 +222,7 @@ def test_a_signed_hostile_pickle_is_contained(loader: LoaderProcess, models_root
         artefact = put(models_root, f"hostile-{case}", technique.build(target), authority)
 
         control = run_control_on_host(models_root / artefact, technique, target, cwd=scratch)
-        control.connections = wait_for_connections(accepted)
+        control.connections = wait_for_connections(accepted, technique.effect == "connect")
         assert technique.fired(target, control), f"the payload did not fire unconfined: {control}"
         Path(target.canary).unlink(missing_ok=True)
         for leftover in scratch.iterdir():
