@@ -199,10 +199,19 @@ def start_mlserver(repo: Path, cwd: Path, log: Path, env: dict[str, str], timeou
     raise TimeoutError(f"MLServer did not become ready within {timeout} s: {log.read_text()[-3000:]}")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before in this process: the kernel may give
+    a just-closed port again, and one server's HTTP, gRPC and metrics ports must differ."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 
