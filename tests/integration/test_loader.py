@@ -172,21 +172,6 @@ def test_concurrent_loads_all_succeed(loader: LoaderProcess, models_root: Path, 
     assert len({h.facts.artefact_sha256 for h in headers}) == 4
 
 
-# CPU-bound payloads get a loader whose wall limit is far above its CPU limit, so a loaded machine
-# still hits the CPU limit first: the refusal names the limit the test is about.
-CPU_BOUND = {"cpu-loop", "billion-laughs"}
-
-
-@pytest.fixture(scope="module")
-def cpu_loader(tmp_path_factory: pytest.TempPathFactory, models_root: Path, authority: Authority) -> Iterator[LoaderProcess]:
-    proc = start_loader(
-        tmp_path_factory.mktemp("cpu-loader"), models_root, {"local": authority.trust_config},
-        "--child-wall-seconds=120", "--child-cpu-seconds=2", "--child-memory-mb=256",
-    )
-    yield proc
-    stop_process(proc.process)
-
-
 # A payload that sleeps spends no CPU: only the wall limit ends it, so it gets a loader whose wall
 # limit is short (a sleeping payload is slow however idle the host: no verdict depends on load).
 WALL_BOUND = {"sleep"}
@@ -211,9 +196,8 @@ HOST_TECHNIQUES = sorted(set(TECHNIQUES) - {"read-parent-environ"})
 def test_a_signed_hostile_pickle_is_contained(loader: LoaderProcess, models_root: Path, authority: Authority, digits_svm_bytes: bytes, tmp_path: Path, request: pytest.FixtureRequest, case: str) -> None:
     """Positive control first (the payload fires unconfined), then the confined child refuses it."""
     technique = TECHNIQUES[case]
-    if case in CPU_BOUND:
-        loader = request.getfixturevalue("cpu_loader")
-    elif case in WALL_BOUND:
+    # CPU-bound payloads need nothing of their own: the shared loader's CPU limit binds first.
+    if case in WALL_BOUND:
         loader = request.getfixturevalue("wall_loader")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
