@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import re
 import resource
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import pyseccomp as seccomp
 
-from loader._internal import syscalls
+from loader._internal import syscalls, view
 from loader._internal.kernel import detect as detect_kernel
 from loader._internal.kernel import kernel_lines, own_seccomp_mode
 
@@ -186,18 +187,35 @@ def forced_landlock_abi() -> int | None:
     raise ValueError(f"{LANDLOCK_SETTING}={value!r} is not understood: use 'off' or 'abi:N' (N >= 1), or leave it unset")
 
 
-def _effective_landlock() -> tuple[int, str]:
-    """The ABI children apply (0: none) and the status line that says so."""
+@functools.cache
+def _view_refused() -> str | None:
+    """Why children cannot enter the chroot view here (None: they can); probed once per process."""
+    return view.probe()
+
+
+def _effective_landlock() -> tuple[int, bool, str]:
+    """The ABI children apply (0: none), whether they enter the chroot view instead, and the
+    status line that says so."""
     forced = forced_landlock_abi()
     if forced == 0:
-        return 0, (
+        return 0, False, (
             f"landlock: forced off by {LANDLOCK_SETTING}=off (testing/diagnosis only); "
             "children run with rlimits and seccomp only"
         )
     try:
         kernel = landlock_abi()
     except OSError as exc:
-        return 0, f"landlock: unavailable ({exc.strerror}); children run with rlimits and seccomp only"
+        refused = _view_refused()
+        if refused is None:
+            return 0, True, (
+                f"landlock: unavailable ({exc.strerror}); children read only the image's software "
+                f"instead: a chroot into {view.VIEW_ROOT} in a user namespace of their own, no capabilities "
+                "(no models, trust roots, /etc or /proc), with rlimits and seccomp"
+            )
+        return 0, False, (
+            f"landlock: unavailable ({exc.strerror}); no chroot view either ({refused}); "
+            "children run with rlimits and seccomp only and read what the loader's user can"
+        )
     abi = kernel if forced is None else min(kernel, forced)
     line = f"landlock: ABI {abi} enforced"
     if abi < kernel:
@@ -205,13 +223,13 @@ def _effective_landlock() -> tuple[int, str]:
     missing = [what for since, what in ((4, "TCP bind/connect"), (6, "signal and abstract-socket scoping")) if abi < since]
     if missing:
         line += "; without " + " or ".join(missing) + " (seccomp and the child's own process group hold those)"
-    return abi, line
+    return abi, False, line
 
 
 def landlock_status() -> str:
     """One line for the log and health details: whether children get Landlock, at which ABI
     (and whether MLSERVER_SIGSTORE_LANDLOCK forced it off or lower), and why not."""
-    return _effective_landlock()[1]
+    return _effective_landlock()[2]
 
 
 def readable_paths() -> list[str]:
@@ -247,14 +265,19 @@ def remember_readable_paths() -> None:
     the answer instead of spending tens of milliseconds on it before each load."""
     global _inherited_paths
     _inherited_paths = readable_paths()
+    _effective_landlock()  # the view's probe too: children inherit its answer
 
 
-def restrict_filesystem(paths: Iterable[str] | None = None) -> str:
+def restrict_filesystem(paths: Iterable[str] | None = None, needed: tuple[str, ...] = ()) -> str:
     """Landlock the calling process: read-only access to `paths` (default: what the fork server
     remembered, else `readable_paths()`),
     nothing else; no TCP bind/connect, no signals or abstract sockets outside the process.
-    Returns the one-line status; raises if Landlock is present but cannot be applied."""
-    abi, status = _effective_landlock()
+    Without Landlock, the chroot view where it holds (`needed`: folders that must be in it).
+    Returns the one-line status; raises if the layer is present but cannot be applied."""
+    abi, use_view, status = _effective_landlock()
+    if use_view:
+        view.enter(view.VIEW_ROOT, needed)
+        return status
     if abi == 0:
         return status
     attr = _RulesetAttr(_FS_RIGHTS.get(abi, _FS_RIGHTS_LATEST), _NET_TCP if abi >= 4 else 0, _SCOPE_ALL if abi >= 6 else 0)

@@ -75,9 +75,8 @@ def kernel_lines(kernel: Kernel, loader_seccomp: int | None) -> list[str]:
             f"kernel: gVisor (recognised by {kernel.evidence}; reports Linux {kernel.release}): the loader's and "
             "the children's syscalls reach gVisor's user-space kernel, not the host's; its platform "
             "(ptrace or KVM) is not visible from inside the sandbox",
-            "landlock under gVisor: not implemented by gVisor, so the children can read every file the "
-            "loader's user can (the models root, the trust roots); writes are still held by the "
-            "read-only mounts and seccomp",
+            "landlock under gVisor: not implemented by gVisor; the landlock line says what holds the "
+            "children's reads instead",
         ]
     else:
         lines = [f"kernel: Linux {kernel.release} (no gVisor)"]

@@ -25,7 +25,7 @@ from sklearn.tree import DecisionTreeClassifier
 from runtime.errors import ModelRefused
 from tests import hostile
 from tests.container.conftest import CANARY, RUNTIMES, ControlContainer, LoaderContainer
-from tests.controls import FIRED, NO_VARIABLES, TECHNIQUES, Target, listeners, wait_for_connections
+from tests.controls import FIRED, TECHNIQUES, Target, listeners, wait_for_connections
 from tests.crafted import skops_alone_under_a_memory_limit, zip_bomb
 from tests.support import PYTHON, Authority, wait_for_health
 
@@ -62,12 +62,11 @@ del CASES["bpf"]
 # without setting an exception (SystemError), as the host tier's list already allows.
 EITHER_LIMIT = {"cpu-loop": ("CPU-time limit", "wall-time limit"), "billion-laughs": ("CPU-time limit", "memory limit", "wall-time limit", "RecursionError", "SystemError")}
 # Under gVisor, where what held differs from runc (accepted in addition to the technique's own).
-# read-parent-environ: gVisor shows a non-dumpable process's environ to every process of its
-# user (0444, where Linux has 0400), so the child's open succeeds; the fork server blanked its
-# block (loader/_internal/process.py), and the payload finds no variable.
+# read-parent-environ: without Landlock the child is chrooted into the image's software tree
+# (loader/_internal/view.py), where there is no /proc at all.
 # stdout-flood: every write costs a trip through gVisor's Sentry (ptrace platform, ~40 us per
 # syscall), so on a busy machine the 20 MB flood may meet the CPU or wall limit before it ends.
-GVISOR_REFUSALS = {"read-parent-environ": (NO_VARIABLES,), "stdout-flood": ("CPU-time limit", "wall-time limit")}
+GVISOR_REFUSALS = {"read-parent-environ": ("FileNotFoundError: [Errno 2] No such file or directory: '/proc/self/status'",), "stdout-flood": ("CPU-time limit", "wall-time limit")}
 # A marker the serving process (this one: SigstoreModel runs in the test process) would create.
 SERVING_TMP = Path(tempfile.gettempdir())
 
@@ -239,8 +238,10 @@ _LOADER_ENVIRON = (
 
 def test_the_loaders_environment_is_not_readable_by_a_signed_model(loader_container: LoaderContainer, control_container: ControlContainer, authority: Authority, digits_svm_bytes: bytes) -> None:
     """The container's environment (secrets are passed there) stays out of a payload's reach.
-    Under runc the child cannot open /proc/1/environ; under gVisor it can (0444), so the loader
-    blanks its initial environment block at start (issue 29: before, the payload read the canary).
+    Under runc the child cannot open /proc/1/environ (Landlock); under gVisor it is chrooted into
+    the image's software tree, which has no /proc. Behind that, the loader blanks its initial
+    environment block at start: gVisor shows it to every process of the loader's user (0444), and
+    before either layer the payload read the canary there (issue 29).
 
     Control: unpickled as root in the control container, whose PID 1 has the canary too, it fires."""
     model = loader_container.model("adv-loader-environ", hostile.run_python(_LOADER_ENVIRON), authority, execution="server")
@@ -252,5 +253,10 @@ def test_the_loaders_environment_is_not_readable_by_a_signed_model(loader_contai
         asyncio.run(model.load())
     message = str(exc.value)
     assert CANARY not in message and FIRED not in message, message
-    assert ("no canary in /proc/1/environ" if loader_container.gvisor else "PermissionError: [Errno 13] Permission denied") in message, message
+    refusal = "FileNotFoundError: [Errno 2] No such file or directory: '/proc/1/environ'" if loader_container.gvisor else "PermissionError: [Errno 13] Permission denied"
+    assert refusal in message, message
+    # The layer behind: a process of the loader's user outside the view finds the block blanked.
+    code, out = loader_container.exec_python("print(sum(1 for v in open('/proc/1/environ', 'rb').read().split(bytes(1)) if v))")
+    if loader_container.gvisor:
+        assert code == 0 and out.strip() == "0", out
     _assert_healthy_and_next_load_works(loader_container, authority, digits_svm_bytes)

@@ -70,7 +70,7 @@ def test_health_details_name_the_kernel_and_its_layers(loader_container: LoaderC
     logs = loader_container.container.logs().decode(errors="replace")
     assert done.exit_code == 0, details
     if loader_container.gvisor:
-        expected = ["kernel: gVisor", "landlock under gVisor: not implemented", "landlock: unavailable",
+        expected = ["kernel: gVisor", "landlock under gVisor: not implemented", "landlock: unavailable", "a chroot into /sandbox",
                     "(applied inside gVisor)", "container seccomp profile: in force on the loader (inside gVisor"]
     else:
         expected = ["kernel: Linux", "container seccomp profile: in force on the loader", "landlock: ABI"]

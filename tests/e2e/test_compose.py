@@ -255,5 +255,5 @@ def test_gvisor_topology_runs_the_loader_under_runsc_and_says_so(stack: Compose)
     assert runtimes == {"loader": "runsc", "mlserver": "runc"}
     details = stack.exec("loader", "python", "-m", "loader", "health", "--details", "--endpoint", "unix:///run/loader/loader.sock")
     assert details.returncode == 0, details.stderr
-    for line in ("kernel: gVisor", "landlock under gVisor: not implemented", "(applied inside gVisor)", "in force on the loader (inside gVisor"):
+    for line in ("kernel: gVisor", "landlock under gVisor: not implemented", "a chroot into /sandbox", "(applied inside gVisor)", "in force on the loader (inside gVisor"):
         assert line in details.stdout, details.stdout

@@ -242,7 +242,8 @@ _WITHOUT_LANDLOCK_KERNEL = (
 FALLBACK_STATUS = {
     "off": "landlock: forced off by MLSERVER_SIGSTORE_LANDLOCK=off (testing/diagnosis only); children run with rlimits and seccomp only",
     "abi:5": "landlock: ABI 5 enforced (forced below the kernel's ABI",
-    "no-landlock-kernel": "landlock: unavailable (Function not implemented); children run with rlimits and seccomp only",
+    # No /sandbox tree on the host: the chroot view cannot stand in (the container tier's runsc loader has it).
+    "no-landlock-kernel": "landlock: unavailable (Function not implemented); no chroot view either (/sandbox (the image's software tree) is missing); children run with rlimits and seccomp only",
 }
 
 

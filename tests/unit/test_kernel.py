@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,15 @@ def test_the_container_profile_inside_gvisor_is_named_so() -> None:
     assert lines[-1] == "container seccomp profile: in force on the loader (inside gVisor: runsc --oci-seccomp)"
 
 
-def test_the_gvisor_profile_is_the_loader_profile_but_for_clone3() -> None:
-    """runtime/seccomp-loader-gvisor.json is generated from seccomp-loader.json: never stale."""
+def test_the_gvisor_profile_is_the_loader_profile_but_for_clone3_and_the_view() -> None:
+    """runtime/seccomp-loader-gvisor.json is generated from seccomp-loader.json: never stale; it
+    adds only unshare (CLONE_NEWUSER alone) and chroot, for the children's view."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gvisor-seccomp.py"), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    def allowed(path: str) -> dict[str, list[object]]:
+        rules = json.loads((ROOT / "runtime" / path).read_text())["syscalls"]
+        return {n: r.get("args", []) for r in rules if r["action"] == "SCMP_ACT_ALLOW" for n in r["names"]}
+
+    extra = set(allowed("seccomp-loader-gvisor.json")) - set(allowed("seccomp-loader.json"))
+    assert extra == {"unshare", "chroot", "clone3"}
+    assert allowed("seccomp-loader-gvisor.json")["unshare"] == [{"index": 0, "value": 0x10000000, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]

@@ -1,0 +1,98 @@
+"""The children's filesystem where Landlock is missing (gVisor implements none): a chroot into
+the image's software tree.
+
+The loader image holds its software (/usr, /opt: the interpreter, the venv, the system
+libraries) a second time under VIEW_ROOT, hard-linked (docker/Dockerfile); the models, the trust
+roots, /etc, /proc, /run and /tmp stay outside. Inside VIEW_ROOT the same paths lead to the same
+files, so a module imported before the chroot imports its submodules after it; VIEW_ROOT/sandbox
+leads back to / so that a folder given as VIEW_ROOT/x (user code) is found inside too. A child enters a user
+namespace of its own (no privilege needed, none gained outside it), chroots into VIEW_ROOT and
+drops every capability that namespace gave it: from then on it reads only the image's software,
+and its seccomp filter (no chroot, unshare, mount) keeps it there.
+
+Only where the tree is present and the kernel lets an unprivileged process make a user namespace
+(gVisor does; runsc needs the profile in runtime/seccomp-loader-gvisor.json). `probe` says
+whether it holds here, in a throwaway process, so the loader can say so at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+VIEW_ROOT = "/sandbox"
+# VIEW_ROOT/sandbox -> / : a path resolved outside (under VIEW_ROOT) still works inside.
+_MARKER = os.path.join(VIEW_ROOT, VIEW_ROOT.lstrip("/"))
+_CLONE_NEWUSER = 0x10000000
+_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def present(root: str = VIEW_ROOT) -> bool:
+    """Whether this image has the software tree (its marker link leads back to /)."""
+    marker = os.path.join(root, root.lstrip("/"))
+    return os.path.islink(marker) and os.readlink(marker) == "/"
+
+
+def inside(path: str, root: str = VIEW_ROOT) -> bool:
+    """Whether `path` can be read after entering the view: it resolves under `root`."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + "/")
+
+
+def enter(root: str = VIEW_ROOT, needed: tuple[str, ...] = ()) -> None:
+    """Confine the calling (single-threaded) process to `root`: a user namespace of its own, a
+    chroot, no capabilities. `needed` are folders the caller must still read (user code): each
+    must lie under `root`, else nothing is entered and ValueError says what to move where."""
+    for path in needed:
+        if not inside(path, root):
+            raise ValueError(
+                f"{path} is outside the children's view ({root}, used because Landlock is missing): "
+                f"mount it under {root} in the loader's container (e.g. {root}/user-code), where "
+                f"a confined process reads it at the same path"
+            )
+    _check(_libc.unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+    _check(_libc.chroot(root.encode()), f"chroot({root})")
+    os.chdir("/")
+    # The namespace gave the process every capability in it (CAP_SYS_CHROOT would undo the
+    # chroot): none are left.
+    none = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), none), "capset")
+
+
+def probe(root: str = VIEW_ROOT) -> str | None:
+    """None when a process here can enter the view; otherwise why not (the tree is missing, or
+    the kernel or the container's profile refuses a step)."""
+    if not present(root):
+        return f"{root} (the image's software tree) is missing"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked probe
+        os.close(read)
+        try:
+            enter(root)
+            reason = b"" if os.path.realpath(root) == "/" else b"the chroot did not take"
+        except OSError as exc:
+            reason = str(exc.strerror or exc).encode()[:500]
+        os.write(write, reason)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    return answer or None

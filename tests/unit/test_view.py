@@ -1,0 +1,79 @@
+"""The children's chroot view (loader/_internal/view.py), entered for real in a forked process."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+from loader._internal import view
+
+
+def _tree(root: Path) -> Path:
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "library.txt").write_text("software")
+    marker = root / str(root).lstrip("/")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.symlink_to("/")
+    return root
+
+
+def _in_view(root: Path, secret: Path, needed: tuple[str, ...] = ()) -> dict[str, object]:
+    """Fork, enter the view at `root`, report what the process can still do."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked process
+        os.close(read)
+        seen: dict[str, object] = {}
+        try:
+            view.enter(str(root), needed)
+            seen["library"] = Path("/usr/lib/library.txt").read_text()
+            seen["resolved"] = Path(str(root) + "/usr/lib/library.txt").read_text()
+            for name, path in (("secret", str(secret)), ("passwd", "/etc/passwd"), ("proc", "/proc/self/status")):
+                try:
+                    seen[name] = Path(path).read_bytes()[:20].decode(errors="replace")
+                except OSError as exc:
+                    seen[name] = exc.errno
+            seen["chroot_again"] = 0 if os.chroot("/usr") is None else -1
+        except PermissionError as exc:
+            seen["chroot_again"] = exc.errno
+        except (OSError, ValueError) as exc:
+            seen["error"] = str(exc)
+        os.write(write, json.dumps(seen).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        out = json.loads(pipe.read() or b"{}")
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_a_process_in_the_view_reads_only_the_tree_and_cannot_leave_it(tmp_path: Path) -> None:
+    secret = tmp_path / "models" / "tenant-b.joblib"
+    secret.parent.mkdir()
+    secret.write_text("TENANT-B")
+    # Control: the same process, before entering the view, reads the secret and /etc/passwd.
+    assert secret.read_text() == "TENANT-B" and Path("/etc/passwd").read_bytes()
+    root = _tree(tmp_path / "sandbox")
+    seen = _in_view(root, secret)
+    assert "error" not in seen, seen
+    assert seen["library"] == "software" and seen["resolved"] == "software"
+    assert seen["secret"] == errno.ENOENT and seen["passwd"] == errno.ENOENT and seen["proc"] == errno.ENOENT
+    # Every capability the user namespace gave is gone: no second chroot to climb out with.
+    assert seen["chroot_again"] == errno.EPERM
+
+
+def test_a_folder_outside_the_view_is_refused_before_anything_is_entered(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "sandbox")
+    outside = tmp_path / "user-code"
+    outside.mkdir()
+    seen = _in_view(root, outside, needed=(str(outside),))
+    assert "outside the children's view" in str(seen.get("error")) and "mount it under" in str(seen["error"])
+    inside = root / "usr" / "lib"
+    assert "error" not in _in_view(root, outside, needed=(str(inside),))
+
+
+def test_the_probe_says_why_a_view_cannot_be_entered(tmp_path: Path) -> None:
+    assert "is missing" in str(view.probe(str(tmp_path)))
+    assert view.probe(str(_tree(tmp_path / "sandbox"))) is None
