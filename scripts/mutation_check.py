@@ -394,6 +394,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
     ),
     Mutation(
+        "view-chroot",
+        "the chroot of the children's view where Landlock is missing (gVisor)",
+        (Edit("loader/_internal/view.py", '    _check(_libc.chroot(root.encode()), f"chroot({root})")\n', "    pass  # mutation-check\n"),),
+        hostile=(Selection("tests/unit/test_view.py::test_a_process_in_the_view_reads_only_the_tree_and_cannot_leave_it"),),
+        honest=(Selection("tests/unit/test_unpickling_errors.py"),),
+    ),
+    Mutation(
+        "view-capabilities",
+        "the view's drop of the capabilities its user namespace gave (CAP_SYS_CHROOT climbs out)",
+        (Edit("loader/_internal/view.py", '    _check(_libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), none), "capset")\n', "    pass  # mutation-check\n"),),
+        hostile=(Selection("tests/unit/test_view.py::test_a_process_in_the_view_reads_only_the_tree_and_cannot_leave_it"),),
+        honest=(Selection("tests/unit/test_view.py::test_a_folder_outside_the_view_is_refused_before_anything_is_entered"),),
+    ),
+    Mutation(
         "worker-memory",
         "the sandboxed worker's memory limit",
         (Edit("loader/_internal/inference.py", "            memory_bytes=self.limits.memory_bytes,\n", "            memory_bytes=1 << 40,  # mutation-check\n"),),

@@ -372,6 +372,7 @@ def confine(limits: ChildLimits) -> str:
 
 _DENIED = re.compile(r"PermissionError: \[Errno 13\] Permission denied: '([^']+)'")
 _MISSING = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
+_NOT_IN_VIEW = re.compile(r"FileNotFoundError: \[Errno 2\] No such file or directory: '(/[^']*)'")
 _USER_CODE = (
     "install it into the loader's image, or give its package folder to the loader with "
     "`loader serve --user-code DIR` (read-only, never the model folder), and serve the model "
@@ -379,16 +380,24 @@ _USER_CODE = (
 )
 
 
-def unpickling_error(error: str) -> str:
+def unpickling_error(error: str, in_view: bool | None = None) -> str:
     """The confined process's error, with what will help when the model's own code could not be
     imported: the path the child may not read (its read-only view of the filesystem) or the
-    module the loader lacks, and how to make user code importable."""
+    module the loader lacks, and how to make user code importable. Where the children are in the
+    chroot view (`in_view`, default: as this loader runs them), a file outside it is named so."""
     denied = _DENIED.search(error)
     if denied:
         return (
             f"{error}; the confined process reads only the interpreter's libraries and the "
             f"--user-code folders, so it cannot read {denied.group(1)}: if that is the model's own "
             f"code, {_USER_CODE}"
+        )
+    absent = _NOT_IN_VIEW.search(error)
+    if absent and (in_view if in_view is not None else _effective_landlock()[1]):
+        return (
+            f"{error}; {absent.group(1)} is outside the confined process's view: without Landlock (e.g. "
+            f"under gVisor) it is chrooted into the image's software ({view.VIEW_ROOT}) and finds no models, "
+            "trust roots, /etc or /proc there"
         )
     missing = _MISSING.search(error)
     if missing:

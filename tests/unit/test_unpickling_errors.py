@@ -22,3 +22,10 @@ def test_an_import_the_confined_process_cannot_make_says_how_to_make_user_code_i
 
 def test_other_unpickling_errors_are_passed_on_as_they_are() -> None:
     assert unpickling_error("ValueError: bad pickle") == "ValueError: bad pickle"
+
+
+def test_a_file_outside_the_chroot_view_is_named_as_such_only_where_the_view_is_used() -> None:
+    error = "FileNotFoundError: [Errno 2] No such file or directory: '/models/tenant-b/model.joblib'"
+    message = unpickling_error(error, in_view=True)
+    assert message.startswith(error) and "outside the confined process's view" in message and "/sandbox" in message
+    assert unpickling_error(error, in_view=False) == error
