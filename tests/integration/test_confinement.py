@@ -147,16 +147,31 @@ def _helpers(loader_pid: int) -> tuple[int, int]:
     return roles["forkserver"], roles["resource_tracker"]
 
 
+# x86_64's recvmsg: a confined process blocked in it has finished starting (a conversion child
+# warms up after its filter is loaded, importing lazily, so it holds passing descriptors until
+# then) and waits with exactly the descriptors it will hold.
+_SYS_RECVMSG = 47
+
+
+def _blocked_in_recvmsg(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] == str(_SYS_RECVMSG)
+
+
 def _waiting_children(forkserver: int) -> list[int]:
     """The fork server's children that have loaded their syscall filter (one filter more than
-    the fork server has): the pre-forked confined children, waiting for an artefact."""
+    the fork server has) and wait in recvmsg: the pre-forked confined children, waiting for an
+    artefact."""
     baseline = int(_status(forkserver, "Seccomp_filters"))
     deadline = time.monotonic() + 90  # a wait for the pool to refill, not a verdict
     while time.monotonic() < deadline:
         confined = []
         for pid in _proc_children(forkserver):
             try:
-                if int(_status(pid, "Seccomp_filters")) > baseline:
+                if int(_status(pid, "Seccomp_filters")) > baseline and _blocked_in_recvmsg(pid):
                     confined.append(pid)
             except (OSError, KeyError):
                 continue
