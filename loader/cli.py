@@ -139,6 +139,14 @@ def _workers(args: argparse.Namespace) -> Workers | None:
                 f"--user-code {folder} overlaps the models root {models}: user code is never read from "
                 "where models come from; install it in a folder of its own"
             )
+        from loader._internal import view
+        from loader._internal.confine import children_in_view
+
+        if children_in_view():
+            try:
+                view.require_inside((str(folder),))
+            except ValueError as exc:
+                raise ValueError(f"--user-code {exc}") from None
         user_code = str(folder)
     if args.max_served_models <= 0:
         return None

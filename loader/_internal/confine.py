@@ -226,6 +226,11 @@ def _effective_landlock() -> tuple[int, bool, str]:
     return abi, False, line
 
 
+def children_in_view() -> bool:
+    """Whether the children confine their reads by the chroot view (Landlock missing, view held)."""
+    return _effective_landlock()[1]
+
+
 def landlock_status() -> str:
     """One line for the log and health details: whether children get Landlock, at which ABI
     (and whether MLSERVER_SIGSTORE_LANDLOCK forced it off or lower), and why not."""

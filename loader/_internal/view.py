@@ -4,8 +4,8 @@ the image's software tree.
 The loader image holds its software (/usr, /opt: the interpreter, the venv, the system
 libraries) a second time under VIEW_ROOT, hard-linked (docker/Dockerfile); the models, the trust
 roots, /etc, /proc, /run and /tmp stay outside. Inside VIEW_ROOT the same paths lead to the same
-files, so a module imported before the chroot imports its submodules after it; VIEW_ROOT/sandbox
-leads back to / so that a folder given as VIEW_ROOT/x (user code) is found inside too. A child enters a user
+files, so a module imported before the chroot imports its submodules after it; a folder given as
+VIEW_ROOT/x (user code) is /x inside, and `enter` rewrites `sys.path` so. A child enters a user
 namespace of its own (no privilege needed, none gained outside it), chroots into VIEW_ROOT and
 drops every capability that namespace gave it: from then on it reads only the image's software,
 and its seccomp filter (no chroot, unshare, mount) keeps it there.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 VIEW_ROOT = "/sandbox"
 # VIEW_ROOT/sandbox -> / : a path resolved outside (under VIEW_ROOT) still works inside.
@@ -55,17 +56,23 @@ def inside(path: str, root: str = VIEW_ROOT) -> bool:
     return real == root or real.startswith(root + "/")
 
 
-def enter(root: str = VIEW_ROOT, needed: tuple[str, ...] = ()) -> None:
-    """Confine the calling (single-threaded) process to `root`: a user namespace of its own, a
-    chroot, no capabilities. `needed` are folders the caller must still read (user code): each
-    must lie under `root`, else nothing is entered and ValueError says what to move where."""
-    for path in needed:
+def require_inside(paths: tuple[str, ...], root: str = VIEW_ROOT) -> None:
+    """ValueError naming the first of `paths` (folders a confined process must read, such as
+    user code) that lies outside `root`, and where to mount it instead."""
+    for path in paths:
         if not inside(path, root):
             raise ValueError(
                 f"{path} is outside the children's view ({root}, used because Landlock is missing): "
                 f"mount it under {root} in the loader's container (e.g. {root}/user-code), where "
                 f"a confined process reads it at the same path"
             )
+
+
+def enter(root: str = VIEW_ROOT, needed: tuple[str, ...] = ()) -> None:
+    """Confine the calling (single-threaded) process to `root`: a user namespace of its own, a
+    chroot, no capabilities. `needed` are folders the caller must still read (user code): each
+    must lie under `root`, else nothing is entered and ValueError says what to move where."""
+    require_inside(needed, root)
     _check(_libc.unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
     _check(_libc.chroot(root.encode()), f"chroot({root})")
     os.chdir("/")
@@ -73,6 +80,14 @@ def enter(root: str = VIEW_ROOT, needed: tuple[str, ...] = ()) -> None:
     # chroot): none are left.
     none = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), none), "capset")
+    # Folders given under `root` (user code) are at the same place seen from inside, less `root`
+    # (the marker link would lead there too, but gVisor resolves paths through it wrongly).
+    sys.path[:] = [seen_from_inside(entry, root) for entry in sys.path]
+
+
+def seen_from_inside(path: str, root: str = VIEW_ROOT) -> str:
+    """`path` as a process inside the view names it: `root`/x is /x there; others are unchanged."""
+    return path[len(root):] if path.startswith(root + "/") else path
 
 
 def probe(root: str = VIEW_ROOT) -> str | None:

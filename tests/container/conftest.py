@@ -82,7 +82,8 @@ class LoaderContainer:
 
 @contextmanager
 def running_loader(
-    docker_client: docker.DockerClient, authority: Authority, *extra: str, environment: dict[str, str] | None = None, runtime: str = "runc"
+    docker_client: docker.DockerClient, authority: Authority, *extra: str, environment: dict[str, str] | None = None, runtime: str = "runc",
+    mounts: tuple[Mount, ...] = (),
 ) -> Iterator[LoaderContainer]:
     """A loader container hardened as in compose.yaml, with its models and socket on the host
     (and `environment` added to the container's); with runtime "runsc", under gVisor as
@@ -115,6 +116,7 @@ def running_loader(
             Mount("/models", str(models), type="bind", read_only=True),
             Mount("/trust/trust_config.json", str(work / "trust_config.json"), type="bind", read_only=True),
             Mount("/run/loader", str(socket_dir), type="bind"),
+            *mounts,
         ],
         labels={"mlserver-sigstore.role": "test-loader"},
         environment={"CANARY_SECRET": CANARY, **(environment or {})},

@@ -11,6 +11,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from docker.types import Mount
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver_sklearn import SKLearnModel
 from sklearn.compose import ColumnTransformer
@@ -20,6 +21,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
+import docker
 from runtime import SigstoreModel
 from runtime.errors import PredictFailed
 from tests import hostile_predict
@@ -116,3 +118,44 @@ def test_a_booster_serves_in_the_container_like_plain_joblib(loader_container: L
     print(f"{name}: {outcome}")
     assert not outcome.error and outcome.execution == "sandbox", outcome
     assert not outcome.mismatches, outcome.mismatches
+
+
+# --- User code in the container (`--user-code`) ----------------------------------------------
+USER_CODE_MOUNT = "/sandbox/user-code"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_user_code_mounted_in_the_view_serves_under_either_runtime(
+    docker_client: docker.DockerClient, authority: Authority, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's class, mounted read-only under /sandbox and given with --user-code: importable
+    by the worker under runc (Landlock grants the folder) and under gVisor (inside the chroot view);
+    the model predicts as the class does in this process."""
+    from acme_models import NearestCentroidScorer
+
+    from tests.container.conftest import running_loader
+    from tests.integration.test_sandboxed import USER_CODE
+
+    estimator = NearestCentroidScorer(0.5).fit(X, Y)
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    mount = Mount(USER_CODE_MOUNT, str(USER_CODE), type="bind", read_only=True)
+    with running_loader(docker_client, authority, f"--user-code={USER_CODE_MOUNT}", runtime=runtime, mounts=(mount,)) as lc:
+        monkeypatch.setenv("MLSERVER_SIGSTORE_ARTEFACTS_ROOT", str(lc.models))
+        model = served(lc, "user-class", buffer.getvalue(), authority)
+        answer = run(model.predict(request_for(X[:5], ["predict"])))
+        assert answer.outputs[0].data.root == estimator.predict(X[:5]).tolist()  # type: ignore[union-attr]
+        assert run(model.unload())
+
+
+@pytest.mark.parametrize("loader_container", ["runsc"], indirect=True)
+def test_user_code_outside_the_view_is_refused_at_start_under_gvisor(loader_container: LoaderContainer) -> None:
+    """Under gVisor a --user-code folder outside /sandbox could not be read by the workers: the
+    loader refuses to start with it, naming where to mount it (it never starts serving)."""
+    result = loader_container.container.exec_run(
+        # (`timeout`: a loader that accepted the folder would serve until stopped)
+        ["timeout", "120", "python", "-m", "loader", "serve", "--socket=/tmp/other.sock", "--models-root=/models", "--user-code=/srv"]
+    )
+    output = result.output.decode(errors="replace")
+    assert result.exit_code != 0, output
+    assert "--user-code /srv is outside the children's view" in output and "mount it under /sandbox" in output, output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 
 from loader._internal import view
@@ -27,7 +28,9 @@ def _in_view(root: Path, secret: Path, needed: tuple[str, ...] = ()) -> dict[str
         os.close(read)
         seen: dict[str, object] = {}
         try:
+            sys.path.append(str(root) + "/usr/lib")  # a folder given under the root, as user code is
             view.enter(str(root), needed)
+            seen["sys_path_end"] = sys.path[-1]
             reads = (
                 ("secret", str(secret)), ("passwd", "/etc/passwd"), ("proc", "/proc/self/status"),
                 ("library", "/usr/lib/library.txt"), ("resolved", str(root) + "/usr/lib/library.txt"),
@@ -62,6 +65,7 @@ def test_a_process_in_the_view_reads_only_the_tree_and_cannot_leave_it(tmp_path:
     assert "error" not in seen, seen
     assert seen["secret"] == errno.ENOENT and seen["passwd"] == errno.ENOENT and seen["proc"] == errno.ENOENT, seen
     assert seen["library"] == "software" and seen["resolved"] == "software", seen
+    assert seen["sys_path_end"] == "/usr/lib"
     # Every capability the user namespace gave is gone: no second chroot to climb out with.
     assert seen["chroot_again"] == errno.EPERM
 
@@ -79,3 +83,8 @@ def test_a_folder_outside_the_view_is_refused_before_anything_is_entered(tmp_pat
 def test_the_probe_says_why_a_view_cannot_be_entered(tmp_path: Path) -> None:
     assert "is missing" in str(view.probe(str(tmp_path)))
     assert view.probe(str(_tree(tmp_path / "sandbox"))) is None
+
+
+def test_a_folder_given_under_the_root_is_named_from_inside() -> None:
+    assert view.seen_from_inside("/sandbox/user-code") == "/user-code"
+    assert view.seen_from_inside("/sandboxed/x") == "/sandboxed/x" and view.seen_from_inside("/opt/x") == "/opt/x"
