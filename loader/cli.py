@@ -40,7 +40,8 @@ def _trust_files(specs: list[str]) -> dict[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from loader._internal.confine import LANDLOCK_SETTING, forced_landlock_abi
+    from loader._internal import view
+    from loader._internal.confine import LANDLOCK_SETTING, children_in_view, forced_landlock_abi, unconfined_reads
     from loader._internal.keys import KeyConfigError, SigningKeys
     from loader._internal.paths import ModelsRoot
     from loader._internal.process import scrub_initial_environment, set_non_dumpable
@@ -55,6 +56,31 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
+    unconfined = unconfined_reads()  # probes before any thread starts
+    if unconfined and not args.allow_unconfined_reads:
+        print(
+            f"FAIL: no filesystem layer would hold the confined processes' reads ({unconfined}): a signed "
+            "model could read every model and trust config the loader can. Run on a kernel with Landlock, "
+            "or under gVisor with runtime/seccomp-loader-gvisor.json and the project's image; or accept it "
+            "with --allow-unconfined-reads",
+            file=sys.stderr,
+        )
+        return 2
+    if unconfined:
+        print(f"loader: {unconfined} (accepted with --allow-unconfined-reads)", file=sys.stderr, flush=True)
+    if children_in_view():
+        try:
+            view.require_outside(
+                {"--models-root": str(args.models_root), "--socket folder": str(args.socket.parent)}
+                # (the production root shipped in the image is public, and part of the image's software)
+                | {f"--trust-config {name}": str(path) for name, path in _trust_files(args.trust_config).items()
+                   if path != _trust_files([])[PRODUCTION]}
+                | {f"--public-key {n}": str(p) for n, p in _named_files(args.public_key).items()}
+                | {f"--certificate-authority {n}": str(p) for n, p in _named_files(args.certificate_authority).items()}
+            )
+        except ValueError as exc:
+            print(f"FAIL: {exc}", file=sys.stderr)
+            return 2
     # The fork server, so every child, reads the Landlock setting (tests and diagnosis only).
     for name in set(os.environ) - _ENV_KEPT - {LANDLOCK_SETTING}:
         del os.environ[name]
@@ -393,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("serve", help="run the verify-and-load gRPC service on a Unix socket")
     p.add_argument("--socket", type=Path, required=True)
+    p.add_argument(
+        "--allow-unconfined-reads", action="store_true",
+        help="start even where neither Landlock nor the chroot view holds the children's reads "
+        "(they could then read every file the loader's user can)",
+    )
     p.add_argument(
         "--models-root", type=Path, required=True,
         help="the only folder artefacts and bundles are read from (mount it read-only)",

@@ -208,9 +208,9 @@ def _effective_landlock() -> tuple[int, bool, str]:
         refused = _view_refused()
         if refused is None:
             return 0, True, (
-                f"landlock: unavailable ({exc.strerror}); children read only the image's software "
+                f"landlock: unavailable ({exc.strerror}); children read only the image's own files "
                 f"instead: a chroot into {view.VIEW_ROOT} in a user namespace of their own, no capabilities "
-                "(no models, trust roots, /etc or /proc), with rlimits and seccomp"
+                "(not the models, the trust configs given to the loader, /etc or /proc), with rlimits and seccomp"
             )
         return 0, False, (
             f"landlock: unavailable ({exc.strerror}); no chroot view either ({refused}); "
@@ -224,6 +224,15 @@ def _effective_landlock() -> tuple[int, bool, str]:
     if missing:
         line += "; without " + " or ".join(missing) + " (seccomp and the child's own process group hold those)"
     return abi, False, line
+
+
+def unconfined_reads() -> str | None:
+    """Why the children would read what the loader's user can (no Landlock, no view), or None.
+    MLSERVER_SIGSTORE_LANDLOCK=off (tests, diagnosis) is asked for, so it is not counted."""
+    abi, use_view, line = _effective_landlock()
+    if abi or use_view or forced_landlock_abi() == 0:
+        return None
+    return line
 
 
 def children_in_view() -> bool:

@@ -90,11 +90,59 @@ def seen_from_inside(path: str, root: str = VIEW_ROOT) -> str:
     return path[len(root):] if path.startswith(root + "/") else path
 
 
-def probe(root: str = VIEW_ROOT) -> str | None:
+def require_outside(named: dict[str, str], root: str = VIEW_ROOT) -> None:
+    """ValueError naming the first of `named` ({what: path}: the models root, trust configs, the
+    socket folder) that lies inside `root`, where every confined process could read it."""
+    for what, path in named.items():
+        if inside(path, root):
+            raise ValueError(
+                f"{what} {path} is inside the children's view ({root}): every confined process could "
+                f"read it there; mount it outside {root} (only --user-code belongs inside)"
+            )
+
+
+def out_of_step(root: str = VIEW_ROOT, folders: list[str] | None = None, files: list[str] | None = None) -> str | None:
+    """What differs between the software at / and its copy under `root` (None: nothing found).
+
+    An image built on the loader's that installs packages into /opt or /usr changes them at /
+    only: the children would then import older or missing code. Compared: each folder on
+    sys.path (its entries, so an added, removed or upgraded package's dist-info shows), and the
+    files of the modules imported so far (their inodes: the copy is hard-linked)."""
+    if folders is None:  # only the software the tree copies (not a launch directory on sys.path)
+        folders = [folder for folder in sys.path if folder.startswith(("/usr/", "/opt/"))]
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        try:
+            ours, theirs = set(os.listdir(folder)), set(os.listdir(root + folder))
+        except OSError as exc:
+            return f"{root}{folder} cannot be listed ({exc.strerror})"
+        if ours != theirs:
+            shown = sorted(ours ^ theirs)[:3]
+            return f"{folder} and {root}{folder} differ ({', '.join(shown)})"
+    if files is None:
+        files = [getattr(module, "__file__", None) or "" for module in list(sys.modules.values())]
+        files = [path for path in files if isinstance(path, str) and path.startswith(("/usr/", "/opt/"))]
+    for path in files:
+        try:
+            if os.stat(path).st_ino != os.stat(root + path).st_ino:
+                return f"{path} is not the file at {root}{path}"
+        except OSError:
+            return f"{root}{path} is missing"
+    return None
+
+
+def probe(root: str = VIEW_ROOT, folders: list[str] | None = None, files: list[str] | None = None) -> str | None:
     """None when a process here can enter the view; otherwise why not (the tree is missing, or
     the kernel or the container's profile refuses a step)."""
     if not present(root):
         return f"{root} (the image's software tree) is missing"
+    differs = out_of_step(root, folders, files)
+    if differs:
+        return (
+            f"the image's software tree is out of step with its software: {differs}; an image built on "
+            f"the loader's must install into both (see docs/gvisor.md)"
+        )
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the forked probe

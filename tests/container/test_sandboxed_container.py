@@ -159,3 +159,15 @@ def test_user_code_outside_the_view_is_refused_at_start_under_gvisor(loader_cont
     output = result.output.decode(errors="replace")
     assert result.exit_code != 0, output
     assert "--user-code /srv is outside the children's view" in output and "mount it under /sandbox" in output, output
+
+
+@pytest.mark.parametrize("loader_container", ["runsc"], indirect=True)
+def test_a_models_root_inside_the_view_is_refused_at_start_under_gvisor(loader_container: LoaderContainer) -> None:
+    """Every confined process reads /sandbox under gVisor: models (or trust configs, or the socket
+    folder) mounted there would be readable by any signed model, so the loader will not start."""
+    result = loader_container.container.exec_run(
+        ["timeout", "120", "python", "-m", "loader", "serve", "--socket=/tmp/other.sock", "--models-root=/sandbox/opt"]
+    )
+    output = result.output.decode(errors="replace")
+    assert result.exit_code == 2, output
+    assert "--models-root /sandbox/opt is inside the children's view (/sandbox)" in output, output

@@ -270,11 +270,12 @@ def fallback_loader(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     env.pop(LANDLOCK_SETTING, None)
     if mode == "no-landlock-kernel":
-        head = [PYTHON, "-c", _WITHOUT_LANDLOCK_KERNEL]
+        # Neither Landlock nor the view: the loader starts only when told to accept it.
+        head = [PYTHON, "-c", _WITHOUT_LANDLOCK_KERNEL, "serve", "--allow-unconfined-reads"]
     else:
-        head = [PYTHON, "-m", "loader"]
+        head = [PYTHON, "-m", "loader", "serve"]
         env[LANDLOCK_SETTING] = mode
-    args = [*head, "serve", f"--socket={sock}", f"--models-root={models_root}", f"--trust-config=local={authority.trust_config}",
+    args = [*head, f"--socket={sock}", f"--models-root={models_root}", f"--trust-config=local={authority.trust_config}",
             "--default-trust=local", "--child-wall-seconds=60", "--child-cpu-seconds=3", "--child-memory-mb=256"]
     with log.open("wb") as out:
         # A session of its own: a signal sent to the loader's group must reach nothing else.
@@ -286,6 +287,20 @@ def fallback_loader(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         stop_process(proc)
 
 
+def test_without_landlock_or_the_view_the_loader_refuses_to_start_unless_told(tmp_path: Path, models_root: Path) -> None:
+    """Fail closed: where nothing would hold the children's reads, `loader serve` exits naming why
+    and what to do; with --allow-unconfined-reads it starts (the fixture above) and says so."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env.pop(LANDLOCK_SETTING, None)
+    done = subprocess.run(
+        [PYTHON, "-c", _WITHOUT_LANDLOCK_KERNEL, "serve", f"--socket={tmp_path / 'l.sock'}", f"--models-root={models_root}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "FAIL: no filesystem layer would hold the confined processes' reads" in done.stderr and "--allow-unconfined-reads" in done.stderr
+    assert not (tmp_path / "l.sock").exists()
+
+
 def test_the_loader_says_when_landlock_is_off_or_below_the_kernel(fallback_loader: tuple[str, LoaderProcess]) -> None:
     mode, loader = fallback_loader
     details = subprocess.run(
@@ -295,6 +310,8 @@ def test_the_loader_says_when_landlock_is_off_or_below_the_kernel(fallback_loade
         assert FALLBACK_STATUS[mode] in text, text
         if mode == "abi:5":
             assert "without signal and abstract-socket scoping" in text, text
+    if mode == "no-landlock-kernel":
+        assert "(accepted with --allow-unconfined-reads)" in loader.log_text()
 
 
 def test_the_children_apply_what_the_loader_announces(fallback_loader: tuple[str, LoaderProcess], models_root: Path, authority: Authority) -> None:

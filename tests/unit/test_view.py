@@ -82,9 +82,28 @@ def test_a_folder_outside_the_view_is_refused_before_anything_is_entered(tmp_pat
 
 def test_the_probe_says_why_a_view_cannot_be_entered(tmp_path: Path) -> None:
     assert "is missing" in str(view.probe(str(tmp_path)))
-    assert view.probe(str(_tree(tmp_path / "sandbox"))) is None
+    assert view.probe(str(_tree(tmp_path / "sandbox")), folders=[], files=[]) is None  # (not this host's software)
 
 
 def test_a_folder_given_under_the_root_is_named_from_inside() -> None:
     assert view.seen_from_inside("/sandbox/user-code") == "/user-code"
     assert view.seen_from_inside("/sandboxed/x") == "/sandboxed/x" and view.seen_from_inside("/opt/x") == "/opt/x"
+
+
+def test_a_tree_out_of_step_with_the_software_is_found(tmp_path: Path) -> None:
+    """An image built on the loader's that pip-installs into /opt changes the software at / only:
+    the copy the children would read is then found to differ (added entry, replaced file)."""
+    software = tmp_path / "opt" / "site"
+    software.mkdir(parents=True)
+    (software / "pkg.py").write_text("v1")
+    root = tmp_path / "sandbox"
+    copy = root / str(software).lstrip("/")
+    copy.mkdir(parents=True)
+    os.link(software / "pkg.py", copy / "pkg.py")
+    folders, files = [str(software)], [str(software / "pkg.py")]
+    assert view.out_of_step(str(root), folders, files) is None
+    (software / "pkg.py").unlink()
+    (software / "pkg.py").write_text("v2")  # upgraded: a new file at /, the old one in the copy
+    assert "is not the file at" in str(view.out_of_step(str(root), folders, files))
+    (software / "new-1.0.dist-info").mkdir()
+    assert "differ (new-1.0.dist-info)" in str(view.out_of_step(str(root), folders, files))
