@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 from loader._internal import view
+from tests.support import ROOT
 
 
 def _tree(root: Path) -> Path:
@@ -20,38 +22,48 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def _in_view(root: Path, secret: Path, needed: tuple[str, ...] = ()) -> dict[str, object]:
-    """Fork, enter the view at `root`, report what the process can still do."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the forked process
-        os.close(read)
-        seen: dict[str, object] = {}
+# Run in a fresh single-threaded interpreter (one BLAS thread, as the loader's children have), not
+# forked from pytest, whose fork handlers may start threads in a child: a threaded process cannot unshare.
+_IN_VIEW = """
+import json, os, sys
+from pathlib import Path
+from loader._internal import view
+from tests.support import ROOT
+root, secret, needed = sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3]))
+seen = {}
+try:
+    sys.path.append(root + "/usr/lib")  # a folder given under the root, as user code is
+    view.enter(root, needed)
+    seen["sys_path_end"] = sys.path[-1]
+    reads = (
+        ("secret", secret), ("passwd", "/etc/passwd"), ("proc", "/proc/self/status"),
+        ("library", "/usr/lib/library.txt"), ("resolved", root + "/usr/lib/library.txt"),
+    )
+    for name, path in reads:
         try:
-            sys.path.append(str(root) + "/usr/lib")  # a folder given under the root, as user code is
-            view.enter(str(root), needed)
-            seen["sys_path_end"] = sys.path[-1]
-            reads = (
-                ("secret", str(secret)), ("passwd", "/etc/passwd"), ("proc", "/proc/self/status"),
-                ("library", "/usr/lib/library.txt"), ("resolved", str(root) + "/usr/lib/library.txt"),
-            )
-            for name, path in reads:
-                try:
-                    seen[name] = Path(path).read_bytes()[:20].decode(errors="replace")
-                except OSError as exc:
-                    seen[name] = exc.errno
-            seen["chroot_again"] = 0 if os.chroot("/usr") is None else -1
-        except PermissionError as exc:
-            seen["chroot_again"] = exc.errno
-        except (OSError, ValueError) as exc:
-            seen["error"] = str(exc)
-        os.write(write, json.dumps(seen).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        out = json.loads(pipe.read() or b"{}")
-    os.waitpid(pid, 0)
-    return out
+            seen[name] = Path(path).read_bytes()[:20].decode(errors="replace")
+        except OSError as exc:
+            seen[name] = exc.errno
+    seen["chroot_again"] = 0 if os.chroot("/usr") is None else -1
+except PermissionError as exc:
+    seen["chroot_again"] = exc.errno
+except (OSError, ValueError) as exc:
+    seen["error"] = str(exc)
+print(json.dumps(seen))
+"""
+
+
+_ONE_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _in_view(root: Path, secret: Path, needed: tuple[str, ...] = ()) -> dict[str, object]:
+    """Enter the view at `root` in a fresh process; what it can still do."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_VIEW, str(root), str(secret), json.dumps(needed)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=_ONE_THREAD,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
 
 
 def test_a_process_in_the_view_reads_only_the_tree_and_cannot_leave_it(tmp_path: Path) -> None:
@@ -82,7 +94,9 @@ def test_a_folder_outside_the_view_is_refused_before_anything_is_entered(tmp_pat
 
 def test_the_probe_says_why_a_view_cannot_be_entered(tmp_path: Path) -> None:
     assert "is missing" in str(view.probe(str(tmp_path)))
-    assert view.probe(str(_tree(tmp_path / "sandbox")), folders=[], files=[]) is None  # (not this host's software)
+    code = "import sys; from loader._internal import view; print(view.probe(sys.argv[1], folders=[], files=[]))"
+    done = subprocess.run([sys.executable, "-c", code, str(_tree(tmp_path / "sandbox"))], capture_output=True, text=True, timeout=120, cwd=ROOT, env=_ONE_THREAD)
+    assert done.stdout.strip() == "None", done.stdout + done.stderr[-2000:]  # (a fresh process: see _IN_VIEW)
 
 
 def test_a_folder_given_under_the_root_is_named_from_inside() -> None:
