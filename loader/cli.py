@@ -69,12 +69,12 @@ def _serve(args: argparse.Namespace) -> int:
     if unconfined:
         print(f"loader: {unconfined} (accepted with --allow-unconfined-reads)", file=sys.stderr, flush=True)
     if children_in_view():
+        # (the production root shipped in the image is public, and part of the image's software)
+        shipped = _trust_files([])[PRODUCTION]
         try:
             view.require_outside(
                 {"--models-root": str(args.models_root), "--socket folder": str(args.socket.parent)}
-                # (the production root shipped in the image is public, and part of the image's software)
-                | {f"--trust-config {name}": str(path) for name, path in _trust_files(args.trust_config).items()
-                   if path != _trust_files([])[PRODUCTION]}
+                | {f"--trust-config {name}": str(path) for name, path in _trust_files(args.trust_config).items() if path != shipped}
                 | {f"--public-key {n}": str(p) for n, p in _named_files(args.public_key).items()}
                 | {f"--certificate-authority {n}": str(p) for n, p in _named_files(args.certificate_authority).items()}
             )

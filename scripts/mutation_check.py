@@ -389,7 +389,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "worker-landlock",
         "the sandboxed worker's Landlock ruleset",
-        (Edit("loader/_internal/worker.py", "        restrict_filesystem([*readable_paths(), user_code] if user_code else None, needed=(user_code,) if user_code else ())\n", "        pass  # mutation-check\n"),),
+        (Edit("loader/_internal/worker.py", "        restrict_filesystem([*readable_paths(), *extra] if extra else None, needed=extra)\n", "        pass  # mutation-check\n"),),
         hostile=(Selection("tests/integration/test_sandboxed.py::test_a_model_acting_at_predict_time_is_contained[file-read]"),),
         honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
     ),

@@ -407,7 +407,7 @@ def unpickling_error(error: str, in_view: bool | None = None) -> str:
             f"code, {_USER_CODE}"
         )
     absent = _NOT_IN_VIEW.search(error)
-    if absent and (in_view if in_view is not None else _effective_landlock()[1]):
+    if absent and (in_view if in_view is not None else children_in_view()):
         return (
             f"{error}; {absent.group(1)} is outside the confined process's view: without Landlock (e.g. "
             f"under gVisor) it is chrooted into the image's software ({view.VIEW_ROOT}) and finds no models, "

@@ -22,8 +22,6 @@ import os
 import sys
 
 VIEW_ROOT = "/sandbox"
-# VIEW_ROOT/sandbox -> / : a path resolved outside (under VIEW_ROOT) still works inside.
-_MARKER = os.path.join(VIEW_ROOT, VIEW_ROOT.lstrip("/"))
 _CLONE_NEWUSER = 0x10000000
 _CAPABILITY_VERSION_3 = 0x20080522
 
@@ -45,7 +43,7 @@ def _check(result: int, what: str) -> None:
 
 
 def present(root: str = VIEW_ROOT) -> bool:
-    """Whether this image has the software tree (its marker link leads back to /)."""
+    """Whether this image has the software tree (its marker, VIEW_ROOT/sandbox, links to /)."""
     marker = os.path.join(root, root.lstrip("/"))
     return os.path.islink(marker) and os.readlink(marker) == "/"
 

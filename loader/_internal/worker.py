@@ -98,7 +98,8 @@ def run_worker(control: PassedFd, output: Connection, limits: ChildLimits, user_
         os.environ.clear()
         _one_core()
         apply_limits(limits)
-        restrict_filesystem([*readable_paths(), user_code] if user_code else None, needed=(user_code,) if user_code else ())
+        extra = (user_code,) if user_code else ()
+        restrict_filesystem([*readable_paths(), *extra] if extra else None, needed=extra)
         install_syscall_filter()
     except Exception as exc:  # noqa: BLE001 - never run unconfined
         _send(control.fd, Payload({"ok": False, "error": f"could not confine the worker: {exc}"}))
