@@ -372,6 +372,8 @@ class Bench:
             finally:
                 channel.close()
                 stop_process(proc)
+            print("  where an 8-row request's time goes ...", flush=True)
+            out["profile_8_rows"] = self._sandboxed_profile(small, policy, requests_n * 3)
             out["load_small"] = self._sandboxed_loads(small, policy, load_repeat, floor=False)
             out["load_large"] = self._sandboxed_loads(large, policy, max(2, load_repeat // 4), floor=True)
             rss = {}
@@ -415,6 +417,61 @@ class Bench:
             plain.append(burst("plain-digits"))
             ours.append(burst("sandboxed-digits"))
         return {"clients": clients, "plain_rps": max(plain), "sandboxed_rps": max(ours), "throughput_ratio": max(ours) / max(plain)}
+
+    def _sandboxed_profile(self, path: Path, policy: dict, repeat: int) -> dict[str, float]:
+        """Where an 8-row request's time goes, without HTTP, on MLServer's event loop (uvloop),
+        interleaved with a 1 ms pause before each call (a server idles between a client's requests):
+        the estimator's own predict; SKLearnModel.predict and SigstoreModel.predict (served in the
+        sandbox); the direct channel's exchange alone; and the floor any second process sets, a
+        round trip of as many bytes to an echoing process over a socket pair. Median microseconds."""
+        import uvloop
+        from mlserver.types import InferenceRequest, RequestInput
+
+        from loader.contract import frame_head
+        from runtime._internal.sandboxed import channel_request, encode_inputs
+
+        name = path.parent.name
+        plain = SKLearnModel(ModelSettings(name=name, implementation=SKLearnModel, parameters=ModelParameters(uri=str(path))))
+        ours = SigstoreModel(ModelSettings(name=name, implementation=SigstoreModel,
+                                           parameters=ModelParameters(uri=str(path), extra={"sigstore": policy})))
+        rows = datasets.load_digits().data[:8]
+        request = InferenceRequest(inputs=[RequestInput(name="x", shape=list(rows.shape), datatype="FP64", data=rows.flatten().tolist())])
+        loop = uvloop.new_event_loop()
+        echo = None
+        try:
+            loop.run_until_complete(plain.load())
+            loop.run_until_complete(ours.load())
+            estimator = ours._model
+            arrays, frame, _ = encode_inputs(rows)
+            header, buffers = channel_request("predict", arrays, frame)
+            request_size = sum(b.nbytes for b in buffers)
+            answer, body = loop.run_until_complete(estimator.channel.exchange(header, buffers, estimator.max_bytes, 60))
+            echo = _Echo(len(frame_head(header, request_size)) + request_size, len(frame_head(answer, len(body))) + len(body))
+            cases: dict[str, Callable[[], object]] = {
+                "estimator": lambda: plain._model.predict(rows),
+                "round_trip": echo.once,
+                "plain_predict": lambda: loop.run_until_complete(plain.predict(request)),
+                "sandboxed_predict": lambda: loop.run_until_complete(ours.predict(request)),
+                "exchange": lambda: loop.run_until_complete(estimator.channel.exchange(header, buffers, estimator.max_bytes, 60)),
+            }
+            samples: dict[str, list[float]] = {label: [] for label in cases}
+            for _ in range(20):
+                for call in cases.values():
+                    call()  # warm-up
+            for _ in range(repeat):
+                for label, call in cases.items():
+                    time.sleep(0.001)
+                    started = time.perf_counter()
+                    call()
+                    samples[label].append(time.perf_counter() - started)
+            loop.run_until_complete(ours.unload())
+        finally:
+            if echo is not None:
+                echo.close()
+            loop.close()
+        found = {label: statistics.median(values) * 1e6 for label, values in samples.items()}
+        print("  " + ", ".join(f"{label} {us:.0f} us" for label, us in found.items()), flush=True)
+        return found
 
     def _sandboxed_loads(self, path: Path, policy: dict, repeat: int, floor: bool) -> dict[str, object]:
         """SigstoreModel loads in sandbox mode (each ends its worker after) vs a plain SKLearnModel
@@ -531,6 +588,43 @@ class _PeakRss:
         return self.peak
 
 
+class _Echo:
+    """A second process at the end of a socket pair that answers each request of `request_size`
+    bytes with `answer_size` bytes: the least a request served by another process costs."""
+
+    _SCRIPT = (
+        "import socket, sys\n"
+        "s = socket.socket(fileno=int(sys.argv[1])); need, answer = int(sys.argv[2]), bytes(int(sys.argv[3]))\n"
+        "buf = memoryview(bytearray(need))\n"
+        "while True:\n"
+        "    got = 0\n"
+        "    while got < need:\n"
+        "        n = s.recv_into(buf[got:])\n"
+        "        if not n: sys.exit(0)\n"
+        "        got += n\n"
+        "    s.sendall(answer)\n"
+    )
+
+    def __init__(self, request_size: int, answer_size: int) -> None:
+        import socket
+
+        self._sock, theirs = socket.socketpair()
+        self._process = subprocess.Popen([sys.executable, "-c", self._SCRIPT, str(theirs.fileno()), str(request_size), str(answer_size)],
+                                         pass_fds=[theirs.fileno()])
+        theirs.close()
+        self._request, self._answer = bytes(request_size), bytearray(answer_size)
+
+    def once(self) -> None:
+        self._sock.sendall(self._request)
+        view, got = memoryview(self._answer), 0
+        while got < len(self._answer):
+            got += self._sock.recv_into(view[got:])
+
+    def close(self) -> None:
+        self._sock.close()
+        self._process.wait(timeout=60)
+
+
 def _sha256_times(path: Path, repeat: int) -> list[float]:
     """hashlib.sha256 over the artefact's bytes, already in memory: the one pass verification needs."""
     raw = path.read_bytes()
@@ -637,6 +731,7 @@ def _sandboxed_lines(entry: dict | None) -> list[str]:
             f"| sandboxed load {label[5:]} ({e['artefact_mb']} MB) | {e['baseline']} {b['median']:.1f} ms (p95 {b['p95']:.1f}) "
             f"| {o['median']:.1f} ms (p95 {o['p95']:.1f}) | {e['ratio']:.2f}x (+{e['extra_ms']:.1f} ms) | {verdict} |"
         )
+    lines += _profile_lines(entry)
     rss = entry.get("mlserver_rss")
     if rss:
         s, g = rss["small"], rss["large"]
@@ -646,6 +741,31 @@ def _sandboxed_lines(entry: dict | None) -> list[str]:
             f"| large ({g['artefact_mb']} MB): {g['peak_rss_mb']:.0f} MB | +{grew:.0f} MB | does not grow with the model: "
             f"{'met' if grew < 0.1 * g['artefact_mb'] else 'missed'} |"
         )
+    return lines
+
+
+def _profile_lines(entry: dict) -> list[str]:
+    """The 8-row request's extra time, split: what a second process costs at least (the round trip),
+    what the worker adds past its estimator and that floor, and what MLServer's side adds."""
+    p = entry.get("profile_8_rows")
+    if not p:
+        return []
+    extra = p["sandboxed_predict"] - p["plain_predict"]
+    channel = p["exchange"] - p["estimator"]
+    lines = [
+        f"| 8 rows without HTTP (uvloop, 1 ms apart) | SKLearnModel.predict {p['plain_predict']:.0f} us (estimator {p['estimator']:.0f} us) "
+        f"| SigstoreModel.predict {p['sandboxed_predict']:.0f} us | +{extra:.0f} us: round trip {p['round_trip']:.0f}, worker past its "
+        f"estimator and the round trip {channel - p['round_trip']:.0f}, MLServer side {extra - channel:.0f} | profile |"
+    ]
+    for protocol in ("rest", "grpc"):
+        e = entry.get(f"{protocol}_8_rows")
+        if e:
+            plain = e["plain_ms"]["median"] * 1000
+            lines.append(
+                f"| 8 rows over {protocol}: ceiling with a second process | in process {plain:.0f} us + round trip {p['round_trip']:.0f} us "
+                f"| sandboxed {e['sandboxed_ms']['median'] * 1000:.0f} us | ceiling {plain / (plain + p['round_trip']):.3f}, "
+                f"with the runtime's extra {plain / (plain + extra):.3f} | profile |"
+            )
     return lines
 
 

@@ -9,6 +9,7 @@ is streamed in chunks. Either way the bytes stay untrusted data.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import hashlib
 import io
@@ -626,99 +627,223 @@ async def claim_channel(endpoint: str, handle: str, timeout: float) -> WorkerCha
 
 class WorkerChannel:
     """A direct channel to one served model's worker (a Unix stream socket it serves on), in the
-    worker's frame (`loader.contract.FRAME`). Requests are pipelined: each is written whole, in
-    turn, and its answer read in the same turn (the worker answers in order), so a busy worker
-    finds the next request waiting instead of sleeping between them. The worker ends when this
-    closes. What comes back is untrusted: the header is capped and parsed as JSON only, the body
-    is refused unread past `max_body` bytes, and the caller checks both."""
+    worker's frame (`loader.contract.FRAME`). Requests are pipelined: each is written whole as it
+    comes and its answer is the next one read (the worker answers in order), so a busy worker
+    finds the next request waiting. The socket stays registered with the event loop that uses
+    it, which reads whatever has arrived in one call and hands out whole answers. The worker
+    ends when this closes. What comes back is untrusted: the header is capped and parsed as JSON
+    only, the body is refused unread past its request's `max_body` bytes, and the caller checks
+    both."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock: socket.socket | None = sock
-        # FIFO locks: answers are read in the order their requests were written.
+        self._answers = _Answers()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one reading the socket
         self._sending = asyncio.Lock()
-        self._receiving = asyncio.Lock()
 
     @property
     def closed(self) -> bool:
         return self._sock is None
 
     def close(self) -> None:
+        if self._sock is None:
+            return
+        self._stop_reading()
         sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        self._answers.fail(ChannelBroken("the direct channel to the worker is closed"))
+        sock.close()
 
     async def exchange(
         self, header: dict[str, Any], buffers: list[memoryview], max_body: int, timeout: float
     ) -> tuple[dict[str, Any], bytearray]:
         """Send one request and read its answer within `timeout` (counted from the call, queueing
-        behind earlier requests included); any failure closes the channel (a half-read answer
-        leaves it out of step, and the requests behind it fail with ChannelBroken)."""
+        behind earlier requests included). A timeout, a broken or refused answer, or a request
+        cut off half-written closes the channel (the requests behind it fail with ChannelBroken);
+        a caller cancelled while it waits for its answer does not: that answer is read and dropped,
+        and the channel stays in step."""
         loop = asyncio.get_running_loop()
-        done = False
+        sock = self._reading(loop)
+        size = sum(b.nbytes for b in buffers)
+        head = frame_head(header, size)
+        data: list[bytes | memoryview] = [b"".join([head, *buffers])] if size <= _JOIN_BYTES else [head, *buffers]
         try:
             async with asyncio.timeout(timeout):
                 async with self._sending:
-                    sock = self._live()
-                    await _send_frame(loop, sock, header, buffers)
-                    # Taken before the next sender can run: the read turns follow the write order.
-                    await self._receiving.acquire()
-                try:
-                    sock = self._live()
-                    header_len, body_len = FRAME.unpack(await _recv_exactly(loop, sock, FRAME.size))
-                    if header_len > MAX_FRAME_HEADER:
-                        raise ChannelRefused(f"the worker sent a header of {header_len} bytes, over {MAX_FRAME_HEADER}")
-                    if body_len > max_body:
-                        raise ChannelRefused(f"the model's answer is {body_len} bytes, over the limit of {max_body}")
-                    raw = await _recv_exactly(loop, sock, header_len)
-                    body = await _recv_exactly(loop, sock, body_len)
-                finally:
-                    self._receiving.release()
-            done = True
+                    answer = self._answers.expect(max_body)  # before the write: answers come in write order
+                    written = False
+                    try:
+                        await _send_all(loop, sock, data)
+                        written = True
+                    finally:
+                        if not written:
+                            self.close()  # a request cut off half-written leaves the worker out of step
+                raw, body = await answer  # cancelled, the answer is dropped when it comes
         except TimeoutError:
+            self.close()
             raise ChannelTimeout(f"the model did not answer within {timeout:g} s", grpc.StatusCode.DEADLINE_EXCEEDED) from None
         except OSError as exc:
+            self.close()
             raise ChannelBroken(f"the direct channel to the worker failed: {exc}") from None
-        finally:
-            if not done:
-                self.close()
+        except LoaderCallError:
+            self.close()
+            raise
         try:
-            answer = json.loads(raw)
+            decoded = json.loads(raw)
         except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
+            decoded = None
+        if not isinstance(decoded, dict):
             self.close()
             raise ChannelRefused("the worker sent a malformed header")
-        return answer, body
+        return decoded, body
 
-    def _live(self) -> socket.socket:
-        if self._sock is None:
+    def _reading(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """The socket, registered for reading with `loop` (moved there from a loop that has
+        stopped: scripts may run one event loop per call)."""
+        sock = self._sock
+        if sock is None:
             raise ChannelBroken("the direct channel to the worker is closed")
-        return self._sock
+        if self._loop is not loop:
+            if self._loop is not None and self._loop.is_running():
+                raise ChannelBroken("the direct channel is in use by another event loop")
+            if self._answers.expecting:
+                self.close()
+                raise ChannelBroken("the direct channel was left with answers unread by an event loop that stopped")
+            self._stop_reading()
+            loop.add_reader(sock.fileno(), self._readable)
+            self._loop = loop
+        return sock
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            if not self._answers.read(sock):
+                self.close()
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._answers.fail(ChannelBroken(f"the direct channel to the worker failed: {exc}"))
+            self.close()
+
+    def _stop_reading(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed() and self._sock is not None:
+            loop.remove_reader(self._sock.fileno())
 
 
 # Requests up to this size go in one write (header and arrays joined); larger ones are not copied.
 _JOIN_BYTES = 64 << 10
+# What one read asks for while a frame's head and header are read.
+_READ_AHEAD = 64 << 10
 
 
-async def _send_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket, header: dict[str, Any], buffers: list[memoryview]) -> None:
-    size = sum(b.nbytes for b in buffers)
-    head = frame_head(header, size)
-    if size <= _JOIN_BYTES:
-        await loop.sock_sendall(sock, b"".join([head, *buffers]))
-        return
-    await loop.sock_sendall(sock, head)
-    for buffer in buffers:
-        await loop.sock_sendall(sock, buffer)
+async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: list[bytes | memoryview]) -> None:
+    for chunk in data:
+        try:
+            sent = sock.send(chunk)  # a small request goes whole, without a trip through the loop
+        except BlockingIOError:
+            sent = 0
+        if sent < memoryview(chunk).nbytes:
+            await loop.sock_sendall(sock, memoryview(chunk)[sent:])
 
 
-async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytearray:
-    data = bytearray(n)
-    view = memoryview(data)
-    got = 0
-    while got < n:
-        k = await loop.sock_recv_into(sock, view[got:])
-        if k == 0:
-            raise ChannelBroken("the worker closed the direct channel")
-        got += k
-    return data
+class _Answers:
+    """The worker's answers as they are read, each into its own buffers, in order: each `expect`
+    is the next answer. A frame past its limits, or a closed socket, fails every answer still
+    expected (and every later one)."""
+
+    def __init__(self) -> None:
+        self._expected: collections.deque[tuple[asyncio.Future[tuple[bytearray, bytearray]], int]] = collections.deque()
+        self._pending = bytearray(_READ_AHEAD)  # a head and header being read
+        self._filled = 0
+        self._head: tuple[int, int] | None = None
+        self._header = bytearray()
+        self._body: bytearray | None = None
+        self._body_filled = 0
+        self._failure: LoaderCallError | None = None
+
+    @property
+    def expecting(self) -> bool:
+        return bool(self._expected)
+
+    def expect(self, max_body: int) -> asyncio.Future[tuple[bytearray, bytearray]]:
+        future: asyncio.Future[tuple[bytearray, bytearray]] = asyncio.get_running_loop().create_future()
+        if self._failure is not None:
+            future.set_exception(self._failure)
+        else:
+            self._expected.append((future, max_body))
+        return future
+
+    def read(self, sock: socket.socket) -> bool:
+        """One read of what has arrived; False when the worker has closed the channel."""
+        if self._body is not None:
+            n = sock.recv_into(memoryview(self._body)[self._body_filled :])
+            self._body_filled += n
+        else:
+            n = sock.recv_into(memoryview(self._pending)[self._filled :])
+            self._filled += n
+        if n == 0:
+            self.fail(ChannelBroken("the worker closed the direct channel"))
+            return False
+        self._finish_body()
+        self._parse()
+        return self._failure is None
+
+    def fail(self, error: LoaderCallError) -> None:
+        if self._failure is None:
+            self._failure = error
+        while self._expected:
+            future, _ = self._expected.popleft()
+            if not future.done():
+                future.set_exception(self._failure)
+                future.exception()  # retrieved: a caller that gave up leaves no warning behind
+
+    def _parse(self) -> None:
+        """Takes whole answers out of what was read into `_pending`, and starts a body's buffer."""
+        while self._body is None and self._failure is None:
+            data = memoryview(self._pending)[: self._filled]
+            if self._head is None:
+                if len(data) < FRAME.size:
+                    return
+                header_len, body_len = FRAME.unpack(data[: FRAME.size])
+                refusal = self._refusal(header_len, body_len)
+                if refusal:
+                    self.fail(ChannelRefused(refusal))
+                    return
+                self._head = (header_len, body_len)
+                self._consume(FRAME.size)
+                continue
+            header_len, body_len = self._head
+            if len(data) < header_len:
+                return
+            self._header = bytearray(data[:header_len])
+            body = bytearray(body_len)
+            taken = min(body_len, self._filled - header_len)
+            body[:taken] = data[header_len : header_len + taken]
+            self._consume(header_len + taken)
+            self._body, self._body_filled = body, taken
+            self._finish_body()
+
+    def _refusal(self, header_len: int, body_len: int) -> str:
+        if not self._expected:
+            return "the worker sent an answer to no request"
+        if header_len > MAX_FRAME_HEADER:
+            return f"the worker sent a header of {header_len} bytes, over {MAX_FRAME_HEADER}"
+        if body_len > self._expected[0][1]:
+            return f"the model's answer is {body_len} bytes, over the limit of {self._expected[0][1]}"
+        return ""
+
+    def _finish_body(self) -> None:
+        if self._body is None or self._body_filled < len(self._body):
+            return
+        future, _ = self._expected.popleft()
+        if not future.done():  # a caller that was cancelled leaves its answer to be dropped
+            future.set_result((self._header, self._body))
+        self._head, self._body, self._header = None, None, bytearray()
+
+    def _consume(self, n: int) -> None:
+        rest = self._filled - n
+        self._pending[:rest] = self._pending[n : self._filled]
+        self._filled = rest

@@ -351,7 +351,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the caps on a sandboxed answer's size: the loader's (Predict), the runtime's on the worker's direct channel and in its parser",
         (
             Edit("loader/_internal/inference.py", "            if body_len > max_body:\n", "            if False:  # mutation-check\n"),
-            Edit("loader/client.py", "                    if body_len > max_body:\n", "                    if False:  # mutation-check\n"),
+            Edit("loader/client.py", "        if body_len > self._expected[0][1]:\n", "        if False:  # mutation-check\n"),
             Edit("runtime/_internal/sandboxed.py", "    if count * size > max_bytes:\n", "    if False:  # mutation-check\n"),
         ),
         hostile=(Selection("tests/integration/test_sandboxed.py::test_a_model_acting_at_predict_time_is_contained[huge-output]"),),

@@ -8,6 +8,7 @@ loader's side and the wire format.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import socket
@@ -200,7 +201,7 @@ def _decode(header: dict[str, Any], body: bytearray) -> Any:
     for spec in header["inputs"]:
         dtype = np.dtype(spec["dtype"])
         shape = tuple(spec["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         offset += count * dtype.itemsize
         if spec.get("object"):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlserver.settings import ModelParameters, ModelSettings
-from mlserver.types import InferenceRequest
+from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver_sklearn import SKLearnModel
 from sklearn import datasets
 from sklearn.compose import ColumnTransformer
@@ -407,13 +407,64 @@ def test_requests_go_on_the_workers_direct_channel(served_loader: LoaderProcess,
     run(model.unload())
 
 
+def _filled(value: float, rows: int) -> InferenceRequest:
+    return request_for(np.full((rows, 3), value), ["transform"])
+
+
+def test_concurrent_requests_each_get_their_own_answer(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    """Sixteen requests in flight at once on the direct channel (pipelined): each answer is the
+    one for its own request (an identity transform of distinct values and row counts)."""
+    model = sigstore_model(signed(models_root, authority, "pipelined", FunctionTransformer()), served_loader, authority, "sandbox")
+    assert run(model.load())
+    assert model._model.channel is not None, "the loader gave no direct channel to the worker"
+
+    async def burst() -> list[InferenceResponse]:
+        return await asyncio.gather(*(model.predict(_filled(float(i), 1 + i % 5)) for i in range(16)))
+
+    try:
+        for i, response in enumerate(run(burst())):
+            assert response.outputs[0].data.root == [float(i)] * 3 * (1 + i % 5), f"request {i} got another's answer"
+    finally:
+        run(model.unload())
+
+
+def test_a_cancelled_request_leaves_the_channel_in_step(served_loader: LoaderProcess, models_root: Path, authority: Authority) -> None:
+    """A caller cancelled while its request is with the worker (a gRPC client that gave up): the
+    answer is read and dropped, the worker keeps serving on the same channel, and the next request
+    gets its own answer, not the dropped one."""
+    model = sigstore_model(signed(models_root, authority, "cancelled", FunctionTransformer()), served_loader, authority, "sandbox")
+    assert run(model.load())
+    estimator = model._model
+    assert estimator.channel is not None, "the loader gave no direct channel to the worker"
+
+    async def scenario() -> tuple[bool, list[float]]:
+        first = asyncio.create_task(model.predict(_filled(1.0, 3)))
+        # One turn of the loop: the task writes its request and waits; no answer can be read
+        # before this coroutine runs again (the loop polls for input only between turns).
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = await model.predict(_filled(2.0, 5))
+        return first.cancelled(), second.outputs[0].data.root
+
+    try:
+        cancelled, values = run(scenario())
+        assert cancelled, "the first request was not cancelled while it waited"
+        assert values == [2.0] * 15, f"the next request got {values[:6]}..., not its own answer"
+        assert not estimator.channel.closed and not estimator.ended, "the channel or the worker was ended by a cancelled caller"
+        assert run(model.predict(_filled(3.0, 2))).outputs[0].data.root == [3.0] * 6
+    finally:
+        run(model.unload())
+
+
 # An MLServer-like client: loads the model in the sandbox, prints its worker's pid, then waits to
 # be killed (it never unloads).
 _CLIENT = """
 import asyncio, json, sys
 import numpy as np
 from mlserver.settings import ModelParameters, ModelSettings
-from mlserver.types import InferenceRequest
+from mlserver.types import InferenceRequest, InferenceResponse
 from runtime import SigstoreModel
 folder, policy = sys.argv[1], json.loads(sys.argv[2])
 settings = ModelSettings(name="orphan", implementation=SigstoreModel,
