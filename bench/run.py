@@ -310,10 +310,6 @@ class Bench:
     def sandboxed(self, small: Path, large: Path, requests_n: int, load_repeat: int) -> None:
         """The digits SVC served in the sandbox (execution "sandbox") vs the same file in plain
         SKLearnModel, through `mlserver start` over REST and gRPC; then loads and MLServer's RSS."""
-        import grpc
-        from mlserver.grpc import dataplane_pb2 as pb
-        from mlserver.grpc import dataplane_pb2_grpc
-
         run_dir = self.work / "sandboxed-loader"
         run_dir.mkdir()
         loader = start_loader(run_dir, self.models, {"local": self.authority.trust_config}, "--cache-mb=0",
@@ -328,50 +324,10 @@ class Bench:
                 (repo / name).mkdir(parents=True)
                 (repo / name / "model-settings.json").write_text(json.dumps(
                     {"name": name, "implementation": impl, "parameters": {"uri": str(small), "extra": extra}}))
-            http, grpc_port = free_port(), free_port()
-            env = {"MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(free_port()),
-                   "MLSERVER_PARALLEL_WORKERS": "0", "MLSERVER_GRPC_MAX_MESSAGE_LENGTH": str(64 << 20)}
-            proc = start_mlserver(repo, self.work, self.work / "mlserver-sandboxed.log", env)
-            url = f"http://127.0.0.1:{http}"
-            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.max_receive_message_length", 64 << 20),
-                                                                                ("grpc.max_send_message_length", 64 << 20)])
-            try:
-                digits = datasets.load_digits().data
-                batches = {"8_rows": digits[:8], "10000_rows": np.resize(digits, (10_000, digits.shape[1]))}
-                stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
-                for label, rows in batches.items():
-                    payload = {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64", "data": rows.flatten().tolist()}]}
-                    body = json.dumps(payload)
-                    tensor = pb.ModelInferRequest.InferInputTensor(
-                        name="x", datatype="FP64", shape=list(rows.shape), contents=pb.InferTensorContents(fp64_contents=rows.flatten().tolist()))
-                    session = requests.Session()
-                    calls = {
-                        "rest": lambda name, s=session, b=body: s.post(f"{url}/v2/models/{name}/infer", data=b,
-                                                                      headers={"content-type": "application/json"}, timeout=120).raise_for_status(),
-                        "grpc": lambda name, t=tensor: stub.ModelInfer(pb.ModelInferRequest(model_name=name, inputs=[t]), timeout=120),
-                    }
-                    n = requests_n if label == "8_rows" else max(5, requests_n // 20)
-                    for protocol, call in calls.items():
-                        samples: dict[str, list[float]] = {"plain-digits": [], "sandboxed-digits": []}
-                        for name in samples:
-                            for _ in range(3 if label != "8_rows" else 20):
-                                call(name)  # warm-up
-                        for _ in range(n):  # interleaved: drift on the machine hits both alike
-                            for name in samples:
-                                started = time.perf_counter()
-                                call(name)
-                                samples[name].append(time.perf_counter() - started)
-                        plain, ours = stats(samples["plain-digits"]), stats(samples["sandboxed-digits"])
-                        print(f"  {protocol} {label}: in process {plain['median']*1000:.2f} ms, sandboxed {ours['median']*1000:.2f} ms", flush=True)
-                        out[f"{protocol}_{label}"] = {
-                            "plain_ms": {k: v * 1000 if k != "n" else v for k, v in plain.items()},
-                            "sandboxed_ms": {k: v * 1000 if k != "n" else v for k, v in ours.items()},
-                            "throughput_ratio": sum(samples["plain-digits"]) / sum(samples["sandboxed-digits"]),
-                        }
-                out["rest_8_rows_16_clients"] = self._concurrently(url, batches["8_rows"], 16, max(10, requests_n // 10))
-            finally:
-                channel.close()
-                stop_process(proc)
+            out.update(self._served_over_http(repo, requests_n, parallel_workers=0, concurrent=True))
+            # MLServer's default: inference in one worker process, for both models alike.
+            default = self._served_over_http(repo, requests_n, parallel_workers=1, concurrent=False, only_8_rows=True)
+            out.update({f"{key}_parallel_workers_1": value for key, value in default.items()})
             print("  where an 8-row request's time goes ...", flush=True)
             out["profile_8_rows"] = self._sandboxed_profile(small, policy, requests_n * 3)
             out["load_small"] = self._sandboxed_loads(small, policy, load_repeat, floor=False)
@@ -386,6 +342,65 @@ class Bench:
         finally:
             stop_process(loader.process)
         self.results["sandboxed"] = out
+
+    def _served_over_http(self, repo: Path, requests_n: int, parallel_workers: int, concurrent: bool,
+                          only_8_rows: bool = False) -> dict[str, object]:
+        """Both models of `repo` through one `mlserver start` with `parallel_workers`, over REST and
+        gRPC, interleaved: 8 rows and a 10,000-row batch, and 16 concurrent REST clients."""
+        import grpc
+        from mlserver.grpc import dataplane_pb2 as pb
+        from mlserver.grpc import dataplane_pb2_grpc
+
+        out: dict[str, object] = {}
+        http, grpc_port = free_port(), free_port()
+        env = {"MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(grpc_port), "MLSERVER_METRICS_PORT": str(free_port()),
+               "MLSERVER_PARALLEL_WORKERS": str(parallel_workers), "MLSERVER_GRPC_MAX_MESSAGE_LENGTH": str(64 << 20)}
+        proc = start_mlserver(repo, self.work, self.work / f"mlserver-sandboxed-{parallel_workers}.log", env)
+        url = f"http://127.0.0.1:{http}"
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.max_receive_message_length", 64 << 20),
+                                                                            ("grpc.max_send_message_length", 64 << 20)])
+        try:
+            digits = datasets.load_digits().data
+            batches = {"8_rows": digits[:8], "10000_rows": np.resize(digits, (10_000, digits.shape[1]))}
+            if only_8_rows:
+                del batches["10000_rows"]
+            stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for label, rows in batches.items():
+                payload = {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64", "data": rows.flatten().tolist()}]}
+                body = json.dumps(payload)
+                tensor = pb.ModelInferRequest.InferInputTensor(
+                    name="x", datatype="FP64", shape=list(rows.shape), contents=pb.InferTensorContents(fp64_contents=rows.flatten().tolist()))
+                session = requests.Session()
+                calls = {
+                    "rest": lambda name, s=session, b=body: s.post(f"{url}/v2/models/{name}/infer", data=b,
+                                                                  headers={"content-type": "application/json"}, timeout=120).raise_for_status(),
+                    "grpc": lambda name, t=tensor: stub.ModelInfer(pb.ModelInferRequest(model_name=name, inputs=[t]), timeout=120),
+                }
+                n = requests_n if label == "8_rows" else max(5, requests_n // 20)
+                for protocol, call in calls.items():
+                    samples: dict[str, list[float]] = {"plain-digits": [], "sandboxed-digits": []}
+                    for name in samples:
+                        for _ in range(3 if label != "8_rows" else 20):
+                            call(name)  # warm-up
+                    for _ in range(n):  # interleaved: drift on the machine hits both alike
+                        for name in samples:
+                            started = time.perf_counter()
+                            call(name)
+                            samples[name].append(time.perf_counter() - started)
+                    plain, ours = stats(samples["plain-digits"]), stats(samples["sandboxed-digits"])
+                    print(f"  parallel_workers {parallel_workers}, {protocol} {label}: in process {plain['median']*1000:.2f} ms, "
+                          f"sandboxed {ours['median']*1000:.2f} ms", flush=True)
+                    out[f"{protocol}_{label}"] = {
+                        "plain_ms": {k: v * 1000 if k != "n" else v for k, v in plain.items()},
+                        "sandboxed_ms": {k: v * 1000 if k != "n" else v for k, v in ours.items()},
+                        "throughput_ratio": sum(samples["plain-digits"]) / sum(samples["sandboxed-digits"]),
+                    }
+            if concurrent:
+                out["rest_8_rows_16_clients"] = self._concurrently(url, batches["8_rows"], 16, max(10, requests_n // 10))
+        finally:
+            channel.close()
+            stop_process(proc)
+        return out
 
     @staticmethod
     def _concurrently(url: str, rows: np.ndarray, clients: int, each: int) -> dict[str, float]:
@@ -705,12 +720,15 @@ def _sandboxed_lines(entry: dict | None) -> list[str]:
     if not entry:
         return []
     lines = []
-    for key, target in (("rest_8_rows", 0.95), ("grpc_8_rows", 0.95), ("rest_10000_rows", 0.9), ("grpc_10000_rows", 0.9)):
+    keys = (("rest_8_rows", 0.95), ("grpc_8_rows", 0.95), ("rest_10000_rows", 0.9), ("grpc_10000_rows", 0.9),
+            ("rest_8_rows_parallel_workers_1", 0.95), ("grpc_8_rows_parallel_workers_1", 0.95))
+    for key, target in keys:
         if key not in entry:
             continue
         e, (protocol, label) = entry[key], key.split("_", 1)
+        label = label.replace("_parallel_workers_1", ", parallel_workers 1 (MLServer's default)").replace("_", " ")
         lines.append(
-            f"| sandboxed inference {protocol}, {label.replace('_', ' ')} | in process {e['plain_ms']['median']:.2f} ms (p95 {e['plain_ms']['p95']:.2f}) "
+            f"| sandboxed inference {protocol}, {label} | in process {e['plain_ms']['median']:.2f} ms (p95 {e['plain_ms']['p95']:.2f}) "
             f"| sandboxed {e['sandboxed_ms']['median']:.2f} ms (p95 {e['sandboxed_ms']['p95']:.2f}) | throughput {e['throughput_ratio']:.3f} "
             f"| >= {target}: {'met' if e['throughput_ratio'] >= target else 'missed'} |"
         )
