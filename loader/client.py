@@ -13,7 +13,6 @@ import collections
 import fcntl
 import hashlib
 import io
-import json
 import mmap
 import os
 import secrets
@@ -37,6 +36,7 @@ from loader.contract import (
     SANDBOX_TICKET_METADATA,
     WAIT_PREFIX,
     frame_head,
+    load_header,
     map_sealed,
 )
 from loader.proto.v1 import loader_pb2, loader_pb2_grpc
@@ -688,11 +688,8 @@ class WorkerChannel:
         except LoaderCallError:
             self.close()
             raise
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            decoded = None
-        if not isinstance(decoded, dict):
+        decoded = load_header(raw)
+        if decoded is None:
             self.close()
             raise ChannelRefused("the worker sent a malformed header")
         return decoded, body

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
+from typing import Any
 
 # The side channel of a `unix:` endpoint is the gRPC socket's path with this suffix.
 FD_SOCKET_SUFFIX = ".fd"
@@ -26,6 +27,17 @@ DESCRIPTORS_REFUSED = "descriptors do not pass to this client; ask for the model
 # length), the JSON header (at most MAX_FRAME_HEADER bytes), the body (buffers one after another).
 FRAME = struct.Struct("<IQ")
 MAX_FRAME_HEADER = 1 << 16
+
+
+def load_header(raw: bytes | bytearray) -> dict[str, Any] | None:
+    """A JSON header sent by a confined process, as a dict; None when it is not one: malformed,
+    not an object, or nested past the parser's depth (json raises RecursionError there, not
+    ValueError, and a 64 KiB header can nest 65,536 deep)."""
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def frame_head(header: dict[str, object], body_bytes: int) -> bytes:

@@ -358,6 +358,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
     ),
     Mutation(
+        "frame-header-depth",
+        "refusing a frame header nested past json's depth (RecursionError) as malformed, on every side that reads a confined process's header",
+        (Edit("loader/contract.py", "    except (ValueError, RecursionError):\n", "    except ValueError:  # mutation-check\n"),),
+        hostile=(
+            Selection("tests/integration/test_sandboxed.py::test_a_model_acting_at_predict_time_is_contained[forged-nested-header]"),
+            Selection("tests/integration/test_sandboxed.py::test_predict_refuses_a_forged_answer_the_runtime_never_sees[nested-header]"),
+        ),
+        honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
+    ),
+    Mutation(
         "sandbox-answer-dtype",
         "the runtime's check of a sandboxed answer's dtype (its one parser, for the direct channel and Predict)",
         (
@@ -376,7 +386,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sandbox-answer-dtype-loader",
         "the loader's check of a sandboxed answer's dtype and shape (Predict)",
         (Edit("loader/_internal/inference.py", "    if not isinstance(dtype, str) or array_itemsize(dtype) is None or shape is None:\n", "    if False:  # mutation-check\n"),),
-        hostile=(Selection("tests/integration/test_sandboxed.py::test_predict_refuses_a_forged_answer_the_runtime_never_sees"),),
+        hostile=(Selection("tests/integration/test_sandboxed.py::test_predict_refuses_a_forged_answer_the_runtime_never_sees[object-dtype]"),),
         honest=(Selection("tests/integration/test_sandboxed.py::test_served_in_the_sandbox_predicts_like_plain_joblib[digits-svc-sandbox]"),),
     ),
     Mutation(

@@ -56,6 +56,7 @@ class Seen:
     timed_out: bool = False
     connections: int = 0
     canary: bool = False
+    header: str = ""  # "nested" when the worker's framing of the answer nests past json's depth
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,14 @@ TECHNIQUES: dict[str, PredictTechnique] = {
     "forged-short-bytes": PredictTechnique(
         lambda t: _forging("{'ok': True, 'dtype': '<f8', 'shape': [len(X)]}", "b'\\0' * 3"),
         lambda t, s: s.dtype == "<f8" and s.first == "3 bytes", (502,), ("as many bytes as its shape",),
+    ),    # A header nested past json's depth: the parser raises RecursionError, not ValueError.
+    "forged-nested-header": PredictTechnique(
+        lambda t: (
+            "import struct, sys\nw = sys.modules.get('loader._internal.worker')\nif w is not None:\n"
+            "    w.frame = lambda p: struct.pack('<IQ', 60000, sum(memoryview(b).nbytes for b in p.buffers)) + b'[' * 60000\n"
+            f"{_ZEROS}"
+        ),
+        lambda t, s: s.header == "nested", (502,), ("malformed header",),
     ),
 }
 
@@ -161,6 +170,11 @@ try:
     model = joblib.load(sys.argv[1])
     result = model.predict(np.ones((%d, 3)))
     payload = worker._plain(result)
+    framed = worker.frame(payload)
+    try:
+        json.loads(framed[12 : 12 + int.from_bytes(framed[:4], "little")])
+    except RecursionError:
+        report["header"] = "nested"
     if payload.header.get("ok"):
         report["dtype"], report["shape"] = payload.header["dtype"], payload.header["shape"]
         size = sum(memoryview(b).nbytes for b in payload.buffers)
@@ -206,6 +220,7 @@ def seen_in(out: bytes, timed_out: bool) -> Seen:
             report = json.loads(line[len(b"CONTROL ") :])
             seen.error, seen.dtype = report["error"], report.get("dtype", "")
             seen.shape, seen.first = report.get("shape", []), report.get("first")
+            seen.header = report.get("header", "")
         elif line.startswith(b"EXIT "):
             seen.exit_status = int(line.split()[1])
     return seen

@@ -15,7 +15,6 @@ little-endian body length, the JSON header, the body (buffers one after another)
 from __future__ import annotations
 
 import errno
-import json
 import multiprocessing
 import os
 import secrets
@@ -35,7 +34,7 @@ from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits, unpickling_error
 from loader._internal.worker import METHODS, Payload, frame, run_worker
 from loader.background import run_in_background
-from loader.contract import FRAME, MAX_FRAME_HEADER, array_itemsize, array_shape
+from loader.contract import FRAME, MAX_FRAME_HEADER, array_itemsize, array_shape, load_header
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 _TAIL_BYTES = 4096  # what is kept of a worker's own output, for error messages
@@ -438,11 +437,8 @@ class Workers:
             raise PredictDeadline(
                 f"the model did not answer within {seconds:g} s; its worker was ended (load the model again)"
             ) from None
-        try:
-            header = json.loads(raw)
-        except ValueError:
-            header = None
-        if not isinstance(header, dict):
+        header = load_header(raw)
+        if header is None:
             worker.end("malformed header")
             raise WorkerFailed("the sandboxed worker sent a malformed header; it was ended")
         return header, body

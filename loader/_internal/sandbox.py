@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import json
 import multiprocessing
 import os
 import signal
@@ -28,6 +27,7 @@ from loader._internal.child import NO_TYPES, REPORT_TYPES, ChildLimits, PassedFd
 from loader._internal.confine import landlock_status, unpickling_error
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
 from loader.background import run_in_background
+from loader.contract import load_header
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 # What the fork server imports before it forks a child (scripts/record-syscalls.py adds its own).
@@ -348,11 +348,8 @@ class Sandbox:
         return untrusted, {k: float(v) for k, v in reported.items()}
 
     def _parse(self, header: bytes) -> dict[str, Any]:
-        try:
-            meta = json.loads(header)
-        except ValueError:
-            raise UnpicklingFailed("the confined child sent a malformed result header") from None
-        if not isinstance(meta, dict):
+        meta = load_header(header)
+        if meta is None:
             raise UnpicklingFailed("the confined child sent a malformed result header")
         if not meta.get("ok"):
             if meta.get("limit") == "memory":
@@ -361,16 +358,13 @@ class Sandbox:
         return meta
 
     def _early_failure(self, message: bytes) -> Exception:
-        try:
-            meta = json.loads(message)
-            error = meta.get("error") if isinstance(meta, dict) else None
-            if isinstance(meta, dict) and meta.get("ready") is True and "landlock" in meta:
-                error = (
-                    f"the child applied {meta['landlock']!r}, not what the loader announced "
-                    f"({self._landlock!r}); the fork server and the loader disagree on the confinement"
-                )
-        except ValueError:
-            error = None
+        meta = load_header(message)
+        error = meta.get("error") if meta is not None else None
+        if meta is not None and meta.get("ready") is True and "landlock" in meta:
+            error = (
+                f"the child applied {meta['landlock']!r}, not what the loader announced "
+                f"({self._landlock!r}); the fork server and the loader disagree on the confinement"
+            )
         return UnpicklingFailed(f"the sandbox refused to run: {error or 'the child sent a malformed message'}")
 
     def _receive(self, child: _Child, started: float) -> bytes | None:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loader.contract import load_header
 from loader.proto.v1 import loader_pb2
 from runtime._internal.sandboxed import encode_inputs, parse_answer, parse_output
 from runtime.errors import PredictFailed
@@ -98,3 +99,16 @@ def test_a_plain_answer_on_the_direct_channel_is_parsed_as_sent() -> None:
     values = np.array(["x", "yy"])
     parsed = parse_answer({"ok": True, "dtype": values.dtype.str, "shape": [2], "object": True}, values.tobytes(), 2, MAX)
     assert parsed.dtype == object and parsed.tolist() == ["x", "yy"]
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[" * 60_000, b'{"ok": ' + b"[" * 60_000, b"not json", b"[1, 2]", b"\xff\xfe", b""], ids=["nested", "nested-in-object", "text", "list", "bytes", "empty"]
+)
+def test_a_header_that_is_not_a_json_object_is_no_header(raw: bytes) -> None:
+    """What a confined process sends as a frame's header: nested past the parser's depth it
+    raises RecursionError in json (not ValueError), which must be refused like any malformed one."""
+    assert load_header(raw) is None
+
+
+def test_a_json_object_header_is_read() -> None:
+    assert load_header(b'{"ok": true, "shape": [2]}') == {"ok": True, "shape": [2]}
