@@ -640,7 +640,7 @@ class WorkerChannel:
         self._sock: socket.socket | None = sock
         self._answers = _Answers()
         self._loop: asyncio.AbstractEventLoop | None = None  # the one reading the socket
-        self._sending = asyncio.Lock()
+        self._writing: asyncio.Task[None] | None = None  # the last request still being written
 
     @property
     def closed(self) -> bool:
@@ -651,6 +651,9 @@ class WorkerChannel:
             return
         self._stop_reading()
         sock, self._sock = self._sock, None
+        writing, self._writing = self._writing, None
+        if writing is not None and not writing.done() and not writing.get_loop().is_closed():
+            writing.cancel()
         self._answers.fail(ChannelBroken("the direct channel to the worker is closed"))
         sock.close()
 
@@ -658,10 +661,9 @@ class WorkerChannel:
         self, header: dict[str, Any], buffers: list[memoryview], max_body: int, timeout: float
     ) -> tuple[dict[str, Any], bytearray]:
         """Send one request and read its answer within `timeout` (counted from the call, queueing
-        behind earlier requests included). A timeout, a broken or refused answer, or a request
-        cut off half-written closes the channel (the requests behind it fail with ChannelBroken);
-        a caller cancelled while it waits for its answer does not: that answer is read and dropped,
-        and the channel stays in step."""
+        behind earlier requests included). A timeout, or a broken or refused answer, closes the
+        channel (the requests behind it fail with ChannelBroken); a cancelled caller does not: its
+        request is still written whole, its answer read and dropped, and the channel stays in step."""
         loop = asyncio.get_running_loop()
         sock = self._reading(loop)
         size = sum(b.nbytes for b in buffers)
@@ -669,15 +671,11 @@ class WorkerChannel:
         data: list[bytes | memoryview] = [b"".join([head, *buffers])] if size <= _JOIN_BYTES else [head, *buffers]
         try:
             async with asyncio.timeout(timeout):
-                async with self._sending:
-                    answer = self._answers.expect(max_body)  # before the write: answers come in write order
-                    written = False
-                    try:
-                        await _send_all(loop, sock, data)
-                        written = True
-                    finally:
-                        if not written:
-                            self.close()  # a request cut off half-written leaves the worker out of step
+                # No await between these two: answers are expected in the order requests are written.
+                answer = self._answers.expect(max_body)
+                writing = self._write(loop, sock, data)
+                if writing is not None:
+                    await asyncio.shield(writing)  # cancelled, the request is still written whole
                 raw, body = await answer  # cancelled, the answer is dropped when it comes
         except TimeoutError:
             self.close()
@@ -694,18 +692,50 @@ class WorkerChannel:
             raise ChannelRefused("the worker sent a malformed header")
         return decoded, body
 
+    def _write(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, data: list[bytes | memoryview]) -> asyncio.Task[None] | None:
+        """Write one request after those before it: what the socket takes now at once, the rest
+        in a task of its own (None when nothing is left), which no caller's cancellation stops.
+        A write that fails closes the channel: a request cut off half-written leaves it out of step."""
+        previous = self._writing
+        if previous is None or previous.done():
+            data = _send_now(sock, data)
+            if not data:
+                self._writing = None
+                return None
+            previous = None
+        task = loop.create_task(self._write_after(previous, loop, sock, data))
+        task.add_done_callback(_retrieve)
+        self._writing = task
+        return task
+
+    async def _write_after(
+        self, previous: asyncio.Task[None] | None, loop: asyncio.AbstractEventLoop, sock: socket.socket, data: list[bytes | memoryview]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            if self._sock is not sock:
+                raise ChannelBroken("the direct channel to the worker is closed")
+            for chunk in data:
+                await loop.sock_sendall(sock, chunk)
+        except BaseException:
+            self.close()
+            raise
+
     def _reading(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
         """The socket, registered for reading with `loop` (moved there from a loop that has
         stopped: scripts may run one event loop per call)."""
         sock = self._sock
         if sock is None:
-            raise ChannelBroken("the direct channel to the worker is closed")
+            # Closed on a refused answer that no request waited for: the refusal is the cause.
+            raise self._answers.refusal or ChannelBroken("the direct channel to the worker is closed")
         if self._loop is not loop:
             if self._loop is not None and self._loop.is_running():
                 raise ChannelBroken("the direct channel is in use by another event loop")
-            if self._answers.expecting:
+            if self._answers.expecting or (self._writing is not None and not self._writing.done()):
                 self.close()
                 raise ChannelBroken("the direct channel was left with answers unread by an event loop that stopped")
+            self._writing = None
             self._stop_reading()
             loop.add_reader(sock.fileno(), self._readable)
             self._loop = loop
@@ -736,14 +766,23 @@ _JOIN_BYTES = 64 << 10
 _READ_AHEAD = 64 << 10
 
 
-async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: list[bytes | memoryview]) -> None:
-    for chunk in data:
+def _send_now(sock: socket.socket, data: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Send what the socket takes without waiting (a small request goes whole, without a trip
+    through the event loop); what is left, if anything."""
+    for i, chunk in enumerate(data):
+        view = memoryview(chunk).cast("B")
         try:
-            sent = sock.send(chunk)  # a small request goes whole, without a trip through the loop
+            sent = sock.send(view)
         except BlockingIOError:
             sent = 0
-        if sent < memoryview(chunk).nbytes:
-            await loop.sock_sendall(sock, memoryview(chunk)[sent:])
+        if sent < view.nbytes:
+            return [view[sent:], *data[i + 1 :]]
+    return []
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a write whose caller was cancelled leaves no "never retrieved" warning
 
 
 class _Answers:
@@ -764,6 +803,11 @@ class _Answers:
     @property
     def expecting(self) -> bool:
         return bool(self._expected)
+
+    @property
+    def refusal(self) -> ChannelRefused | None:
+        """Why the answers stopped, when the worker sent something outside the frame's limits."""
+        return self._failure if isinstance(self._failure, ChannelRefused) else None
 
     def expect(self, max_body: int) -> asyncio.Future[tuple[bytearray, bytearray]]:
         future: asyncio.Future[tuple[bytearray, bytearray]] = asyncio.get_running_loop().create_future()

@@ -29,6 +29,19 @@ FRAME = struct.Struct("<IQ")
 MAX_FRAME_HEADER = 1 << 16
 
 
+# What is passed on of a text a confined process reports (an error, a refusal), in UTF-8 bytes:
+# it travels in gRPC status details, percent-encoded (up to 3x), under gRPC's 8 KiB metadata limit.
+MAX_REPORTED_BYTES = 1500
+
+
+def reported_text(value: object, limit: int = MAX_REPORTED_BYTES) -> str:
+    """A text a confined process sent (an error, a refusal), safe to pass on: lone surrogates and
+    other characters UTF-8 cannot encode escaped, cut to `limit` UTF-8 bytes. A value that is not
+    text (a forged header) is named by its type only."""
+    text = value if isinstance(value, str) else f"(a {type(value).__name__}, not text)"
+    return text.encode("utf-8", "backslashreplace")[:limit].decode("utf-8", "ignore")
+
+
 def load_header(raw: bytes | bytearray) -> dict[str, Any] | None:
     """A JSON header sent by a confined process, as a dict; None when it is not one: malformed,
     not an object, or nested past the parser's depth (json raises RecursionError there, not

@@ -26,6 +26,7 @@ from loader.client import (
     fd_socket_for,
     unload,
 )
+from loader.contract import reported_text
 from loader.proto.v1 import loader_pb2
 from runtime._internal.sandboxed import channel_request, encode_inputs, parse_answer, parse_output, to_proto
 from runtime.client import Consumer, FetchedModel, build_request, predict, serve, verify_and_load
@@ -120,8 +121,8 @@ class SandboxedEstimator:
                 f"{_FAILED}: the model went past its memory limit of {self.memory_bytes} bytes; its worker was ended", 502
             )
         if "refused" in answer:
-            raise PredictFailed(f"{_FAILED}: the model's answer cannot be passed on: {str(answer['refused'])[:500]}", 502)
-        raise PredictFailed(f"{_FAILED}: the model raised: {str(answer.get('error'))[:2000]}", 500)
+            raise PredictFailed(f"{_FAILED}: the model's answer cannot be passed on: {reported_text(answer['refused'])}", 502)
+        raise PredictFailed(f"{_FAILED}: the model raised: {reported_text(answer.get('error'))}", 500)
 
     async def end(self, why: str) -> None:
         """Close the direct channel and have the loader end the worker (it may be running still)."""

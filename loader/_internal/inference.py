@@ -34,7 +34,7 @@ from loader._internal.child import PassedFd
 from loader._internal.confine import ChildLimits, unpickling_error
 from loader._internal.worker import METHODS, Payload, frame, run_worker
 from loader.background import run_in_background
-from loader.contract import FRAME, MAX_FRAME_HEADER, array_itemsize, array_shape, load_header
+from loader.contract import FRAME, MAX_FRAME_HEADER, array_itemsize, array_shape, load_header, reported_text
 from loader.errors import BadRequest, LimitExceeded, LoaderError, NotFound, UnpicklingFailed
 
 _TAIL_BYTES = 4096  # what is kept of a worker's own output, for error messages
@@ -280,11 +280,11 @@ class Workers:
             t0 = time.perf_counter()
             header, _ = self._read(worker, _UNPICKLE_SECONDS, 0)
             timings["worker_unpickle"] = time.perf_counter() - t0
-            if not header.get("ok"):
+            if header.get("ok") is not True:
                 if header.get("limit") == "memory":
                     raise LimitExceeded(f"unpickling exceeded the worker's memory limit of {self.limits.memory_bytes} bytes")
                 raise UnpicklingFailed(
-                    f"unpickling the verified artefact failed in the worker: {unpickling_error(str(header.get('error')))}"
+                    f"unpickling the verified artefact failed in the worker: {unpickling_error(reported_text(header.get('error')))}"
                 )
             methods = header.get("methods")
             if not isinstance(methods, list) or not set(methods) <= set(METHODS):
@@ -350,9 +350,9 @@ class Workers:
         except BaseException:
             worker.end("did not start")
             raise
-        if not header.get("ready"):
+        if header.get("ready") is not True:
             worker.end("refused to start")
-            raise UnpicklingFailed(f"the sandboxed worker refused to run: {header.get('error')}")
+            raise UnpicklingFailed(f"the sandboxed worker refused to run: {reported_text(header.get('error'))}")
         return worker
 
     def predict(self, handle: str, header: dict[str, Any], buffers: Iterable[bytes]) -> tuple[dict[str, Any], bytearray]:
@@ -364,6 +364,10 @@ class Workers:
         with worker.lock:
             if worker.ended:
                 raise WorkerFailed(f"the sandboxed worker of {worker.name!r} has ended ({worker.ended}): load the model again")
+            if _answered_unasked(worker.sock):
+                # Its next answer would be read as this request's: another caller's data.
+                worker.end("answered no request")
+                raise WorkerFailed("the sandboxed worker sent an answer to no request (out of step); it was ended: load the model again")
             try:
                 _send_on(worker.sock, Payload(header, tuple(buffers)), self.limits.deadline_seconds)
             except TimeoutError:
@@ -376,15 +380,15 @@ class Workers:
                     raise WorkerFailed(f"the request could not be sent to the sandboxed worker: {exc}") from None
                 raise self._failed(worker) from None
             answer, body = self._read(worker, self.limits.deadline_seconds, self.limits.max_output_bytes)
-        if not answer.get("ok"):
+        if answer.get("ok") is not True:
             if answer.get("limit") == "memory":
                 worker.end("memory limit")
                 raise LimitExceeded(
                     f"the model went past its memory limit of {self.limits.memory_bytes} bytes; its worker was ended"
                 )
             if "refused" in answer:
-                raise WorkerFailed(f"the model's answer cannot be passed on: {answer['refused']}")
-            raise ModelRaised(f"the model raised: {answer.get('error')}")
+                raise WorkerFailed(f"the model's answer cannot be passed on: {reported_text(answer['refused'])}")
+            raise ModelRaised(f"the model raised: {reported_text(answer.get('error'))}")
         return answer, body
 
     def unload(self, handle: str) -> bool:
@@ -442,6 +446,17 @@ class Workers:
             worker.end("malformed header")
             raise WorkerFailed("the sandboxed worker sent a malformed header; it was ended")
         return header, body
+
+
+def _answered_unasked(sock: socket.socket) -> bool:
+    """Whether the worker has sent bytes no request asked for (between requests nothing is due)."""
+    sock.settimeout(0)  # with a timeout set, Python polls for input first, MSG_DONTWAIT or not
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False  # a broken socket: the send below reports it
 
 
 def _send_on(sock: socket.socket, payload: Payload, seconds: float) -> None:

@@ -27,7 +27,7 @@ from loader._internal.child import NO_TYPES, REPORT_TYPES, ChildLimits, PassedFd
 from loader._internal.confine import landlock_status, unpickling_error
 from loader._internal.memfd import SealedFile, blake3_of, new_memfd, preallocate, release_beyond_end, seal, sha256_of
 from loader.background import run_in_background
-from loader.contract import load_header
+from loader.contract import load_header, reported_text
 from loader.errors import LimitExceeded, UnpicklingFailed
 
 # What the fork server imports before it forks a child (scripts/record-syscalls.py adds its own).
@@ -351,18 +351,18 @@ class Sandbox:
         meta = load_header(header)
         if meta is None:
             raise UnpicklingFailed("the confined child sent a malformed result header")
-        if not meta.get("ok"):
+        if meta.get("ok") is not True:
             if meta.get("limit") == "memory":
                 raise LimitExceeded(f"unpickling exceeded the memory limit of {self.limits.memory_bytes} bytes")
-            raise UnpicklingFailed(f"unpickling the verified artefact failed: {unpickling_error(str(meta.get('error')))}")
+            raise UnpicklingFailed(f"unpickling the verified artefact failed: {unpickling_error(reported_text(meta.get('error')))}")
         return meta
 
     def _early_failure(self, message: bytes) -> Exception:
         meta = load_header(message)
-        error = meta.get("error") if meta is not None else None
+        error = reported_text(meta["error"]) if meta is not None and meta.get("error") else None
         if meta is not None and meta.get("ready") is True and "landlock" in meta:
             error = (
-                f"the child applied {meta['landlock']!r}, not what the loader announced "
+                f"the child applied {reported_text(meta['landlock'], 200)!r}, not what the loader announced "
                 f"({self._landlock!r}); the fork server and the loader disagree on the confinement"
             )
         return UnpicklingFailed(f"the sandbox refused to run: {error or 'the child sent a malformed message'}")

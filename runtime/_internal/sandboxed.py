@@ -22,6 +22,9 @@ from loader.proto.v1 import loader_pb2
 from runtime.errors import PredictFailed
 
 _NUMERIC_KINDS = "biuf"
+# What an answer of strings as Python objects counts per string against the size cap: a str or
+# bytes object costs this process about that much (header and pointer), whatever its length.
+_OBJECT_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,21 @@ def _parse(dtype: object, raw_shape: object, data: bytes | bytearray, is_object:
         count *= n
     if count * size > max_bytes:
         raise PredictFailed(f"the sandboxed model's answer is {count * size} bytes, over the limit of {max_bytes}", 502)
+    if is_object and count * _OBJECT_BYTES > max_bytes:
+        raise PredictFailed(
+            f"the sandboxed model answered {count} strings as Python objects; at {_OBJECT_BYTES} bytes each (what this "
+            f"process holds per string) that is over the limit of {max_bytes} bytes",
+            502,
+        )
     if len(data) != count * size:
         raise PredictFailed("the sandboxed model's answer does not hold as many bytes as its shape says", 502)
     values = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+    if values.dtype.kind == "U" and count and _not_unicode(values):
+        raise PredictFailed(
+            "the sandboxed model answered with text that is not valid Unicode (a lone surrogate, or a code point "
+            "past U+10FFFF), which cannot be encoded for the client",
+            502,
+        )
     if is_object and values.dtype.kind in "US":
         try:
             # The model answered with Python strings (object dtype): the codecs get them as such.
@@ -129,3 +144,9 @@ def _parse(dtype: object, raw_shape: object, data: bytes | bytearray, is_object:
         except (UnicodeError, ValueError) as exc:
             raise PredictFailed(f"the sandboxed model answered with invalid strings: {exc}", 502) from None
     return values
+
+
+def _not_unicode(values: np.ndarray) -> bool:
+    """Whether fixed-width text holds a code point UTF-8 cannot encode (a surrogate, or past U+10FFFF)."""
+    codes = values.reshape(-1).view(values.dtype.byteorder + "u4")  # "<", ">" or "=": never "|" for text
+    return bool(((codes > 0x10FFFF) | ((codes >= 0xD800) & (codes <= 0xDFFF))).any())

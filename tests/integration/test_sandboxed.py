@@ -572,3 +572,102 @@ def test_a_model_the_child_cannot_convert_is_served_from_the_bytes_verified_once
     assert "timings" in serves[0] and "verify" not in serves[0]["timings"], serves[0]  # not verified again
     assert run(model.predict(request_for(X[:9], ["predict"]))).outputs[0].shape == [9, 1]
     assert run(model.unload())
+
+
+# Owns its worker: every answer goes out twice, in one write (so both frames are there together).
+_TWICE = hostile_predict.acting_at_predict(
+    "import sys\nw = sys.modules.get('loader._internal.worker')\nif w is not None:\n"
+    "    def twice(fd, payload):\n"
+    "        one = w.frame(payload) + b''.join(bytes(memoryview(b)) for b in payload.buffers)\n"
+    "        w._write_all(fd, one + one)\n"
+    "    w._send = twice\n"
+    "return X[:, 0].copy()"
+)
+_TWICE_CONTROL = """
+import socket, sys
+import joblib, numpy as np
+import loader._internal.worker as worker
+from loader.contract import FRAME
+model = joblib.load(sys.argv[1])
+ours, theirs = socket.socketpair()
+answer = worker._plain(model.predict(np.full((2, 3), 7.0)))  # the model rewrites worker._send here
+worker._send(ours.fileno(), answer)
+ours.close()
+data, frames = b"".join(iter(lambda: theirs.recv(65536), b"")), 0
+while data:
+    header_len, body_len = FRAME.unpack(data[: FRAME.size])
+    data, frames = data[FRAME.size + header_len + body_len :], frames + 1
+print(frames)
+"""
+
+
+def _twice_control(folder: Path) -> int:
+    import subprocess
+
+    from tests.support import PYTHON
+
+    done = subprocess.run([PYTHON, "-c", _TWICE_CONTROL, str(folder / "model.joblib")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return int(done.stdout.strip() or 0)
+
+
+def test_a_worker_answering_twice_is_ended_on_the_direct_channel(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    """The second answer to one request would be the next request's (another caller's data):
+    read with no request waiting, it is refused, and the next request says so (502) and ends the
+    worker, rather than getting it or a bare "worker exited"."""
+    folder = signed(models_root, authority, "answers-twice", data=_TWICE)
+    assert _twice_control(folder) == 2, "the control did not see two answers to one request"
+    model = sigstore_model(folder, served_loader, authority, "sandbox")
+    assert run(model.load())
+    assert model._model.channel is not None
+
+    async def requests() -> tuple[list[float], PredictFailed]:
+        # The first predict rewrites the worker's sender (after it was looked up for this answer):
+        # the second answer goes out twice, and the third request finds the extra one.
+        await model.predict(request_for(np.full((2, 3), 1.0), ["predict"]))
+        second = await model.predict(request_for(np.full((2, 3), 2.0), ["predict"]))
+        with pytest.raises(PredictFailed) as third:
+            await model.predict(request_for(np.full((2, 3), 3.0), ["predict"]))
+        return second.outputs[0].data.root, third.value
+
+    try:
+        answer, refused = run(requests())
+        assert answer == [2.0, 2.0]
+        assert refused.status_code == 502 and "answer to no request" in str(refused), refused
+        assert model._model.ended, "the worker was not ended"
+    finally:
+        run(model.unload())
+    assert_still_serving(bystander, served_loader)
+
+
+def test_a_worker_answering_twice_is_ended_on_predict(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority, bystander: SigstoreModel
+) -> None:
+    """The same through the loader's Predict (no direct channel): the leftover answer is seen
+    before the next request is sent, and the worker is ended instead of handing it over."""
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+    folder = signed(models_root, authority, "answers-twice-predict", data=_TWICE)
+    assert _twice_control(folder) == 2, "the control did not see two answers to one request"
+    model = sigstore_model(folder, served_loader, authority, "sandbox")
+    assert run(model.load())
+
+    def call(value: float) -> loader_pb2.PredictResponse:
+        x = np.full((2, 3), value)
+        request = loader_pb2.PredictRequest(handle=model._model.handle, method="predict",
+                                            inputs=[loader_pb2.Array(name="x", dtype=x.dtype.str, shape=x.shape, data=x.tobytes())])
+        with grpc.insecure_channel(served_loader.endpoint) as channel:
+            return loader_pb2_grpc.LoaderStub(channel).Predict(request, timeout=60)
+
+    try:
+        call(1.0)  # rewrites the worker's sender: the next answer goes out twice
+        assert np.frombuffer(call(2.0).output.data, "<f8").tolist() == [2.0, 2.0]
+        with pytest.raises(grpc.RpcError) as refused:
+            call(3.0)
+        assert "answer to no request" in refused.value.details(), refused.value.details()
+    finally:
+        run(model.unload())
+    assert_still_serving(bystander, served_loader)

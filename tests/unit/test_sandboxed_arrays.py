@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loader.contract import load_header
+from loader.contract import MAX_REPORTED_BYTES, load_header, reported_text
 from loader.proto.v1 import loader_pb2
 from runtime._internal.sandboxed import encode_inputs, parse_answer, parse_output
 from runtime.errors import PredictFailed
@@ -45,6 +45,10 @@ def test_strings_that_were_objects_come_back_as_objects() -> None:
         (answer(np.zeros(2), shape=[2, 1, 1, 1, 1]), 2, "malformed shape"),
         (answer(np.zeros(2), shape=[2, 1 << 40]), 2, "malformed shape"),
         (answer(np.zeros((2, 1 << 17))), 2, "over the limit"),
+        # 2 x 16,384 one-byte strings as objects: 32 KiB of bytes, ~2 MiB as Python objects here.
+        (answer(np.full((2, 1 << 14), b"x"), object=True), 2, "strings as Python objects"),
+        (answer(np.array(["a", "b"]), data=np.array([0x61, 0xDC80], "<u4").tobytes()), 2, "not valid Unicode"),
+        (answer(np.array(["a", "b"]), data=np.array([0x61, 0x110000], "<u4").tobytes()), 2, "not valid Unicode"),
     ],
 )
 def test_crafted_answers_are_refused(crafted: loader_pb2.Array, rows: int, words: str) -> None:
@@ -112,3 +116,13 @@ def test_a_header_that_is_not_a_json_object_is_no_header(raw: bytes) -> None:
 
 def test_a_json_object_header_is_read() -> None:
     assert load_header(b'{"ok": true, "shape": [2]}') == {"ok": True, "shape": [2]}
+
+
+def test_text_a_confined_process_reports_is_made_safe_to_pass_on() -> None:
+    """An error with a lone surrogate (a non-UTF-8 file name), or long non-ASCII text, broke the
+    encoders after it: MLServer's JSON (orjson), gRPC status details (percent-encoded, 8 KiB)."""
+    shown = reported_text("bad file caf" + b"\xe9".decode("utf-8", "surrogateescape"))
+    assert shown == "bad file caf\\udce9" and shown.encode("utf-8")
+    long = reported_text("\u00e9" * 2000)
+    assert len(long.encode("utf-8")) <= MAX_REPORTED_BYTES and long == "\u00e9" * (MAX_REPORTED_BYTES // 2)
+    assert reported_text(["nested", ["list"]]) == "(a list, not text)"
