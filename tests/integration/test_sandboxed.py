@@ -671,3 +671,42 @@ def test_a_worker_answering_twice_is_ended_on_predict(
     finally:
         run(model.unload())
     assert_still_serving(bystander, served_loader)
+
+
+_SURROGATE_ERROR = hostile_predict.acting_at_predict(
+    "raise ValueError('cannot read caf' + b'\\xe9'.decode('utf-8', 'surrogateescape') + ' ' + '\\u00e9' * 2000)"
+)
+
+
+def test_an_error_text_utf8_cannot_encode_is_passed_on_escaped(
+    served_loader: LoaderProcess, models_root: Path, authority: Authority
+) -> None:
+    """An honest model's error quoting a non-UTF-8 file name (a lone surrogate) and long non-ASCII
+    text: MLServer's JSON encoder (orjson) and gRPC's status details (percent-encoded, 8 KiB) failed
+    on it, and the cause was lost. It is passed on escaped and cut, on both paths."""
+    import pickle
+
+    import grpc
+
+    from loader.proto.v1 import loader_pb2, loader_pb2_grpc
+
+    with pytest.raises(ValueError) as raw:  # what the model raises, in this process (it only raises)
+        pickle.loads(_SURROGATE_ERROR).predict(np.ones((2, 3)))
+    with pytest.raises(UnicodeEncodeError):
+        str(raw.value).encode("utf-8")
+    model = sigstore_model(signed(models_root, authority, "surrogate-error", data=_SURROGATE_ERROR), served_loader, authority, "sandbox")
+    assert run(model.load())
+    try:
+        with pytest.raises(PredictFailed) as failed:
+            run(model.predict(request_for(np.ones((2, 3)), ["predict"])))
+        message = str(failed.value)
+        assert failed.value.status_code == 500 and "cannot read caf\\udce9" in message, message[:300]
+        assert len(message.encode("utf-8")) < 2000
+        x = np.ones((2, 3))
+        request = loader_pb2.PredictRequest(handle=model._model.handle, method="predict",
+                                            inputs=[loader_pb2.Array(name="x", dtype=x.dtype.str, shape=x.shape, data=x.tobytes())])
+        with grpc.insecure_channel(served_loader.endpoint) as channel, pytest.raises(grpc.RpcError) as refused:
+            loader_pb2_grpc.LoaderStub(channel).Predict(request, timeout=60)
+        assert "cannot read caf\\udce9" in refused.value.details(), refused.value.details()[:300]
+    finally:
+        run(model.unload())
