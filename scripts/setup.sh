@@ -185,3 +185,14 @@ if ! docker compose --progress plain build 2>&1 | tee "$CACHE/build.log" \
   exit 1
 fi
 echo "    built: $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^mlserver-sigstore/' | sort | tr '\n' ' ')"
+
+# --- 7. Disk: every rebuild leaves the previous images of its tags dangling, and build cache grows
+# (a session's worth of rebuilds filled this machine's 100 GB once). Pruned only when space is low.
+MIN_FREE_GB="${MLSERVER_SIGSTORE_MIN_FREE_GB:-20}"
+free_gb=$(df -Pk "$(docker info --format '{{.DockerRootDir}}')" | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gb" -lt "$MIN_FREE_GB" ]; then
+  step "Disk: $free_gb GB free (under $MIN_FREE_GB): pruning dangling images and build cache older than 24 h"
+  docker image prune -f >/dev/null || echo "    could not prune images" >&2
+  docker builder prune -f --filter until=24h >/dev/null || echo "    could not prune the build cache" >&2
+  echo "    $(df -Pk "$(docker info --format '{{.DockerRootDir}}')" | awk 'NR == 2 { print int($4 / 1048576) }') GB free"
+fi
