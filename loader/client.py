@@ -762,8 +762,9 @@ class WorkerChannel:
 
 # Requests up to this size go in one write (header and arrays joined); larger ones are not copied.
 _JOIN_BYTES = 64 << 10
-# What one read asks for while a frame's head and header are read.
-_READ_AHEAD = 64 << 10
+# What one read asks for while a frame's head and header are read: at least the largest header,
+# which must fit whole once its head is taken (a full buffer would read as the worker's EOF).
+_READ_AHEAD = MAX_FRAME_HEADER
 
 
 def _send_now(sock: socket.socket, data: list[bytes | memoryview]) -> list[bytes | memoryview]:
